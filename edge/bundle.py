@@ -1,0 +1,272 @@
+"""Model bundles: the contract between the export toolchain and the device.
+
+A bundle is a folder::
+
+    manifest.yaml        schema-versioned description; lists every other file with its SHA-256
+    manifest.sig         optional Ed25519 signature over the exact bytes of manifest.yaml
+    model.fp32.onnx      reference-precision model (always present)
+    model.int8.onnx      ... and the variants export produced (int8, fp16)
+    report.json/.md      export's accuracy and latency report
+    engines/             device-built TensorRT engines (a cache: not hashed, rebuilt on mismatch)
+
+The device loads a bundle only after every listed hash matches and, when the profile requires it, the
+signature verifies against a trusted public key. Export writes bundles with `export.bundle_writer`
+(never imported here); this module only reads and verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import BundleError
+from .preprocess import PreprocessSpec
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.yaml"
+SIGNATURE = "manifest.sig"
+CACHE_DIRS = ("engines",)  # device-side caches, deliberately outside the hashed file set
+TASKS = ("classify", "segment", "detect")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str = "float32"
+    activation: str = "none"  # outputs only: sigmoid | softmax | none (already probabilities/logits)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One precision of the model inside the bundle."""
+
+    name: str  # fp32 | int8 | fp16
+    file: str
+    precision: str
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    task: str
+    labels: tuple[str, ...]
+    input: TensorSpec
+    outputs: tuple[TensorSpec, ...]
+    preprocess: PreprocessSpec
+    variants: dict[str, Variant]
+    default_variant: str
+    files: dict[str, str]
+    threshold: float = 0.5
+    review_band: tuple[float, float] = (0.4, 0.6)
+    urgent_labels: tuple[str, ...] = ()
+    postprocess: dict[str, Any] = field(default_factory=dict)
+    target: str = "cpu"
+    description: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = MANIFEST) -> Manifest:
+        try:
+            sv = int(d.get("schema_version", -1))
+            if sv != SCHEMA_VERSION:
+                raise BundleError(
+                    f"{where}: schema_version {d.get('schema_version')!r} is not supported by this medge "
+                    f"(expects {SCHEMA_VERSION}); re-export the bundle or update medge"
+                )
+            task = str(d["task"])
+            if task not in TASKS:
+                raise BundleError(f"{where}: task {task!r} is not one of {TASKS}")
+            pre = PreprocessSpec.from_dict(d["preprocess"])
+            want = d.get("preprocess_sha256")
+            if want and want != pre.sha256():
+                raise BundleError(
+                    f"{where}: preprocess_sha256 does not match the preprocess section; the manifest was "
+                    "edited by hand after export - re-export the bundle"
+                )
+            variants = {
+                k: Variant(name=k, file=str(v["file"]), precision=str(v.get("precision", k)),
+                           recipe=dict(v.get("recipe") or {}))
+                for k, v in dict(d["variants"]).items()
+            }
+            default = str(d.get("default_variant", "fp32"))
+            if default not in variants:
+                raise BundleError(f"{where}: default_variant {default!r} is not among variants {list(variants)}")
+            inp = d["input"]
+            rb = d.get("review_band", [0.4, 0.6])
+            return cls(
+                name=str(d["name"]),
+                version=str(d["version"]),
+                task=task,
+                labels=tuple(str(x) for x in d["labels"]),
+                input=TensorSpec(name=str(inp["name"]), shape=tuple(inp["shape"]), dtype=str(inp.get("dtype", "float32"))),
+                outputs=tuple(
+                    TensorSpec(name=str(o["name"]), shape=tuple(o.get("shape") or ()), dtype=str(o.get("dtype", "float32")),
+                               activation=str(o.get("activation", "none")))
+                    for o in d["outputs"]
+                ),
+                preprocess=pre,
+                variants=variants,
+                default_variant=default,
+                files={str(k): str(v) for k, v in dict(d["files"]).items()},
+                threshold=float(d.get("threshold", 0.5)),
+                review_band=(float(rb[0]), float(rb[1])),
+                urgent_labels=tuple(str(x) for x in d.get("urgent_labels") or ()),
+                postprocess=dict(d.get("postprocess") or {}),
+                target=str(d.get("target", "cpu")),
+                description=str(d.get("description", "")),
+                metrics=dict(d.get("metrics") or {}),
+                calibration=dict(d.get("calibration") or {}),
+                provenance=dict(d.get("provenance") or {}),
+                schema_version=sv,
+                raw=d,
+            )
+        except BundleError:
+            raise
+        except KeyError as e:
+            raise BundleError(f"{where}: required key {e.args[0]!r} is missing; re-export the bundle") from None
+        except (TypeError, ValueError) as e:
+            raise BundleError(f"{where}: {e}") from None
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle on disk. Construct with `load_bundle`."""
+
+    root: Path
+    manifest: Manifest
+    signed_by: str | None  # fingerprint of the key that verified the signature, or None if unsigned
+
+    def variant(self, name: str | None = None) -> Variant:
+        name = name or self.manifest.default_variant
+        try:
+            return self.manifest.variants[name]
+        except KeyError:
+            raise BundleError(
+                f"{self.root}: bundle has no {name!r} variant (has {', '.join(self.manifest.variants)})"
+            ) from None
+
+    def model_path(self, variant: str | None = None) -> Path:
+        return self.root / self.variant(variant).file
+
+    def model_sha256(self, variant: str | None = None) -> str:
+        return self.manifest.files[self.variant(variant).file]
+
+    @property
+    def engines_dir(self) -> Path:
+        return self.root / "engines"
+
+
+def key_fingerprint(public_key_bytes: bytes) -> str:
+    return hashlib.sha256(public_key_bytes).hexdigest()[:16]
+
+
+def load_public_key(path: Path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise BundleError(f"{path}: trusted public key file not found") from None
+    except ValueError as e:
+        raise BundleError(f"{path}: not a PEM public key ({e})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise BundleError(f"{path}: trusted key must be an Ed25519 public key")
+    return key
+
+
+def verify_signature(root: Path, manifest_bytes: bytes, trusted_keys: list[Path]) -> str:
+    """Return the fingerprint of the trusted key that signed manifest.yaml, or raise BundleError."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+
+    sig_path = root / SIGNATURE
+    if not sig_path.exists():
+        raise BundleError(f"{root}: bundle is not signed ({SIGNATURE} missing) and this profile requires signatures")
+    if not trusted_keys:
+        raise BundleError(f"{root}: bundle is signed but the profile lists no trusted_keys to verify it with")
+    sig = sig_path.read_bytes()
+    for kp in trusted_keys:
+        key = load_public_key(kp)
+        try:
+            key.verify(sig, manifest_bytes)
+        except InvalidSignature:
+            continue
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return key_fingerprint(raw)
+    raise BundleError(
+        f"{root}: signature does not verify against any trusted key; the bundle was modified after signing "
+        "or signed by an untrusted key - do not use it"
+    )
+
+
+def load_bundle(root: Path | str, trusted_keys: list[Path] | None = None, require_signature: bool = False) -> Bundle:
+    """Read and verify a bundle: manifest schema, every file hash, and the signature when required.
+
+    A bundle with any mismatch is refused as a whole: a device must never run a model that is not
+    exactly what export validated.
+    """
+    root = Path(root)
+    mpath = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError(f"{root}: bundle folder not found")
+    try:
+        mbytes = mpath.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"{mpath}: manifest missing; this folder is not a medge bundle") from None
+    try:
+        data = yaml.safe_load(mbytes)
+    except yaml.YAMLError as e:
+        raise BundleError(f"{mpath}: manifest is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{mpath}: manifest must be a mapping")
+    manifest = Manifest.from_dict(data, where=str(mpath))
+
+    signed_by = None
+    if require_signature or (root / SIGNATURE).exists() and trusted_keys:
+        signed_by = verify_signature(root, mbytes, list(trusted_keys or []))
+
+    for v in manifest.variants.values():
+        if v.file not in manifest.files:
+            raise BundleError(f"{mpath}: variant file {v.file} is not listed with a hash under 'files'")
+    for rel, want in manifest.files.items():
+        p = root / rel
+        if not p.is_file():
+            raise BundleError(f"{root}: file {rel} listed in the manifest is missing; the bundle is incomplete")
+        got = sha256_file(p)
+        if got != want:
+            raise BundleError(
+                f"{p}: SHA-256 mismatch (manifest {want[:12]}..., file {got[:12]}...); the bundle was "
+                "modified or corrupted - refusing to load it"
+            )
+    listed = set(manifest.files) | {MANIFEST, SIGNATURE}
+    for p in root.rglob("*"):
+        if p.is_file():
+            rel = p.relative_to(root).as_posix()
+            if rel.split("/", 1)[0] in CACHE_DIRS:
+                continue
+            if rel not in listed:
+                raise BundleError(f"{p}: file is not listed in the manifest; the bundle was modified after export")
+    return Bundle(root=root, manifest=manifest, signed_by=signed_by)

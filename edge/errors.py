@@ -1,0 +1,27 @@
+"""Exceptions whose messages an on-site IT person can act on.
+
+Every error the daemon reports names the thing at fault (a file, a config key, a peer) and the cause on
+one line; callers print ``str(exc)`` and nothing else, so the message must stand on its own.
+"""
+
+from __future__ import annotations
+
+
+class MedgeError(Exception):
+    """Base class: a problem with input, configuration or environment, not a bug in medge."""
+
+
+class ConfigError(MedgeError):
+    """A firmware profile is invalid; nothing is started."""
+
+
+class BundleError(MedgeError):
+    """A model bundle is missing, tampered with, unsigned or incompatible."""
+
+
+class InputError(MedgeError):
+    """An input image or file cannot be used (corrupt, unsupported, not an image)."""
+
+
+class BackendUnavailable(MedgeError):
+    """An inference backend (TensorRT, CUDA) is not present on this machine."""

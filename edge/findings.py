@@ -1,0 +1,77 @@
+"""Finding: the structured, pseudonymized result that leaves the device.
+
+Findings are decision support, never a diagnosis: every one names the exact model (name, version,
+SHA-256 of the file that ran), carries its confidence, and sets ``needs_review`` when the model was
+uncertain. Study identifiers are keyed pseudonyms (see `edge.deid`); raw patient identifiers are never
+placed in a Finding. The JSON form is described by ``edge/schemas/finding.v1.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA = "medge.finding/1"
+PRIORITIES = ("urgent", "routine", "low")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+    sha256: str
+    variant: str = "fp32"
+
+
+@dataclass
+class Finding:
+    device_id: str
+    modality: str
+    model: ModelRef
+    label: str
+    confidence: float
+    needs_review: bool
+    priority: str = "routine"
+    study_id: str | None = None  # pseudonym, never the original StudyInstanceUID
+    series_id: str | None = None  # pseudonym
+    instance_id: str | None = None  # pseudonym
+    acquired_at: str | None = None  # ISO 8601 UTC of image acquisition/capture
+    created_at: str | None = None  # ISO 8601 UTC when the finding was produced
+    source: str | None = None
+    frame_index: int | None = None
+    frame_range: tuple[int, int] | None = None  # for video events: first and last frame of the event
+    measurements: dict[str, float] = field(default_factory=dict)  # e.g. {"area_mm2": 312.5}
+    geometry: dict[str, Any] = field(default_factory=dict)  # e.g. {"contours": [...], "box": [...]}
+    latency_ms: float | None = None  # capture -> finding
+    overlay_png_b64: str | None = None  # optional small overlay, masked outside the imaging region
+    finding_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    schema: str = SCHEMA
+
+    def __post_init__(self) -> None:
+        if self.priority not in PRIORITIES:
+            raise ValueError(f"priority must be one of {PRIORITIES}, got {self.priority!r}")
+        if not 0.0 <= float(self.confidence) <= 1.0:
+            raise ValueError(f"confidence must be in [0, 1], got {self.confidence}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["frame_range"] is not None:
+            d["frame_range"] = list(d["frame_range"])
+        return {k: v for k, v in d.items() if v is not None}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Finding:
+        d = dict(d)
+        d["model"] = ModelRef(**d["model"])
+        if d.get("frame_range") is not None:
+            d["frame_range"] = tuple(d["frame_range"])
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, s: str | bytes) -> Finding:
+        return cls.from_dict(json.loads(s))

@@ -1,0 +1,1 @@
+"""medge export toolchain (workstation side). May import `edge`; the device never imports this."""
