@@ -35,14 +35,19 @@ def fail(msg: str, code: int = 2) -> typer.Exit:
 
 
 @config_app.command("check")
-def config_check(profile: Path = typer.Argument(..., help="firmware profile YAML")) -> None:
+def config_check(
+    profile: Path = typer.Argument(..., help="firmware profile YAML"),
+    structure_only: bool = typer.Option(
+        False, "--structure-only", help="check keys, types and values only (on a workstation, not the device)"
+    ),
+) -> None:
     """Validate a profile: unknown keys, types, files, values and bundle signatures."""
     from .config import load_config
     from .modelset import verify_models
 
     try:
-        cfg = load_config(profile)
-        verified = verify_models(cfg)
+        cfg = load_config(profile, check_files=not structure_only)
+        verified = [] if structure_only else verify_models(cfg)
     except MedgeError as e:
         raise fail(str(e)) from None
     for line in verified:

@@ -163,8 +163,12 @@ class Config:
 # --------------------------------------------------------------------------------------------- loading
 
 
-def load_config(path: Path | str, data_dir: Path | None = None) -> Config:
-    """Load and validate a profile. ``data_dir`` overrides the profile's (demo and tests use it)."""
+def load_config(path: Path | str, data_dir: Path | None = None, check_files: bool = True) -> Config:
+    """Load and validate a profile. ``data_dir`` overrides the profile's (demo and tests use it).
+
+    ``check_files=False`` validates structure and values only, for checking a device's profile on a
+    workstation where the device's certificates and bundles do not exist.
+    """
     path = Path(path)
     try:
         text = path.read_text()
@@ -181,11 +185,11 @@ def load_config(path: Path | str, data_dir: Path | None = None) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a profile must be a YAML mapping at the top level")
     base = path.resolve().parent
-    cfg = _build(Config, data, "", _Ctx(path, base))
+    cfg = _build(Config, data, "", _Ctx(path, base, check_files))
     if data_dir is not None:
         cfg = dataclasses.replace(cfg, data_dir=Path(data_dir))
     cfg = dataclasses.replace(cfg, source_file=path)
-    _cross_checks(cfg, path)
+    _cross_checks(cfg, path, check_files)
     return cfg
 
 
@@ -193,6 +197,7 @@ def load_config(path: Path | str, data_dir: Path | None = None) -> Config:
 class _Ctx:
     file: Path
     base: Path
+    check_files: bool = True
 
     def fail(self, key: str, problem: str, fix: str = "") -> typing.NoReturn:
         msg = f"{self.file}: {key or '<top>'}: {problem}"
@@ -253,7 +258,7 @@ def _convert(tp: Any, value: Any, key: str, ctx: _Ctx, meta: typing.Mapping[str,
         p = Path(value).expanduser()
         if not p.is_absolute():
             p = ctx.base / p
-        ex = meta.get("exists")
+        ex = meta.get("exists") if ctx.check_files else None
         if ex == "file" and not p.is_file():
             ctx.fail(key, f"file {value} does not exist (looked in {p.parent.name}/)", "fix the path or create the file")
         if ex == "dir" and not p.is_dir():
@@ -298,8 +303,8 @@ def _tname(v: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "text", bool: "true/false"}.get(type(v), type(v).__name__)
 
 
-def _cross_checks(cfg: Config, path: Path) -> None:
-    ctx = _Ctx(path, path.parent)
+def _cross_checks(cfg: Config, path: Path, check_files: bool = True) -> None:
+    ctx = _Ctx(path, path.parent, check_files)
     if cfg.schema_version != SCHEMA_VERSION:
         ctx.fail("schema_version", f"{cfg.schema_version} is not supported", f"this medge reads version {SCHEMA_VERSION}")
     if not cfg.models:
@@ -317,7 +322,7 @@ def _cross_checks(cfg: Config, path: Path) -> None:
             ctx.fail(f"models[{i}].require_signature", "is true but trusted_keys is empty",
                      "list the Ed25519 public key(s) bundles are signed with, or set require_signature: false")
     for j, k in enumerate(cfg.trusted_keys):
-        if not k.is_file():
+        if check_files and not k.is_file():
             ctx.fail(f"trusted_keys[{j}]", f"public key file {k.name} does not exist", "fix the path")
     snames = [s.name for s in cfg.sources]
     ports = {}
@@ -327,7 +332,7 @@ def _cross_checks(cfg: Config, path: Path) -> None:
             ctx.fail(f"{key}.name", f"duplicate source name {s.name!r}")
         if s.model not in names:
             ctx.fail(f"{key}.model", f"no model named {s.model!r}", "use one of " + ", ".join(names))
-        if s.kind == "replay" and (s.path is None or not s.path.is_file()):
+        if s.kind == "replay" and (s.path is None or (check_files and not s.path.is_file())):
             ctx.fail(f"{key}.path", "replay needs an existing file" if s.path else "replay needs a path",
                      "point it at a multi-frame DICOM or a video file")
         if s.kind == "dicom-folder" and s.path is None:
