@@ -1,0 +1,130 @@
+"""ONNX Runtime backend with an ordered execution-provider list.
+
+TensorRT's engine cache lives in the bundle's ``engines/`` folder (an unhashed device cache, see
+`edge.bundle`) so the slow first engine build happens once per device and model, not once per start.
+Providers ORT does not have on this machine are dropped before the session is built, each with a logged
+reason; after the session exists we log which providers ORT actually assigned, because ORT itself falls
+back silently when, say, the TensorRT libraries are missing at load time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..config import ModelConfig
+from ..errors import BackendUnavailable, BundleError
+
+ORT_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+SHORT = {v: k for k, v in ORT_NAMES.items()}
+
+
+def provider_chain(wanted: list[str], available: list[str], engines_dir: Path, model_cfg: ModelConfig,
+                   log: logging.Logger) -> tuple[list[Any], list[str]]:
+    """Map profile provider names to ORT (name, options) pairs, skipping unavailable ones with a reason."""
+    chain: list[Any] = []
+    skipped: list[str] = []
+    for p in wanted:
+        ort_name = ORT_NAMES.get(p)
+        if ort_name is None:
+            skipped.append(f"{p}: not an ONNX Runtime provider")
+            continue
+        if ort_name not in available:
+            why = {"tensorrt": "this onnxruntime build has no TensorRT execution provider (needs onnxruntime-gpu "
+                               "and TensorRT libraries)",
+                   "cuda": "this onnxruntime build has no CUDA execution provider (needs onnxruntime-gpu and a "
+                           "CUDA GPU)"}.get(p, "not available in this onnxruntime build")
+            log.warning("model %s: provider %s skipped: %s", model_cfg.name, p, why)
+            skipped.append(f"{p}: {why}")
+            continue
+        if p == "tensorrt":
+            engines_dir.mkdir(parents=True, exist_ok=True)
+            opts: dict[str, Any] = {
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(engines_dir),
+                "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": str(engines_dir),
+                "trt_fp16_enable": True,
+            }
+            if model_cfg.dla_core is not None:
+                opts.update(trt_dla_enable=True, trt_dla_core=int(model_cfg.dla_core))
+            chain.append((ort_name, opts))
+        else:
+            chain.append(ort_name)
+    return chain, skipped
+
+
+class OrtBackend:
+    name = "onnxruntime"
+
+    def __init__(self, session: Any, provider: str, providers_used: list[str], model_path: Path) -> None:
+        self.session = session
+        self.provider = provider
+        self.providers_used = providers_used
+        self.model_path = model_path
+        inp = session.get_inputs()[0]
+        self.input_name: str = inp.name
+        self.input_shape = tuple(inp.shape)
+        self.output_names: list[str] = [o.name for o in session.get_outputs()]
+        self.warmup_ms: list[float] = []
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, model_cfg: ModelConfig, providers: list[str],
+                    log: logging.Logger) -> OrtBackend:
+        import onnxruntime as ort
+
+        path = bundle.model_path(model_cfg.variant)
+        chain, skipped = provider_chain(providers, ort.get_available_providers(), bundle.engines_dir, model_cfg, log)
+        if not chain:
+            raise BackendUnavailable("onnxruntime: none of " + ", ".join(providers) + " is available (" +
+                                     "; ".join(skipped) + ")")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(model_cfg.intra_op_threads)
+        so.inter_op_num_threads = int(model_cfg.inter_op_threads)
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        try:
+            sess = ort.InferenceSession(str(path), sess_options=so, providers=chain)
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BundleError(f"{path}: ONNX Runtime cannot load the model ({first})") from None
+        used = list(sess.get_providers())
+        wanted_first = chain[0][0] if isinstance(chain[0], tuple) else chain[0]
+        if used and used[0] != wanted_first:
+            log.warning("model %s: ONNX Runtime could not use %s and fell back to %s", model_cfg.name,
+                        SHORT.get(wanted_first, wanted_first), SHORT.get(used[0], used[0]))
+        backend = cls(sess, SHORT.get(used[0], used[0]) if used else "cpu", used, path)
+        backend.warmup(model_cfg.warmup_runs)
+        log.info("model %s: %s on onnxruntime/%s (%s, %d intra-op threads, warm-up %s ms)", model_cfg.name,
+                 path.name, backend.provider, ",".join(SHORT.get(u, u) for u in used), model_cfg.intra_op_threads,
+                 "/".join(f"{t:.1f}" for t in backend.warmup_ms) or "-")
+        return backend
+
+    def warmup(self, runs: int) -> None:
+        """Run on zeros first: the first ORT runs allocate arenas and (on TensorRT) build or load engines,
+        which must not land on the first real patient frame."""
+        if runs <= 0:
+            return
+        shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in self.input_shape)
+        x = np.zeros(shape, np.float32)
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            self.session.run(self.output_names, {self.input_name: x})
+            self.warmup_ms.append((time.perf_counter() - t0) * 1000)
+
+    def run(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
+        outs = self.session.run(self.output_names, {self.input_name: tensor})
+        return dict(zip(self.output_names, outs, strict=True))
+
+    def close(self) -> None:
+        self.session = None

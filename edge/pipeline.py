@@ -1,0 +1,320 @@
+"""The real-time pipeline: capture -> preprocess -> infer -> postprocess+publish, overlapping in threads.
+
+Why threads and small bounded queues: every heavy step (JPEG decode, cv2 resize, ONNX Runtime, cv2
+contours) releases the GIL, so while the model runs on frame *n* the next frame is already being
+preprocessed and the previous one post-processed, and a queue depth of a few frames bounds memory and
+latency.
+
+Two admission rules, chosen per frame by `Frame.live`:
+
+* live video is **latest-frame-wins**: a queue holds at most one waiting live frame, and a newer one
+  replaces it (counted as dropped). A model slower than the camera therefore never builds a backlog and
+  the finding is about what is on screen now.
+* stored objects (DICOM files, studies) are **never dropped**: the capture stage blocks until there is
+  room (backpressure onto the source), and every frame ends with ``source.complete(frame, ok)`` *after*
+  its findings are durably in the outbox, which is what lets durable sources delete their input.
+
+On stop the capture stage stops pulling from the source and everything already admitted drains to the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import numpy as np
+
+from .backends import Backend
+from .errors import MedgeError
+from .findings import Finding, ModelRef
+from .frames import Frame, StudyRef
+from .metrics import Metrics
+from .preprocess import Geometry, Preprocessor
+from .smoothing import Hysteresis
+from .tasks import Detection, Task
+
+FINDING_NAMESPACE = uuid.UUID("6f1d7c2e-4b1a-5e8f-9c3d-2a7b8e9f0a1b")  # fixed forever: ids must be reproducible
+
+
+class FrameSource(Protocol):
+    name: str
+
+    def frames(self, stop: threading.Event) -> Any: ...
+
+    def complete(self, frame: Frame, ok: bool) -> None: ...
+
+
+PseudonymFn = Callable[[StudyRef], tuple[str | None, str | None, str | None]]
+
+
+def deterministic_id(device_id: str, sop_instance_uid: str, model_sha256: str, label: str, event_start: int | None = None) -> str:
+    """uuid5 over what identifies a finding on a stored object, so re-processing after a crash yields
+    the same id and the outbox/receiver deduplicate it. Multi-frame objects can hold several events of
+    one label; the first frame of the event keeps them apart (still deterministic: stored frames are
+    never dropped)."""
+    name = f"{device_id}|{sop_instance_uid}|{model_sha256}|{label}"
+    if event_start is not None:
+        name += f"|f{event_start}"
+    return str(uuid.uuid5(FINDING_NAMESPACE, name))
+
+
+def iso_utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class FindingBuilder:
+    """Turns a detection (or a confirmed video event) into the `Finding` that leaves the device."""
+
+    device_id: str
+    model: ModelRef
+    pseudonymize: PseudonymFn | None = None
+
+    def build(self, det: Detection, frame: Frame, latency_ms: float, frame_range: tuple[int, int] | None = None,
+              event_start: int | None = None) -> Finding:
+        study = series = instance = None
+        if frame.study is not None and self.pseudonymize is not None:
+            study, series, instance = self.pseudonymize(frame.study)
+        sop = frame.study.sop_instance_uid if frame.study else None
+        fid = (deterministic_id(self.device_id, sop, self.model.sha256, det.label, event_start)
+               if sop and not frame.live else str(uuid.uuid4()))
+        return Finding(
+            device_id=self.device_id, modality=frame.modality, model=self.model, label=det.label,
+            confidence=round(float(det.confidence), 4), needs_review=bool(det.needs_review), priority=det.priority,
+            study_id=study, series_id=series, instance_id=instance, acquired_at=iso_utc(frame.acquired_at),
+            created_at=iso_utc(time.time()), source=frame.source, frame_index=frame.index, frame_range=frame_range,
+            measurements=dict(det.measurements), geometry=dict(det.geometry), latency_ms=round(latency_ms, 2),
+            overlay_png_b64=det.overlay_png_b64, finding_id=fid,
+        )
+
+
+_END = object()
+
+
+class FrameQueue:
+    """Bounded hand-off between two stages with the two admission rules described in the module doc."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = max(1, maxsize)
+        self._q: deque = deque()
+        self._cv = threading.Condition()
+        self._closed = False
+
+    def put(self, item: Any, live: bool) -> Any | None:
+        """Add an item; returns the live item it displaced (dropped), if any. Blocks for non-live items."""
+        with self._cv:
+            if live:
+                for i, old in enumerate(self._q):
+                    if old is not _END and old.frame.live:
+                        del self._q[i]
+                        self._q.append(item)
+                        self._cv.notify_all()
+                        return old
+            while len(self._q) >= self.maxsize:
+                self._cv.wait()
+            self._q.append(item)
+            self._cv.notify_all()
+            return None
+
+    def close(self) -> None:
+        with self._cv:
+            self._q.append(_END)
+            self._cv.notify_all()
+
+    def get(self) -> Any:
+        with self._cv:
+            while not self._q:
+                self._cv.wait()
+            item = self._q.popleft()
+            self._cv.notify_all()
+            return item
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+
+@dataclass
+class Work:
+    frame: Frame
+    tensor: np.ndarray | None = None
+    geom: Geometry | None = None
+    outputs: dict[str, np.ndarray] | None = None
+    error: str | None = None
+    t_pre_ms: float = 0.0
+    t_infer_ms: float = 0.0
+
+
+@dataclass
+class PipelineSettings:
+    queue_depth: int = 4
+    on_frames: int = 3
+    off_frames: int = 5
+    smoothing_window: int = 5
+    drain_timeout_s: float = 60.0
+
+
+@dataclass
+class Pipeline:
+    """One source feeding one model. Construct, `start()`, then `join()` (or `stop()` to drain early)."""
+
+    source: FrameSource
+    preprocessor: Preprocessor
+    backend: Backend
+    task: Task
+    builder: FindingBuilder
+    publish: Callable[[Finding], bool]  # durable put; False = duplicate id (already stored)
+    metrics: Metrics
+    settings: PipelineSettings = field(default_factory=PipelineSettings)
+    on_finding: Callable[[Finding, bool], None] | None = None
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("medge.pipeline"))
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.name = self.source.name
+        d = self.settings.queue_depth
+        self._q_pre, self._q_inf, self._q_post = FrameQueue(d), FrameQueue(d), FrameQueue(d)
+        self._threads: list[threading.Thread] = []
+        self._smoothers: dict[Any, Hysteresis] = {}
+        self.failure: BaseException | None = None
+        self.events = 0
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    def start(self) -> Pipeline:
+        for fn, nm in ((self._capture, "capture"), (self._preprocess, "preprocess"), (self._infer, "infer"),
+                       (self._post, "post")):
+            t = threading.Thread(target=self._guard, args=(fn,), name=f"{self.name}-{nm}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self) -> None:
+        """Stop admitting frames; whatever is already inside drains through `join`."""
+        self.stop_event.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    @property
+    def finished(self) -> bool:
+        return bool(self._threads) and not any(t.is_alive() for t in self._threads)
+
+    def _guard(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except BaseException as e:  # a stage crash must not hang the others: close the chain and record it
+            self.failure = e
+            self.logger.exception("source %s: pipeline stage %s crashed", self.name, threading.current_thread().name)
+            self.stop_event.set()
+            for q in (self._q_pre, self._q_inf, self._q_post):
+                q.close()
+
+    # --------------------------------------------------------------------------------------- stages
+    def _admit(self, q: FrameQueue, w: Work) -> None:
+        old = q.put(w, w.frame.live)
+        if old is not None:
+            self.metrics.dropped(self.name)
+
+    def _capture(self) -> None:
+        try:
+            for frame in self.source.frames(self.stop_event):
+                self.metrics.frame_in(self.name)
+                self._admit(self._q_pre, Work(frame))
+                if self.stop_event.is_set():
+                    break
+        finally:
+            self._q_pre.close()
+
+    def _preprocess(self) -> None:
+        while (w := self._q_pre.get()) is not _END:
+            t0 = time.perf_counter()
+            try:
+                w.tensor, w.geom = self.preprocessor.apply(w.frame)
+            except Exception as e:  # cv2.error, ValueError...: a bad frame must not stop the stream
+                w.error = f"preprocessing failed ({str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__})"
+            w.t_pre_ms = (time.perf_counter() - t0) * 1000
+            self._admit(self._q_inf, w)
+        self._q_inf.close()
+
+    def _infer(self) -> None:
+        while (w := self._q_inf.get()) is not _END:
+            if w.error is None:
+                t0 = time.perf_counter()
+                try:
+                    w.outputs = self.backend.run(w.tensor)
+                except Exception as e:  # ORT raises its own types for bad shapes/values
+                    w.error = f"inference failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                w.t_infer_ms = (time.perf_counter() - t0) * 1000
+                w.tensor = None
+            self._q_post.put(w, live=False)  # inference is paid for: never drop a result
+        self._q_post.close()
+
+    def _post(self) -> None:
+        while (w := self._q_post.get()) is not _END:
+            self._finish(w)
+
+    def _finish(self, w: Work) -> None:
+        f = w.frame
+        ok = True
+        t0 = time.perf_counter()
+        if w.error is None:
+            try:
+                self._publish_frame(w)
+            except MedgeError as e:
+                w.error = str(e)
+            except Exception as e:  # decoder bug or outbox failure: report, keep the file for a retry
+                w.error = f"post-processing failed ({type(e).__name__}: {e})"
+        if w.error is not None:
+            ok = False
+            self.metrics.error(self.name)
+            where = f"{f.origin}" if f.origin else f"source {self.name}"
+            self.logger.error("%s frame %d: %s", where, f.index, w.error)
+        try:
+            self.source.complete(f, ok)
+        except Exception as e:
+            self.logger.error("source %s: complete() failed for frame %d (%s)", self.name, f.index, e)
+        latency = (time.monotonic() - f.captured_at) * 1000
+        self.metrics.frame_done(self.name, latency, {"preprocess": w.t_pre_ms, "infer": w.t_infer_ms,
+                                                     "post": (time.perf_counter() - t0) * 1000})
+
+    def _smoother_key(self, f: Frame) -> Any | None:
+        if f.live:
+            return ("live", f.source)
+        if (f.frame_count or 1) > 1:
+            return ("object", f.study.sop_instance_uid if f.study and f.study.sop_instance_uid else str(f.origin))
+        return None
+
+    def _publish_frame(self, w: Work) -> None:
+        f = w.frame
+        dets = self.task.decode(w.outputs, w.geom, f)
+        key = self._smoother_key(f)
+        if key is None:
+            for d in dets:
+                self._emit(self.builder.build(d, f, (time.monotonic() - f.captured_at) * 1000))
+            return
+        sm = self._smoothers.get(key)
+        if sm is None:
+            s = self.settings
+            sm = self._smoothers[key] = Hysteresis(s.on_frames, s.off_frames, s.smoothing_window)
+        for ev in sm.update(f.index, dets):
+            self.events += 1
+            self._emit(self.builder.build(ev.peak, f, (time.monotonic() - f.captured_at) * 1000,
+                                          frame_range=ev.frame_range,
+                                          event_start=ev.first_frame))
+        if not f.live and f.frame_count is not None and f.index >= f.frame_count - 1:
+            self._smoothers.pop(key, None)  # object finished
+
+    def _emit(self, finding: Finding) -> None:
+        new = bool(self.publish(finding))
+        self.metrics.finding(self.name, new)
+        if self.on_finding is not None:
+            self.on_finding(finding, new)

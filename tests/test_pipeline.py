@@ -1,0 +1,174 @@
+"""Pipeline: stored frames are never dropped and completed after publish; live frames are latest-wins with
+drop counts; video events are smoothed; bad frames are reported and skipped; metrics are live."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from edge.backends import build_backend
+from edge.bundle import load_bundle
+from edge.config import ModelConfig
+from edge.findings import ModelRef
+from edge.frames import Frame, StudyRef
+from edge.metrics import Metrics
+from edge.pipeline import FindingBuilder, Pipeline, PipelineSettings
+from edge.preprocess import Preprocessor
+from edge.tasks import build_task
+from tests.pipeline_fixtures import blob_image, write_bundle
+
+
+class ListSource:
+    """A finite in-test source implementing the Source protocol; records completions."""
+
+    def __init__(self, frames, name="test", interval_s=0.0):
+        self.name = name
+        self._frames = frames
+        self.interval_s = interval_s
+        self.completed: list[tuple[int, bool]] = []
+        self.yielded = 0
+
+    def frames(self, stop: threading.Event):
+        for f in self._frames:
+            if stop.is_set():
+                return
+            if self.interval_s:
+                time.sleep(self.interval_s)
+            f.captured_at = time.monotonic()
+            self.yielded += 1
+            yield f
+
+    def complete(self, frame, ok):
+        self.completed.append((frame.index, ok))
+
+    def close(self):
+        pass
+
+
+class SlowBackend:
+    """The real ONNX Runtime backend plus a fixed delay, standing in for a model slower than the camera."""
+
+    def __init__(self, inner, delay_s):
+        self.inner, self.delay_s = inner, delay_s
+        self.name, self.provider, self.input_name = inner.name, inner.provider, inner.input_name
+
+    def run(self, x):
+        time.sleep(self.delay_s)
+        return self.inner.run(x)
+
+    def close(self):
+        self.inner.close()
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    b = load_bundle(write_bundle(tmp_path_factory.mktemp("p") / "b"))
+    be = build_backend(b, ModelConfig(name="m", bundle=b.root, require_signature=False, warmup_runs=1))
+    return b, be
+
+
+def _pipeline(parts, source, delay_s=0.0, depth=2, metrics=None, **settings):
+    b, be = parts
+    store: dict[str, object] = {}
+
+    def publish(f):
+        if f.finding_id in store:
+            return False
+        store[f.finding_id] = f
+        return True
+
+    p = Pipeline(source=source, preprocessor=Preprocessor(b.manifest.preprocess),
+                 backend=SlowBackend(be, delay_s) if delay_s else be, task=build_task(b.manifest),
+                 builder=FindingBuilder("dev-1", ModelRef(b.manifest.name, b.manifest.version, b.model_sha256())),
+                 publish=publish, metrics=metrics or Metrics(), settings=PipelineSettings(queue_depth=depth, **settings))
+    return p, store
+
+
+def _stored(i, bright, sop=None, count=None, index=None):
+    return Frame(pixels=blob_image(box=(30, 30, 70, 70) if bright else None), modality="US", source="folder",
+                 index=i if index is None else index, spacing_mm=(0.4, 0.4), frame_count=count,
+                 study=StudyRef("1.2", "1.2.3", sop or f"1.2.3.{i}"))
+
+
+def test_stored_frames_never_dropped_and_completed_in_order_after_publish(parts):
+    src = ListSource([_stored(i, bright=i % 3 == 0) for i in range(24)])
+    p, store = _pipeline(parts, src, delay_s=0.01, depth=2)
+    completed_at_publish = []
+    p.on_finding = lambda f, new: completed_at_publish.append(len(src.completed))
+    assert p.start().join(30)
+    assert src.completed == [(i, True) for i in range(24)]
+    assert len(store) == 8 and p.metrics.snapshot()["total"]["dropped"] == 0
+    # each finding was published before its own frame was completed
+    assert completed_at_publish == [i for i in range(24) if i % 3 == 0]
+
+
+def test_live_frames_latest_wins_counts_drops_and_bounds_latency(parts):
+    frames = [Frame(pixels=blob_image(box=None), modality="US", source="cam", index=i, live=True) for i in range(80)]
+    src = ListSource(frames, interval_s=0.004)  # 250 fps camera, 25 ms model
+    p, _ = _pipeline(parts, src, delay_s=0.025, depth=4)
+    assert p.start().join(30)
+    t = p.metrics.snapshot()["total"]
+    assert t["frames_in"] == 80 and t["dropped"] > 40
+    assert t["frames_done"] + t["dropped"] == 80
+    # no backlog: a frame waits for at most about one inference in each queue
+    assert t["latency_ms"]["p95"] < 150
+
+
+def test_multiframe_object_flicker_gives_one_event_with_deterministic_id(parts):
+    pattern = "000" + "1101111011110111" + "0000000"
+    def obj():
+        return [_stored(0, c == "1", sop="9.9.9", count=len(pattern), index=i) for i, c in enumerate(pattern)]
+    p, store = _pipeline(parts, ListSource(obj()))
+    assert p.start().join(30)
+    (f,) = store.values()
+    assert f.frame_range[0] == 3 and f.priority == "urgent" and f.measurements["area_mm2"] > 0
+    p2, store2 = _pipeline(parts, ListSource(obj()))  # re-processing after a restart
+    assert p2.start().join(30)
+    assert list(store2) == list(store)
+
+
+def test_bad_frame_is_reported_and_the_stream_continues(parts, caplog):
+    frames = [_stored(i, True) for i in range(4)]
+    frames[1].pixels = np.zeros((0, 7), np.uint8)  # corrupt decode result
+    src = ListSource(frames)
+    p, store = _pipeline(parts, src)
+    assert p.start().join(30)
+    assert src.completed == [(0, True), (1, False), (2, True), (3, True)]
+    assert len(store) == 3 and p.metrics.snapshot()["total"]["errors"] == 1
+    assert "frame 1: preprocessing failed" in caplog.text
+
+
+def test_stop_drains_admitted_frames(parts):
+    src = ListSource([_stored(i, True) for i in range(200)], interval_s=0.002)
+    p, store = _pipeline(parts, src, delay_s=0.01, depth=3)
+    p.start()
+    time.sleep(0.3)
+    p.stop()
+    assert p.join(30)
+    assert 0 < len(src.completed) < 200
+    assert len(src.completed) == src.yielded and all(ok for _, ok in src.completed) and len(store) == src.yielded
+
+
+def test_metrics_file_and_http_endpoint_are_live(parts, tmp_path):
+    m = Metrics(interval_s=0.1, file=tmp_path / "metrics.json", port=0)
+    m.start()
+    try:
+        frames = [Frame(pixels=blob_image(), modality="US", source="cam", index=i, live=True) for i in range(40)]
+        p, _ = _pipeline(parts, ListSource(frames, interval_s=0.01), metrics=m)
+        p.start()
+        time.sleep(0.3)
+        mid = json.loads((tmp_path / "metrics.json").read_text())  # written while running, not only at exit
+        assert mid["total"]["frames_done"] > 0
+        assert p.join(30)
+        with urllib.request.urlopen(f"http://127.0.0.1:{m.http_port}/metrics", timeout=5) as r:
+            snap = json.loads(r.read())
+        assert snap["sources"]["test"]["frames_done"] == 40 - snap["sources"]["test"]["dropped"]
+        assert snap["total"]["latency_ms"]["p99"] is not None and snap["total"]["fps"] > 0
+        assert "latency p50/p95/p99" in m.summary_line()
+    finally:
+        m.stop()
