@@ -1,0 +1,432 @@
+"""The durable outbox: the only thing that keeps a finding safe while the device is offline.
+
+paho-mqtt keeps its session in memory, so a power cut loses whatever it was holding. Every finding is
+therefore committed here (SQLite, WAL, ``synchronous=FULL``: the commit has reached the disk when
+``put`` returns) before anything tries to send it, and it is marked delivered only when the broker's
+PUBACK arrives with a success reason code.
+
+Lifecycle of a row: pending (0) -> in flight (1, leased by the sync thread) -> delivered (2, payload
+dropped, id kept so a re-processed DICOM object is recognised as a duplicate). ``requeue`` and
+``retry_all`` move in-flight rows back to pending (ack timeout, broker rejection, restart).
+
+Ordering: urgent first, then routine, then low, oldest first inside a priority. To keep a steady
+stream of urgent findings from starving the rest, ``lease(n)`` reserves a share of each batch for lower
+priorities whenever they have pending rows (see ``RESERVED_SHARE``).
+
+Disk quota policy (``quota_bytes`` counts the payload bytes of undelivered rows):
+  1. A new finding that would exceed the quota first evicts the oldest *pending low-priority*
+     findings, oldest first; each eviction is counted (``dropped_low``) and logged.
+  2. If that is not enough, a new *low* finding is itself dropped (counted, ``put`` returns False).
+  3. Urgent and routine findings are never dropped for quota: they are stored beyond it, counted
+     (``over_quota_accepted``) and reported (``status().over_quota``, heartbeat telemetry), so the
+     operator sees the device needs a link or a purge. Only a full disk refuses them (OutboxError).
+Findings whose time-to-live (per priority) has passed are not sent; ``purge_expired`` removes them
+and counts them per priority, never silently.
+
+Connections are per thread (sqlite3 enforces it): the pipeline thread and the sync thread each open
+their own ``Outbox`` on the same file.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import MedgeError
+from .findings import PRIORITIES, Finding
+
+log = logging.getLogger("medge.outbox")
+
+PENDING, IN_FLIGHT, DELIVERED = 0, 1, 2
+STATE_NAMES = {PENDING: "pending", IN_FLIGHT: "in-flight", DELIVERED: "delivered"}
+PRIO_RANK = {p: i for i, p in enumerate(PRIORITIES)}  # urgent=0, routine=1, low=2
+# Fraction of each lease batch kept for lower priorities when they have work waiting: urgent still
+# gets most of the link, but a routine/low backlog always moves.
+RESERVED_SHARE = {"routine": 0.2, "low": 0.05}
+DEFAULT_TTL_S = {"urgent": 30 * 86400.0, "routine": 14 * 86400.0, "low": 3 * 86400.0}
+DELIVERED_KEEP_S = 30 * 86400.0  # how long delivered ids are kept for de-duplication
+COUNTERS = ("dropped_low", "over_quota_accepted", "expired_urgent", "expired_routine", "expired_low",
+            "delivered_total", "pending_bytes")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS findings (
+    finding_id   TEXT PRIMARY KEY,
+    priority     INTEGER NOT NULL,
+    state        INTEGER NOT NULL DEFAULT 0,
+    payload      BLOB,
+    size         INTEGER NOT NULL,
+    created_at   REAL NOT NULL,
+    expires_at   REAL NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    leased_at    REAL,
+    delivered_at REAL
+);
+CREATE INDEX IF NOT EXISTS findings_queue ON findings(state, priority, created_at);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class OutboxError(MedgeError):
+    """The outbox file cannot be opened or written (disk full, permissions, corruption)."""
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    finding_id: str
+    priority: str
+    state: str
+    payload: bytes | None
+    size: int
+    created_at: float  # wall clock (epoch seconds): survives reboots, unlike the monotonic clock
+    expires_at: float
+    attempts: int
+
+    def describe(self) -> str:
+        age = max(0.0, time.time() - self.created_at)
+        return (f"{self.finding_id}  {self.priority:<7}  {self.state:<9}  age {_fmt_age(age):>7}  "
+                f"attempts {self.attempts}  {self.size} B")
+
+
+@dataclass(frozen=True)
+class OutboxStatus:
+    path: str
+    pending: dict[str, int]
+    in_flight: int
+    delivered: int
+    oldest_pending_age_s: float | None
+    pending_bytes: int
+    quota_bytes: int
+    file_bytes: int
+    dropped_low: int
+    over_quota_accepted: int
+    expired: dict[str, int]
+    expired_waiting: int  # past TTL, not yet purged
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def depth(self) -> int:
+        return sum(self.pending.values()) + self.in_flight
+
+    @property
+    def over_quota(self) -> bool:
+        return self.pending_bytes > self.quota_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("counters")
+        d["depth"] = self.depth
+        d["over_quota"] = self.over_quota
+        return d
+
+    def describe(self) -> str:
+        p = self.pending
+        oldest = "-" if self.oldest_pending_age_s is None else _fmt_age(self.oldest_pending_age_s)
+        lines = [
+            f"outbox {self.path}",
+            f"  pending    urgent {p['urgent']}  routine {p['routine']}  low {p['low']}  in flight {self.in_flight}",
+            f"  oldest     {oldest}",
+            f"  size       {self.pending_bytes / 1e6:.2f} MB of {self.quota_bytes / 1e6:.2f} MB quota"
+            f"{'  OVER QUOTA' if self.over_quota else ''} (file {self.file_bytes / 1e6:.2f} MB)",
+            f"  delivered  {self.delivered} kept for de-duplication",
+            f"  dropped    {self.dropped_low} low-priority (quota); accepted over quota {self.over_quota_accepted}",
+            f"  expired    urgent {self.expired['urgent']}  routine {self.expired['routine']}  low {self.expired['low']}"
+            f"  (waiting for purge: {self.expired_waiting})",
+        ]
+        return "\n".join(lines)
+
+
+def _fmt_age(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.0f}m"
+    if s < 172800:
+        return f"{s / 3600:.1f}h"
+    return f"{s / 86400:.1f}d"
+
+
+class Outbox:
+    """One thread's handle on the outbox file. Open one per thread; close it (or use ``with``)."""
+
+    def __init__(self, path: Path | str, quota_bytes: int = 512 * 1024 * 1024,
+                 ttl_s: Mapping[str, float] | None = None, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.quota_bytes = int(quota_bytes)
+        self.ttl_s = dict(DEFAULT_TTL_S)
+        if ttl_s:
+            unknown = set(ttl_s) - set(PRIORITIES)
+            if unknown:
+                raise ValueError(f"ttl_s has unknown priorities {sorted(unknown)}")
+            self.ttl_s.update({k: float(v) for k, v in ttl_s.items()})
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=busy_timeout_s)
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise OutboxError(f"{self.path}: cannot switch the outbox to WAL mode (got {mode})")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+            with self._tx():
+                for stmt in _SCHEMA.strip().split(";"):
+                    if stmt.strip():
+                        self._db.execute(stmt)
+                self._db.executemany("INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)",
+                                     [(c,) for c in COUNTERS])
+        except sqlite3.DatabaseError as e:
+            raise OutboxError(f"{self.path}: cannot open outbox ({e})") from None
+        except OSError as e:
+            raise OutboxError(f"{self.path}: cannot open outbox ({e.strerror})") from None
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Outbox:
+        ttl = cfg.outbox.ttl_hours
+        return cls(cfg.outbox_path, quota_bytes=int(cfg.outbox.quota_mb * 1024 * 1024),
+                   ttl_s={"urgent": ttl.urgent * 3600, "routine": ttl.routine * 3600, "low": ttl.low * 3600})
+
+    # ------------------------------------------------------------------------------------- plumbing
+    def _tx(self) -> _Tx:
+        return _Tx(self._db, self.path)
+
+    def _bump(self, name: str, by: int) -> None:
+        if by:
+            self._db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (by, name))
+
+    def _counter(self, name: str) -> int:
+        row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        db, self._db = getattr(self, "_db", None), None
+        if db is not None:
+            db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --------------------------------------------------------------------------------------- writes
+    def put(self, finding: Finding) -> bool:
+        """Durably store one finding. False: already known (duplicate id) or dropped by the quota policy."""
+        return self.put_many([finding]) == 1
+
+    def put_many(self, findings: Iterable[Finding]) -> int:
+        """Store several findings in one transaction (one fsync). Returns how many were stored."""
+        now = time.time()
+        rows = []
+        for f in findings:
+            payload = f.to_json().encode()
+            rows.append((f.finding_id, PRIO_RANK[f.priority], payload, len(payload), now,
+                         now + self.ttl_s[f.priority]))
+        if not rows:
+            return 0
+        stored = 0
+        with self._tx():
+            pending_bytes = self._counter("pending_bytes")
+            for fid, prio, payload, size, created, expires in rows:
+                if pending_bytes + size > self.quota_bytes:
+                    pending_bytes -= self._evict_low(pending_bytes + size - self.quota_bytes, fid)
+                    if pending_bytes + size > self.quota_bytes:
+                        if prio == PRIO_RANK["low"]:
+                            if self._db.execute("SELECT 1 FROM findings WHERE finding_id=?", (fid,)).fetchone():
+                                continue
+                            self._bump("dropped_low", 1)
+                            log.warning("outbox over quota: low-priority finding %s dropped", fid)
+                            continue
+                        accepted_over = True
+                    else:
+                        accepted_over = False
+                else:
+                    accepted_over = False
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO findings(finding_id, priority, payload, size, created_at, expires_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)", (fid, prio, payload, size, created, expires))
+                if cur.rowcount == 1:
+                    stored += 1
+                    pending_bytes += size
+                    if accepted_over:
+                        self._bump("over_quota_accepted", 1)
+                        log.warning("outbox over quota (%d of %d bytes): %s finding %s kept anyway",
+                                    pending_bytes, self.quota_bytes, PRIORITIES[prio], fid)
+            self._db.execute("UPDATE counters SET value=? WHERE name='pending_bytes'", (pending_bytes,))
+        return stored
+
+    def _evict_low(self, need: int, incoming_id: str) -> int:
+        """Drop the oldest pending low-priority rows until ``need`` bytes are free; returns bytes freed."""
+        freed = 0
+        while freed < need:
+            rows = self._db.execute(
+                "SELECT finding_id, size FROM findings WHERE state=? AND priority=? AND finding_id<>?"
+                " ORDER BY created_at, rowid LIMIT 256", (PENDING, PRIO_RANK["low"], incoming_id)).fetchall()
+            if not rows:
+                break
+            victims = []
+            for fid, size in rows:
+                victims.append((fid,))
+                freed += size
+                if freed >= need:
+                    break
+            self._db.executemany("DELETE FROM findings WHERE finding_id=?", victims)
+            self._bump("dropped_low", len(victims))
+            log.warning("outbox over quota: dropped %d oldest low-priority finding(s)", len(victims))
+        return freed
+
+    def lease(self, n: int) -> list[OutboxItem]:
+        """Take up to ``n`` pending findings for sending (urgent first, with a reserved share for the rest)."""
+        if n <= 0:
+            return []
+        now = time.time()
+        with self._tx():
+            counts = dict(self._db.execute(
+                "SELECT priority, COUNT(*) FROM findings WHERE state=? AND expires_at>? GROUP BY priority",
+                (PENDING, now)).fetchall())
+            quota = _split(n, {p: counts.get(PRIO_RANK[p], 0) for p in PRIORITIES})
+            items: list[OutboxItem] = []
+            for p in PRIORITIES:
+                if not quota[p]:
+                    continue
+                rows = self._db.execute(
+                    "SELECT finding_id, priority, state, payload, size, created_at, expires_at, attempts FROM findings"
+                    " WHERE state=? AND priority=? AND expires_at>? ORDER BY created_at, rowid LIMIT ?",
+                    (PENDING, PRIO_RANK[p], now, quota[p])).fetchall()
+                items.extend(_item(r, state_override=IN_FLIGHT) for r in rows)
+            self._db.executemany("UPDATE findings SET state=?, leased_at=? WHERE finding_id=?",
+                                 [(IN_FLIGHT, now, it.finding_id) for it in items])
+        return items
+
+    def mark_delivered(self, finding_id: str) -> bool:
+        """The broker acknowledged it with success: keep only the id (for de-duplication)."""
+        with self._tx():
+            row = self._db.execute("SELECT size FROM findings WHERE finding_id=? AND state<>?",
+                                   (finding_id, DELIVERED)).fetchone()
+            if not row:
+                return False
+            self._db.execute("UPDATE findings SET state=?, payload=NULL, delivered_at=? WHERE finding_id=?",
+                             (DELIVERED, time.time(), finding_id))
+            self._bump("pending_bytes", -int(row[0]))
+            self._bump("delivered_total", 1)
+        return True
+
+    def requeue(self, finding_id: str) -> bool:
+        """Back to pending after an ack timeout, a rejection or a lost connection."""
+        with self._tx():
+            cur = self._db.execute("UPDATE findings SET state=?, attempts=attempts+1, leased_at=NULL"
+                                   " WHERE finding_id=? AND state=?", (PENDING, finding_id, IN_FLIGHT))
+        return cur.rowcount == 1
+
+    def retry_all(self) -> int:
+        """Every in-flight finding becomes pending again (used at sync start: no lease survives a restart)."""
+        with self._tx():
+            cur = self._db.execute("UPDATE findings SET state=?, leased_at=NULL WHERE state=?", (PENDING, IN_FLIGHT))
+        return cur.rowcount
+
+    def purge_expired(self) -> int:
+        """Remove undelivered findings past their TTL (counted per priority) and old delivered ids."""
+        now = time.time()
+        with self._tx():
+            rows = self._db.execute("SELECT priority, COUNT(*), COALESCE(SUM(size), 0) FROM findings"
+                                    " WHERE state<>? AND expires_at<=? GROUP BY priority", (DELIVERED, now)).fetchall()
+            n = 0
+            for prio, count, size in rows:
+                self._bump(f"expired_{PRIORITIES[prio]}", int(count))
+                self._bump("pending_bytes", -int(size))
+                n += int(count)
+                log.warning("outbox: %d %s finding(s) expired undelivered and were purged", count, PRIORITIES[prio])
+            self._db.execute("DELETE FROM findings WHERE state<>? AND expires_at<=?", (DELIVERED, now))
+            self._db.execute("DELETE FROM findings WHERE state=? AND delivered_at<=?", (DELIVERED, now - DELIVERED_KEEP_S))
+        return n
+
+    # ---------------------------------------------------------------------------------------- reads
+    def get(self, finding_id: str) -> OutboxItem | None:
+        row = self._db.execute("SELECT finding_id, priority, state, payload, size, created_at, expires_at, attempts"
+                               " FROM findings WHERE finding_id=?", (finding_id,)).fetchone()
+        return _item(row) if row else None
+
+    def list_pending(self, n: int = 50) -> list[OutboxItem]:
+        rows = self._db.execute(
+            "SELECT finding_id, priority, state, payload, size, created_at, expires_at, attempts FROM findings"
+            " WHERE state<>? ORDER BY priority, created_at, rowid LIMIT ?", (DELIVERED, n)).fetchall()
+        return [_item(r) for r in rows]
+
+    def depth(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM findings WHERE state<>?", (DELIVERED,)).fetchone()[0])
+
+    def status(self) -> OutboxStatus:
+        now = time.time()
+        db = self._db
+        pending = {p: 0 for p in PRIORITIES}
+        for prio, cnt in db.execute("SELECT priority, COUNT(*) FROM findings WHERE state=? GROUP BY priority", (PENDING,)):
+            pending[PRIORITIES[prio]] = int(cnt)
+        in_flight = int(db.execute("SELECT COUNT(*) FROM findings WHERE state=?", (IN_FLIGHT,)).fetchone()[0])
+        delivered = int(db.execute("SELECT COUNT(*) FROM findings WHERE state=?", (DELIVERED,)).fetchone()[0])
+        oldest = db.execute("SELECT MIN(created_at) FROM findings WHERE state<>?", (DELIVERED,)).fetchone()[0]
+        waiting = int(db.execute("SELECT COUNT(*) FROM findings WHERE state<>? AND expires_at<=?",
+                                 (DELIVERED, now)).fetchone()[0])
+        counters = {k: int(v) for k, v in db.execute("SELECT name, value FROM counters")}
+        file_bytes = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
+        return OutboxStatus(
+            path=str(self.path), pending=pending, in_flight=in_flight, delivered=delivered,
+            oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest),
+            pending_bytes=counters.get("pending_bytes", 0), quota_bytes=self.quota_bytes, file_bytes=file_bytes,
+            dropped_low=counters.get("dropped_low", 0), over_quota_accepted=counters.get("over_quota_accepted", 0),
+            expired={p: counters.get(f"expired_{p}", 0) for p in PRIORITIES}, expired_waiting=waiting,
+            counters=counters)
+
+
+def _split(n: int, available: Mapping[str, int]) -> dict[str, int]:
+    """Divide a lease of ``n`` among priorities: reserved shares for lower ones, the rest urgent-first."""
+    take = {p: 0 for p in PRIORITIES}
+    left = n
+    for p, share in RESERVED_SHARE.items():
+        if available[p] and left:
+            k = min(available[p], max(1, int(n * share)), left)
+            take[p] += k
+            left -= k
+    for p in PRIORITIES:
+        k = min(available[p] - take[p], left)
+        take[p] += k
+        left -= k
+    return take
+
+
+def _item(row: tuple, state_override: int | None = None) -> OutboxItem:
+    fid, prio, state, payload, size, created, expires, attempts = row
+    return OutboxItem(finding_id=fid, priority=PRIORITIES[prio],
+                      state=STATE_NAMES[state_override if state_override is not None else state],
+                      payload=bytes(payload) if payload is not None else None, size=int(size),
+                      created_at=float(created), expires_at=float(expires), attempts=int(attempts))
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT: take the write lock up front so two threads never deadlock upgrading."""
+
+    def __init__(self, db: sqlite3.Connection | None, path: Path) -> None:
+        if db is None:
+            raise OutboxError(f"{path}: outbox is closed")
+        self.db, self.path = db, path
+
+    def __enter__(self) -> None:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise OutboxError(f"{self.path}: outbox is locked or unwritable ({e})") from None
+
+    def __exit__(self, et: type | None, ev: BaseException | None, tb: object) -> bool:
+        if et is None:
+            try:
+                self.db.execute("COMMIT")
+                return False
+            except sqlite3.DatabaseError as e:
+                self.db.execute("ROLLBACK")
+                raise OutboxError(f"{self.path}: cannot commit to the outbox ({e})") from None
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+        if isinstance(ev, sqlite3.DatabaseError):
+            raise OutboxError(f"{self.path}: outbox write failed ({ev})") from None
+        return False

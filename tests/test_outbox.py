@@ -1,0 +1,202 @@
+"""Outbox: durability, ordering, TTL, quota policy and the `medge outbox` commands, on real SQLite files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from edge.cli import app
+from edge.findings import Finding, ModelRef
+from edge.outbox import Outbox, OutboxError
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ModelRef(name="m", version="1", sha256="0" * 64)
+
+
+def mk(i: int, priority: str = "routine", pad: int = 0) -> Finding:
+    return Finding(device_id="d1", modality="US", model=MODEL, label="x" * (1 + pad), confidence=0.5,
+                   needs_review=False, priority=priority, finding_id=f"f-{priority}-{i:06d}")
+
+
+def test_put_is_durable_and_idempotent(tmp_path):
+    p = tmp_path / "ob.sqlite3"
+    with Outbox(p) as ob:
+        assert ob.put(mk(1)) is True
+        assert ob.put(mk(1)) is False  # deterministic id: re-processing is a no-op
+        assert ob.put_many([mk(2), mk(3), mk(1)]) == 2
+    with Outbox(p) as ob:  # reopened: the rows and the WAL/FULL settings are there
+        assert ob.depth() == 3
+        assert ob._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert ob._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert Finding.from_json(ob.get("f-routine-000002").payload).finding_id == "f-routine-000002"
+
+
+def test_lease_ack_requeue_and_delivered_ids_stay_deduplicated(tmp_path):
+    with Outbox(tmp_path / "ob.sqlite3") as ob:
+        ob.put_many([mk(i) for i in range(5)])
+        got = ob.lease(3)
+        assert [g.finding_id for g in got] == [f"f-routine-{i:06d}" for i in range(3)]
+        assert all(g.state == "in-flight" for g in got)
+        assert [g.finding_id for g in ob.lease(10)] == ["f-routine-000003", "f-routine-000004"]
+        assert ob.lease(10) == []
+        assert ob.mark_delivered("f-routine-000000") is True
+        assert ob.mark_delivered("f-routine-000000") is False
+        assert ob.requeue("f-routine-000001") is True
+        again = ob.lease(10)
+        assert [g.finding_id for g in again] == ["f-routine-000001"] and again[0].attempts == 1
+        assert ob.retry_all() == 4
+        st = ob.status()
+        assert st.pending["routine"] == 4 and st.in_flight == 0 and st.delivered == 1
+        assert ob.put(mk(0)) is False  # delivered id still known
+        assert ob.get("f-routine-000000").payload is None
+
+
+def test_priority_order_without_starvation(tmp_path):
+    with Outbox(tmp_path / "ob.sqlite3") as ob:
+        ob.put_many([mk(i, "low") for i in range(50)])
+        ob.put_many([mk(i, "routine") for i in range(50)])
+        ob.put_many([mk(i, "urgent") for i in range(200)])
+        batch = ob.lease(20)
+        prios = [b.priority for b in batch]
+        assert prios.count("urgent") >= 14 and prios.count("routine") >= 1 and prios.count("low") >= 1
+        assert batch[0].priority == "urgent"
+        # with nothing urgent left, routine goes before low
+        ob.retry_all()
+        for b in ob.lease(1000):
+            if b.priority == "urgent":
+                ob.mark_delivered(b.finding_id)
+            else:
+                ob.requeue(b.finding_id)
+        prios = [b.priority for b in ob.lease(20)]
+        assert prios.count("routine") > prios.count("low") >= 1
+        assert [b.priority for b in ob.list_pending(3)] == ["routine"] * 3
+
+
+def test_ttl_per_priority_and_purge_is_counted(tmp_path):
+    with Outbox(tmp_path / "ob.sqlite3", ttl_s={"low": 0.05}) as ob:
+        ob.put_many([mk(i, "low") for i in range(3)] + [mk(0, "urgent")])
+        time.sleep(0.1)
+        assert [b.priority for b in ob.lease(10)] == ["urgent"]  # expired low is never sent
+        assert ob.status().expired_waiting == 3
+        assert ob.purge_expired() == 3
+        st = ob.status()
+        assert st.expired == {"urgent": 0, "routine": 0, "low": 3} and st.depth == 1
+
+
+def test_quota_drops_oldest_low_only_and_never_urgent(tmp_path):
+    one = len(mk(0, "low", pad=400).to_json())
+    with Outbox(tmp_path / "ob.sqlite3", quota_bytes=one * 10 + 200) as ob:
+        assert ob.put_many([mk(i, "low", pad=400) for i in range(10)]) == 10
+        assert ob.put(mk(0, "urgent", pad=400)) is True  # evicts the oldest low
+        st = ob.status()
+        assert st.dropped_low == 1 and ob.get("f-low-000000") is None and ob.get("f-low-000001") is not None
+        assert ob.put_many([mk(i, "routine", pad=400) for i in range(9)]) == 9  # evicts all other low
+        assert ob.status().pending["low"] == 0 and ob.status().dropped_low == 10
+        assert ob.put(mk(99, "low", pad=400)) is False  # no low left to evict: the new low one is dropped
+        assert ob.status().dropped_low == 11
+        for i in range(1, 6):  # urgent is kept beyond the quota, counted and reported
+            assert ob.put(mk(i, "urgent", pad=400)) is True
+        st = ob.status()
+        assert st.over_quota and st.over_quota_accepted == 5 and st.pending["urgent"] == 6
+        assert "OVER QUOTA" in st.describe()
+        # delivering frees quota accounting
+        for b in ob.lease(100):
+            ob.mark_delivered(b.finding_id)
+        assert ob.status().pending_bytes == 0
+
+
+def test_two_threads_each_with_own_connection(tmp_path):
+    p = tmp_path / "ob.sqlite3"
+    Outbox(p).close()
+    delivered: list[str] = []
+    done = threading.Event()
+
+    def sender():
+        with Outbox(p) as ob:
+            while not done.is_set() or ob.depth():
+                for it in ob.lease(16):
+                    ob.mark_delivered(it.finding_id)
+                    delivered.append(it.finding_id)
+
+    t = threading.Thread(target=sender)
+    t.start()
+    with Outbox(p) as ob:
+        for i in range(300):
+            assert ob.put(mk(i))
+    done.set()
+    t.join(30)
+    assert sorted(delivered) == [f"f-routine-{i:06d}" for i in range(300)]
+
+
+def test_put_survives_sigkill(tmp_path):
+    """Every put that returned before a SIGKILL is on disk afterwards."""
+    p = tmp_path / "ob.sqlite3"
+    script = textwrap.dedent(f"""
+        import sys
+        from edge.findings import Finding, ModelRef
+        from edge.outbox import Outbox
+        m = ModelRef(name="m", version="1", sha256="0" * 64)
+        ob = Outbox({str(p)!r})
+        i = 0
+        while True:
+            ob.put(Finding(device_id="d", modality="US", model=m, label="a", confidence=0.5,
+                           needs_review=False, finding_id=f"k{{i}}"))
+            print(i, flush=True)
+            i += 1
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    last = -1
+    for line in proc.stdout:
+        last = int(line)
+        if last >= 200:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with Outbox(p) as ob:
+        assert ob.depth() >= last + 1
+        assert all(ob.get(f"k{i}") is not None for i in range(last + 1))
+
+
+def test_unwritable_outbox_is_one_clear_line(tmp_path):
+    bad = tmp_path / "file"
+    bad.write_text("x")
+    with pytest.raises(OutboxError, match=r"file/ob.sqlite3: cannot open outbox"):
+        Outbox(bad / "ob.sqlite3")
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(OutboxError, match="garbage.sqlite3: cannot open outbox"):
+        Outbox(garbage)
+
+
+def test_cli_outbox_commands(tmp_path):
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "cine.dcm").write_bytes(b"x")
+    prof = tmp_path / "p.yaml"
+    prof.write_text(yaml.safe_dump({
+        "device": {"id": "d1", "site": "s1"}, "data_dir": str(tmp_path / "data"),
+        "models": [{"name": "m", "bundle": "bundle", "require_signature": False}],
+        "sources": [{"name": "s", "kind": "replay", "path": "cine.dcm", "model": "m"}],
+    }))
+    with Outbox(tmp_path / "data" / "outbox.sqlite3", ttl_s={"low": 0.01}) as ob:  # expiry is fixed at insert
+        ob.put_many([mk(1, "urgent"), mk(2, "low")])
+        ob.lease(1)
+    time.sleep(0.05)
+    r = CliRunner()
+    res = r.invoke(app, ["outbox", "status", "-c", str(prof)])
+    assert res.exit_code == 0 and "urgent 0" in res.output and "in flight 1" in res.output
+    res = r.invoke(app, ["outbox", "status", "-c", str(prof), "--json"])
+    assert '"depth": 2' in res.output
+    res = r.invoke(app, ["outbox", "list", "-c", str(prof)])
+    assert "f-urgent-000001" in res.output and "in-flight" in res.output
+    assert "1 finding(s) re-queued" in r.invoke(app, ["outbox", "retry", "-c", str(prof)]).output
+    assert "1 expired finding(s) purged" in r.invoke(app, ["outbox", "purge-expired", "-c", str(prof)]).output
