@@ -1,0 +1,220 @@
+"""`medge run`: the long-running on-device process.
+
+Start order matters for an operator: everything that can be refused (profile, bundle hashes and
+signatures, backends, outbox, pseudonym key) is checked *before* any source is opened and before systemd
+is told READY=1, so a bad update fails loudly at start instead of half-running. Stop order matters for
+the patient data: on SIGTERM/SIGINT the sources stop admitting frames, every frame already admitted
+drains through inference into the outbox, and only then is it completed back to its source (which lets
+durable sources remove the input file); a file not completed stays in incoming and is re-processed on the
+next start, deduplicated by its deterministic finding ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .config import Config
+from .errors import MedgeError
+from .findings import Finding
+from .frames import StudyRef
+from .loaded_model import LoadedModel, load_model
+from .metrics import Metrics
+from .pipeline import FindingBuilder, Pipeline, PipelineSettings
+from .sdnotify import Notifier
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(level: str) -> logging.Logger:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+    else:
+        root.setLevel(level.upper())
+    return logging.getLogger("medge.daemon")
+
+
+def pseudonym_fn(pseudonymizer: Any) -> Callable[[StudyRef], tuple[str | None, str | None, str | None]]:
+    """Adapt `edge.deid.Pseudonymizer` to the (study, series, instance) triple findings carry."""
+    if hasattr(pseudonymizer, "study_ids"):
+        return pseudonymizer.study_ids
+    fn = getattr(pseudonymizer, "pseudonymize_uid", None) or getattr(pseudonymizer, "uid", None) or \
+        pseudonymizer.pseudonymize
+
+    def ids(s: StudyRef) -> tuple[str | None, str | None, str | None]:
+        return tuple(fn(u) if u else None for u in (s.study_uid, s.series_uid, s.sop_instance_uid))  # type: ignore[return-value]
+
+    return ids
+
+
+class OutboxPublisher:
+    """One outbox connection per pipeline thread (sqlite3 connections are per thread)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+
+    def handle(self) -> Any:
+        ob = getattr(self._local, "outbox", None)
+        if ob is None:
+            from .outbox import Outbox
+
+            ob = self._local.outbox = Outbox.from_config(self.cfg)
+            with self._lock:
+                self._all.append(ob)
+        return ob
+
+    def __call__(self, finding: Finding) -> bool:
+        return self.handle().put(finding)
+
+    def close(self) -> None:
+        with self._lock:
+            for ob in self._all:
+                with contextlib.suppress(Exception):  # sqlite3 may refuse a close from another thread
+                    ob.close()
+            self._all.clear()
+
+
+def build_sources(cfg: Config, stop: threading.Event, pseudonymizer: Any, log: logging.Logger) -> list[Any]:
+    from . import sources as srcmod
+
+    return [srcmod.build_source(s, _make_ctx(srcmod.SourceContext, cfg, stop, pseudonymizer, log.getChild(s.name)))
+            for s in cfg.sources]
+
+
+def _make_ctx(cls: Any, cfg: Config, stop: threading.Event, pseudonymizer: Any, log: logging.Logger) -> Any:
+    """Fill whatever fields the imaging-inputs SourceContext declares from what the daemon has."""
+    import dataclasses
+    import inspect
+
+    have = {"config": cfg, "cfg": cfg, "device_id": cfg.device.id, "data_dir": cfg.data_dir,
+            "quarantine_dir": cfg.quarantine_dir, "pseudonymizer": pseudonymizer, "logger": log, "log": log,
+            "stop": stop}
+    names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else \
+        list(inspect.signature(cls).parameters)
+    return cls(**{n: have[n] for n in names if n in have})
+
+
+def run_daemon(cfg: Config, max_seconds: float | None = None,
+               on_finding: Callable[[Finding, bool], None] | None = None) -> int:
+    """Run until a signal, ``max_seconds``, or every finite source is done; return the exit code.
+
+    ``on_finding`` is called after each finding is durably in the outbox (the demo prints them).
+    """
+    log = setup_logging(cfg.log_level)
+    notifier = Notifier()
+    stop = threading.Event()
+    signals_seen: list[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        signals_seen.append(signum)
+        if not stop.is_set():
+            log.info("%s received: stopping sources and draining in-flight frames", signal.Signals(signum).name)
+        stop.set()
+
+    old_handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old_handlers[sig] = signal.signal(sig, on_signal)
+
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    models: dict[str, LoadedModel] = {}
+    sources: list[Any] = []
+    publisher = OutboxPublisher(cfg)
+    metrics = Metrics(cfg.pipeline.metrics_interval_s, cfg.pipeline.metrics_file, cfg.pipeline.metrics_port,
+                      log.getChild("metrics"), extra={"device_id": cfg.device.id, "site": cfg.device.site})
+    sync = None
+    pipelines: list[Pipeline] = []
+    code = 0
+    try:
+        log.info("medge starting: device %s at %s, profile %s", cfg.device.id, cfg.device.site, cfg.source_file)
+        for m in cfg.models:
+            models[m.name] = load_model(cfg, m, log.getChild("backend"))
+            log.info("model %s", models[m.name].describe())
+        from .deid import Pseudonymizer
+
+        pseudonymizer = Pseudonymizer.load_or_create(cfg.pseudonym_key_path)
+        publisher.handle()  # open (and if needed create) the outbox now: a bad path fails the start
+        if cfg.sync.enabled:
+            from .sync import SyncClient
+
+            sync = SyncClient(cfg, telemetry=metrics.snapshot)
+            sync.start()
+        metrics.start()
+        sources = build_sources(cfg, stop, pseudonymizer, log.getChild("source"))
+        p = cfg.pipeline
+        settings = PipelineSettings(queue_depth=p.queue_depth, on_frames=p.on_frames, off_frames=p.off_frames,
+                                    smoothing_window=p.smoothing_window)
+        ids = pseudonym_fn(pseudonymizer)
+        for scfg, src in zip(cfg.sources, sources, strict=True):
+            lm = models[scfg.model]
+            pl = Pipeline(source=src, preprocessor=lm.preprocessor, backend=lm.backend, task=lm.task,
+                          builder=FindingBuilder(cfg.device.id, lm.ref, ids), publish=publisher, metrics=metrics,
+                          settings=settings, logger=log.getChild("pipeline"), stop_event=stop,
+                          on_finding=on_finding)
+            pipelines.append(pl.start())
+        notifier.ready(f"running {len(pipelines)} source(s)")
+        log.info("ready: %d source(s), %d model(s); outbox %s", len(pipelines), len(models), cfg.outbox_path)
+        code = _supervise(pipelines, stop, notifier, max_seconds, log)
+    except MedgeError:
+        raise
+    finally:
+        stop.set()
+        notifier.stopping("draining")
+        for pl in pipelines:
+            if not pl.join(timeout=pl.settings.drain_timeout_s):
+                log.error("source %s: pipeline did not drain within %.0f s", pl.name, pl.settings.drain_timeout_s)
+                code = code or 1
+        for src in sources:
+            try:
+                src.close()
+            except Exception as e:
+                log.warning("source %s: close failed (%s)", getattr(src, "name", "?"), e)
+        if sync is not None:
+            sync.stop()
+        metrics.stop()
+        if pipelines:
+            log.info("stopped: %s", metrics.summary_line())
+        publisher.close()
+        for lm in models.values():
+            lm.close()
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
+    return code
+
+
+def _supervise(pipelines: list[Pipeline], stop: threading.Event, notifier: Notifier, max_seconds: float | None,
+               log: logging.Logger) -> int:
+    """Wait for a signal, the time limit, or every (finite) source to finish; feed the watchdog meanwhile.
+
+    The watchdog is fed only while no pipeline has crashed, so a wedged daemon is restarted by systemd.
+    """
+    t0 = time.monotonic()
+    tick = min(0.2, notifier.watchdog_s / 4) if notifier.watchdog_s else 0.2
+    last_ping = 0.0
+    while not stop.is_set():
+        now = time.monotonic()
+        failed = [p for p in pipelines if p.failure is not None]
+        if failed:
+            log.error("source %s: pipeline failed (%s); exiting so the service manager restarts medge",
+                      failed[0].name, failed[0].failure)
+            return 1
+        if all(p.finished for p in pipelines):
+            log.info("all sources finished")
+            return 0
+        if max_seconds is not None and now - t0 >= max_seconds:
+            log.info("time limit of %.1f s reached", max_seconds)
+            return 0
+        if notifier.watchdog_s and now - last_ping >= notifier.watchdog_s / 2:
+            notifier.watchdog()
+            last_ping = now
+        stop.wait(tick)
+    return 0

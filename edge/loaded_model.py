@@ -1,0 +1,60 @@
+"""A verified bundle with its backend, preprocessor and output decoder, ready for a pipeline.
+
+The daemon, `medge replay` and the demo all load models through here, so they run exactly the same code
+path: verify the bundle (hashes, signature), build the backend from the ordered providers, warm it up.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .backends import Backend, build_backend
+from .bundle import Bundle, load_bundle
+from .config import Config, ModelConfig
+from .findings import ModelRef
+from .modelset import load_model_bundle
+from .preprocess import Preprocessor
+from .tasks import Task, build_task
+
+
+@dataclass
+class LoadedModel:
+    config: ModelConfig
+    bundle: Bundle
+    backend: Backend
+    preprocessor: Preprocessor
+    task: Task
+    ref: ModelRef
+
+    def describe(self) -> str:
+        m = self.bundle.manifest
+        sig = f"signed by {self.bundle.signed_by}" if self.bundle.signed_by else "unsigned"
+        return (f"{self.config.name}: {m.name} {m.version} {self.ref.variant} on {self.backend.name}/"
+                f"{self.backend.provider} ({m.task}, sha256 {self.ref.sha256[:12]}, {sig})")
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def assemble(bundle: Bundle, mcfg: ModelConfig, overlays: bool, logger: logging.Logger) -> LoadedModel:
+    variant = bundle.variant(mcfg.variant)
+    backend = build_backend(bundle, mcfg, logger)
+    ref = ModelRef(bundle.manifest.name, bundle.manifest.version, bundle.model_sha256(variant.name), variant.name)
+    return LoadedModel(mcfg, bundle, backend, Preprocessor(bundle.manifest.preprocess),
+                       build_task(bundle.manifest, overlays=overlays), ref)
+
+
+def load_model(cfg: Config, mcfg: ModelConfig, logger: logging.Logger) -> LoadedModel:
+    return assemble(load_model_bundle(cfg, mcfg), mcfg, cfg.pipeline.overlays, logger)
+
+
+def load_model_dir(bundle_dir: Path, variant: str | None, trusted_keys: list[Path], logger: logging.Logger,
+                   threads: int = 2, overlays: bool = False) -> LoadedModel:
+    """For `medge replay`: a bundle folder without a profile (signature required only if keys are given)."""
+    bundle = load_bundle(bundle_dir, trusted_keys=trusted_keys, require_signature=bool(trusted_keys))
+    mcfg = ModelConfig(name=bundle.manifest.name, bundle=Path(bundle_dir), variant=variant, providers=("cpu",),
+                       intra_op_threads=threads, require_signature=bool(trusted_keys))
+    bundle.variant(variant)
+    return assemble(bundle, mcfg, overlays, logger)
