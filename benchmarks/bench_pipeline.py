@@ -1,0 +1,251 @@
+"""Pipeline overhead and end-to-end latency on the real SonoSite cine (pydicom-data), FP32 and INT8.
+
+Side by side in one run, on the same model file, session settings and frames:
+
+* **bare**: ``session.run`` on tensors preprocessed in advance, back to back: the ceiling.
+* **pipeline**: the device pipeline (capture -> preprocess -> infer -> decode+smoothing+publish, threads
+  and bounded queues) on the same frames as stored, never-dropped frames, as fast as it can go.
+  overhead ratio = pipeline fps / bare fps (goal >= 0.9).
+* **real time**: the same frames fed as live video at the cine's recorded rate (FrameTime 33.3 ms =
+  30 fps); reports capture->finding latency p50/p95/p99, achieved fps and dropped frames.
+
+Bare and pipeline runs alternate for ``--rounds`` rounds and the medians are reported, because the
+machine is shared and noisy. Frames are decoded once up front (JPEG decode is the source's job and is
+benchmarked with the sources). Model: the ``us-free-fluid`` bundle when it exists, otherwise a U-Net of
+the same shape built by benchmarks/make_models.py and quantized here (uint8-activation QDQ, per channel).
+
+    python -m benchmarks.bench_pipeline [--bundle models/bundles/us-free-fluid] [--rounds 3]
+
+Writes benchmarks/results/pipeline.json and pipeline.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import yaml
+
+from edge.bundle import load_bundle, sha256_file
+from edge.config import ModelConfig
+from edge.findings import ModelRef
+from edge.frames import Frame, Region, StudyRef
+from edge.loaded_model import assemble
+from edge.metrics import Metrics
+from edge.pipeline import FindingBuilder, Pipeline, PipelineSettings
+from edge.preprocess import PreprocessSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+CINE = "color3d_jpeg_baseline.dcm"
+
+
+def load_cine(path: Path | None = None) -> tuple[list[np.ndarray], dict]:
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    path = path or Path(get_testdata_file(CINE))
+    ds = pydicom.dcmread(path)
+    arr = ds.pixel_array  # (frames, rows, cols, 3) RGB
+    meta = {"file": path.name, "manufacturer": str(ds.get("Manufacturer", "")), "frames": int(arr.shape[0]),
+            "rows": int(arr.shape[1]), "cols": int(arr.shape[2]), "frame_time_ms": float(ds.get("FrameTime", 33.333))}
+    reg = ds.SequenceOfUltrasoundRegions[0] if "SequenceOfUltrasoundRegions" in ds else None
+    meta["region"] = [int(reg.RegionLocationMinX0), int(reg.RegionLocationMinY0), int(reg.RegionLocationMaxX1) + 1,
+                      int(reg.RegionLocationMaxY1) + 1] if reg is not None else None
+    meta["spacing_mm"] = [float(reg.PhysicalDeltaY) * 10, float(reg.PhysicalDeltaX) * 10] if reg is not None else None
+    return [np.ascontiguousarray(a) for a in arr], meta
+
+
+def fallback_bundle(root: Path, frames: list[np.ndarray]) -> Path:
+    """A U-Net of the reference model's shape, FP32 + INT8 (QDQ U8S8 per-channel), in a bundle."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from benchmarks.make_models import unet
+    from edge.preprocess import Preprocessor
+
+    ref = yaml.safe_load((ROOT / "models/us_free_fluid/model.yaml").read_text())
+    spec = PreprocessSpec.from_dict(ref["preprocess"])
+    root.mkdir(parents=True)
+    onnx.save(unet(size=spec.size[0]), root / "model.fp32.onnx")
+    pre = Preprocessor(spec)
+    calib = [pre.apply_pixels(f)[0] for f in frames[::6]]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(calib)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {"input": x}
+
+    quantize_static(str(root / "model.fp32.onnx"), str(root / "model.int8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    files = {n: sha256_file(root / n) for n in ("model.fp32.onnx", "model.int8.onnx")}
+    manifest = {"schema_version": 1, "name": "bench-unet", "version": "0.0.1", "task": "segment",
+                "labels": ref["labels"], "input": {"name": "input", "shape": [1, 1, *spec.size]},
+                "outputs": [{"name": "mask_logits", "shape": [1, 1, *spec.size], "activation": "sigmoid"}],
+                "preprocess": spec.to_dict(), "preprocess_sha256": spec.sha256(),
+                "variants": {"fp32": {"file": "model.fp32.onnx", "precision": "fp32"},
+                             "int8": {"file": "model.int8.onnx", "precision": "int8"}},
+                "default_variant": "int8", "threshold": ref["threshold"], "review_band": ref["review_band"],
+                "urgent_labels": ref["urgent_labels"], "postprocess": ref.get("postprocess", {}), "files": files}
+    (root / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return root
+
+
+class MemorySource:
+    """Frames already in memory; ``interval_s`` paces them like a camera, ``live`` picks the admission rule."""
+
+    def __init__(self, pixels: list[np.ndarray], meta: dict, live: bool, interval_s: float = 0.0, repeat: int = 1):
+        self.name = "sonosite-cine"
+        self.pixels, self.meta, self.live, self.interval_s, self.repeat = pixels, meta, live, interval_s, repeat
+        self.completed = 0
+
+    def frames(self, stop: threading.Event):
+        region = Region(*self.meta["region"]) if self.meta["region"] else None
+        spacing = tuple(self.meta["spacing_mm"]) if self.meta["spacing_mm"] else None
+        n = len(self.pixels)
+        t_next = time.monotonic()
+        for k in range(n * self.repeat):
+            if stop.is_set():
+                return
+            if self.interval_s:
+                t_next += self.interval_s
+                delay = t_next - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            i = k % n
+            yield Frame(pixels=self.pixels[i], modality="US", source=self.name, index=k, spacing_mm=spacing,
+                        region=region, live=self.live, frame_count=None if self.live else n * self.repeat,
+                        study=None if self.live else StudyRef("1.2.826.0.1", "1.2.826.0.1.1", f"1.2.826.0.1.1.{k // n}"))
+
+    def complete(self, frame, ok):
+        self.completed += 1
+
+    def close(self):
+        pass
+
+
+def run_bare(session, input_name: str, tensors: list[np.ndarray]) -> float:
+    t0 = time.perf_counter()
+    for x in tensors:
+        session.run(None, {input_name: x})
+    return len(tensors) / (time.perf_counter() - t0)
+
+
+def run_pipeline(lm, source: MemorySource, depth: int) -> tuple[float, dict, int]:
+    metrics = Metrics()
+    n_findings = [0]
+
+    def publish(f):
+        n_findings[0] += 1
+        return True
+
+    pl = Pipeline(source=source, preprocessor=lm.preprocessor, backend=lm.backend, task=lm.task,
+                  builder=FindingBuilder("bench", lm.ref, lambda s: ("s", "s", "i")), publish=publish, metrics=metrics,
+                  settings=PipelineSettings(queue_depth=depth))
+    t0 = time.perf_counter()
+    pl.start()
+    pl.join()
+    wall = time.perf_counter() - t0
+    if pl.failure:
+        raise pl.failure
+    snap = metrics.snapshot()
+    return snap["total"]["frames_done"] / wall, snap, n_findings[0]
+
+
+def bench_variant(bundle, variant: str, pixels, meta, rounds: int, threads: int, realtime_repeat: int, log) -> dict:
+    mcfg = ModelConfig(name="bench", bundle=bundle.root, variant=variant, intra_op_threads=threads, warmup_runs=5,
+                       require_signature=False)
+    lm = assemble(bundle, mcfg, overlays=False, logger=log)
+    sess = lm.backend.session
+    tensors = [lm.preprocessor.apply_pixels(p, Region(*meta["region"]) if meta["region"] else None)[0] for p in pixels]
+    bare, pipe = [], []
+    for _ in range(rounds):
+        bare.append(run_bare(sess, lm.backend.input_name, tensors))
+        fps, snap, _ = run_pipeline(lm, MemorySource(pixels, meta, live=False), depth=4)
+        pipe.append(fps)
+    stage = snap["sources"]["sonosite-cine"]["stage_ms"]
+    interval = meta["frame_time_ms"] / 1000.0
+    rt_fps, rt, rt_findings = run_pipeline(lm, MemorySource(pixels, meta, live=True, interval_s=interval,
+                                                            repeat=realtime_repeat), depth=4)
+    lm.close()
+    b, p = statistics.median(bare), statistics.median(pipe)
+    t = rt["total"]
+    return {
+        "variant": variant, "model_file": bundle.variant(variant).file, "model_sha256": bundle.model_sha256(variant)[:12],
+        "provider": lm.backend.provider, "intra_op_threads": threads,
+        "bare_fps": round(b, 1), "pipeline_fps": round(p, 1), "ratio": round(p / b, 3),
+        "bare_fps_rounds": [round(x, 1) for x in bare], "pipeline_fps_rounds": [round(x, 1) for x in pipe],
+        "stage_ms_p50": {k: v["p50"] for k, v in stage.items()},
+        "realtime": {"target_fps": round(1 / interval, 2), "frames_in": t["frames_in"], "frames_done": t["frames_done"],
+                     "fps": round(t["frames_done"] / (t["frames_in"] * interval), 2), "dropped": t["dropped"],
+                     "latency_ms": t["latency_ms"], "events": rt_findings},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", type=Path, default=ROOT / "models/bundles/us-free-fluid")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--realtime-repeat", type=int, default=2, help="play the 120-frame cine this many times live")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
+    a = ap.parse_args()
+    logging.basicConfig(level="WARNING")
+    log = logging.getLogger("bench")
+    pixels, meta = load_cine()
+    with tempfile.TemporaryDirectory() as tmp:
+        if (a.bundle / "manifest.yaml").exists():
+            root, origin = a.bundle, str(a.bundle.relative_to(ROOT) if a.bundle.is_relative_to(ROOT) else a.bundle.name)
+        else:
+            root, origin = fallback_bundle(Path(tmp) / "bundle", pixels), "fallback: benchmarks/make_models.py U-Net"
+        bundle = load_bundle(root)
+        variants = [v for v in ("fp32", "int8") if v in bundle.manifest.variants]
+        results = [bench_variant(bundle, v, pixels, meta, a.rounds, a.threads, a.realtime_repeat, log) for v in variants]
+        model = {"name": bundle.manifest.name, "version": bundle.manifest.version, "origin": origin,
+                 "input": list(bundle.manifest.preprocess.size)}
+    out = {"benchmark": "pipeline", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(), "onnxruntime": ort.__version__,
+                       "note": "shared 2-core machine; numbers are noisy"},
+           "cine": meta, "model": model, "rounds": a.rounds, "results": results}
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "pipeline.json").write_text(json.dumps(out, indent=1))
+    (a.out / "pipeline.md").write_text(markdown(out))
+    print(markdown(out))
+
+
+def markdown(r: dict) -> str:
+    c, m = r["cine"], r["model"]
+    lines = [
+        "# Pipeline benchmark",
+        "",
+        f"{r['time']}, {r['machine']['cpus']} CPUs ({r['machine']['note']}), onnxruntime {r['machine']['onnxruntime']}.",
+        f"Cine: {c['file']} ({c['manufacturer']}, {c['frames']} frames {c['cols']}x{c['rows']}, {1000 / c['frame_time_ms']:.0f} fps)."
+        f" Model: {m['name']} {m['version']} ({m['origin']}), input {m['input'][0]}x{m['input'][1]}.",
+        f"Bare vs pipeline: medians of {r['rounds']} alternating rounds over the same frames and session.",
+        "",
+        "| variant | bare session.run fps | pipeline fps | ratio | real-time fps (target) | dropped | latency p50 / p95 / p99 ms | events |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for x in r["results"]:
+        rt = x["realtime"]
+        lat = rt["latency_ms"]
+        lines.append(f"| {x['variant']} | {x['bare_fps']} | {x['pipeline_fps']} | {x['ratio']:.2f} | {rt['fps']} "
+                     f"({rt['target_fps']}) | {rt['dropped']} | {lat['p50']} / {lat['p95']} / {lat['p99']} | {rt['events']} |")
+    lines += ["", "Stage medians (ms) in the pipeline runs: " + "; ".join(
+        f"{x['variant']}: " + ", ".join(f"{k} {v}" for k, v in x["stage_ms_p50"].items()) for x in r["results"]), ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
