@@ -37,7 +37,6 @@ import yaml
 
 from edge.bundle import load_bundle, sha256_file
 from edge.config import ModelConfig
-from edge.findings import ModelRef
 from edge.frames import Frame, Region, StudyRef
 from edge.loaded_model import assemble
 from edge.metrics import Metrics
@@ -230,11 +229,13 @@ def markdown(r: dict) -> str:
         "# Pipeline benchmark",
         "",
         f"{r['time']}, {r['machine']['cpus']} CPUs ({r['machine']['note']}), onnxruntime {r['machine']['onnxruntime']}.",
-        f"Cine: {c['file']} ({c['manufacturer']}, {c['frames']} frames {c['cols']}x{c['rows']}, {1000 / c['frame_time_ms']:.0f} fps)."
+        f"Cine: {c['file']} ({c['manufacturer']}, {c['frames']} frames {c['cols']}x{c['rows']}, "
+        f"{1000 / c['frame_time_ms']:.0f} fps)."
         f" Model: {m['name']} {m['version']} ({m['origin']}), input {m['input'][0]}x{m['input'][1]}.",
         f"Bare vs pipeline: medians of {r['rounds']} alternating rounds over the same frames and session.",
         "",
-        "| variant | bare session.run fps | pipeline fps | ratio | real-time fps (target) | dropped | latency p50 / p95 / p99 ms | events |",
+        "| variant | bare session.run fps | pipeline fps | ratio | real-time fps (target) | dropped "
+        "| latency p50 / p95 / p99 ms | events |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for x in r["results"]:
