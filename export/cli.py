@@ -1,0 +1,139 @@
+"""`medge export ...`: the workstation toolchain's commands (quantize, sign, keygen, verify, build-engine).
+
+Thin wrappers like edge.cli: parse, call one function, turn a MedgeError into one line and exit 2.
+Progress goes to stderr so stdout stays the one-line result a script can read.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+import typer
+
+from edge.errors import MedgeError
+
+app = typer.Typer(help="Workstation toolchain: quantize, sign, verify, build TensorRT engines.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+
+def fail(msg: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"medge: error: {msg}", err=True)
+    return typer.Exit(code)
+
+
+def _log(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+@app.command("quantize")
+def quantize_cmd(
+    model: Path = typer.Argument(..., help="trained FP32 ONNX model"),
+    calib: Path = typer.Option(..., "--calib", help="calibration folder (PNG/JPEG/DICOM/video)"),
+    val: Path = typer.Option(..., "--val", help="labelled validation folder"),
+    out: Path = typer.Option(..., "--out", help="bundle folder to create"),
+    task: str | None = typer.Option(None, "--task", help="classify | segment | detect (default: the spec's)"),
+    target: str = typer.Option("cpu", "--target", help="cpu | tensorrt"),
+    spec: Path | None = typer.Option(None, "--spec", help="model spec YAML (default: model.yaml next to the model)"),
+    method: str = typer.Option("minmax", "--method", help="calibration: minmax | entropy | percentile"),
+    max_drop: float | None = typer.Option(None, "--max-drop", help="allowed drop of the primary metric "
+                                          "(default: AUROC 0.01, Dice 0.02, detection recall 0.02)"),
+    input_shape: str | None = typer.Option(None, "--input-shape", help="pin dynamic dims, e.g. 1x1x256x256"),
+    max_fallback: int = typer.Option(8, "--max-fallback", help="max nodes the accuracy gate may keep in float"),
+    video_step: int = typer.Option(10, "--video-step", help="use every k-th frame of videos / multi-frame DICOM"),
+    latency_runs: int = typer.Option(30, "--latency-runs", help="runs per variant for the latency table"),
+    fp16: bool | None = typer.Option(None, "--fp16/--no-fp16", help="add an FP16 variant (default: GPU targets only)"),
+    key: Path | None = typer.Option(None, "--key", help="sign the bundle with this Ed25519 private key"),
+    force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
+) -> None:
+    """Quantize MODEL for a target, gate it on the validation set and write a bundle."""
+    from .make_bundle import ExportOptions, run_export
+
+    opts = ExportOptions(model=model, calib=calib, val=val, out=out, target=target, task=task, spec=spec, method=method,
+                         max_drop=max_drop, input_shape=input_shape, max_fallback=max_fallback, video_step=video_step,
+                         latency_runs=latency_runs, fp16=fp16, sign_key=key, force=force)
+    with ExitStack() as stack:
+        def progress(label: str, total: int):
+            bar = stack.enter_context(typer.progressbar(length=total, label=f"reading {label}", file=sys.stderr))
+            return bar.update
+
+        try:
+            res = run_export(opts, log=_log, progress=progress)
+        except MedgeError as e:
+            raise fail(str(e)) from None
+    g = res.gate
+    typer.echo(f"{res.out}: {g['primary_metric']} drop {g['drop']:.4f} (budget {g['budget']}), INT8 "
+               f"{res.latency['speedup_int8']:.2f}x faster than FP32 on this machine; "
+               f"{len(res.float_nodes)} node(s) kept in float")
+
+
+@app.command("keygen")
+def keygen_cmd(
+    private: Path = typer.Argument(..., help="private key file to create (keep it off devices and out of git)"),
+    public: Path | None = typer.Option(None, "--public", help="public key file (default: <name>.pub.pem)"),
+    force: bool = typer.Option(False, "--force", help="overwrite existing key files"),
+) -> None:
+    """Create an Ed25519 signing key pair (PEM)."""
+    from .sign import keygen
+
+    try:
+        priv, pub, fp = keygen(private, public, force)
+    except MedgeError as e:
+        raise fail(str(e)) from None
+    typer.echo(f"private key {priv}, public key {pub} (fingerprint {fp})")
+
+
+@app.command("sign")
+def sign_cmd(
+    bundle: Path = typer.Argument(..., help="bundle folder"),
+    key: Path = typer.Option(..., "--key", help="Ed25519 private key (PEM)"),
+) -> None:
+    """Verify a bundle's hashes, then sign its manifest (writes manifest.sig)."""
+    from .sign import sign_bundle
+
+    try:
+        fp = sign_bundle(bundle, key)
+    except MedgeError as e:
+        raise fail(str(e)) from None
+    typer.echo(f"{bundle}: signed by key {fp}")
+
+
+@app.command("verify")
+def verify_cmd(
+    bundle: Path = typer.Argument(..., help="bundle folder"),
+    key: list[Path] = typer.Option([], "--key", help="trusted Ed25519 public key (PEM); repeatable"),
+) -> None:
+    """Check every hash and the signature exactly as the device does."""
+    from .sign import verify_bundle
+
+    try:
+        b = verify_bundle(bundle, list(key))
+    except MedgeError as e:
+        raise fail(str(e)) from None
+    m = b.manifest
+    typer.echo(f"{bundle}: OK - {m.name} {m.version} ({m.task}, target {m.target}, variants {', '.join(m.variants)}), "
+               f"signed by key {b.signed_by}")
+
+
+@app.command("build-engine")
+def build_engine_cmd(
+    bundle: Path = typer.Argument(..., help="bundle folder"),
+    variant: str | None = typer.Option(None, "--variant", help="int8 | fp16 | fp32 (default: the bundle's)"),
+    dla_core: int | None = typer.Option(None, "--dla-core", help="build for this DLA core (Jetson), GPU fallback on"),
+    workspace_mb: int = typer.Option(1024, "--workspace-mb", help="TensorRT builder workspace"),
+    rebuild: bool = typer.Option(False, "--rebuild", help="rebuild even if an engine for this key exists"),
+) -> None:
+    """Build a TensorRT engine for this GPU into BUNDLE/engines/ (keyed by GPU, SM, TensorRT version, precision)."""
+    from .tensorrt import build_engine
+
+    try:
+        path = build_engine(bundle, variant=variant, dla_core=dla_core, workspace_mb=workspace_mb, rebuild=rebuild,
+                            log=_log)
+    except MedgeError as e:
+        raise fail(str(e)) from None
+    typer.echo(f"{path}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,278 @@
+"""`medge export quantize`: model + spec + calibration + validation -> a verified, hashed bundle.
+
+The steps are deliberately in one place so the order is visible: pin and prepare the FP32 graph, build the
+device Preprocessor from the spec that goes into the manifest, calibrate, quantize with the target's
+recipe, gate on clinical metrics (with float fallback), measure latency, write everything into a staging
+folder and publish it atomically. Any failure before the publish leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edge.bundle import SCHEMA_VERSION, TASKS, load_bundle, sha256_file
+from edge.errors import InputError, MedgeError
+from edge.preprocess import Preprocessor, PreprocessSpec
+
+from . import datasets, evaluate, quantize, report, sensitivity
+from .bundle_writer import finalize_manifest, staging
+
+SPEC_KEYS = {"name", "version", "task", "description", "labels", "threshold", "review_band", "urgent_labels", "input",
+             "outputs", "preprocess", "postprocess"}
+
+
+class GateFailed(MedgeError):
+    """The INT8 model cannot be brought inside the accuracy budget."""
+
+
+@dataclass
+class ExportOptions:
+    model: Path
+    calib: Path
+    val: Path
+    out: Path
+    target: str = "cpu"
+    task: str | None = None
+    spec: Path | None = None
+    method: str = "minmax"
+    max_drop: float | None = None
+    input_shape: str | None = None
+    max_fallback: int = 8
+    video_step: int = 10
+    latency_runs: int = 30
+    fp16: bool | None = None  # None: only for GPU targets
+    sign_key: Path | None = None
+    force: bool = False
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    gate: dict[str, Any]
+    latency: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    float_nodes: list[str] = field(default_factory=list)
+
+
+def load_spec(opts: ExportOptions) -> tuple[dict[str, Any], Path]:
+    path = Path(opts.spec) if opts.spec else Path(opts.model).with_name("model.yaml")
+    if not path.is_file():
+        raise InputError(f"{path}: model spec not found (put model.yaml next to the model or pass --spec FILE)")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(spec, dict):
+        raise InputError(f"{path}: model spec must be a mapping")
+    unknown = set(spec) - SPEC_KEYS
+    if unknown:
+        raise InputError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(SPEC_KEYS))}")
+    if opts.task:
+        spec["task"] = opts.task
+    for k in ("name", "version", "task", "labels", "preprocess"):
+        if k not in spec:
+            raise InputError(f"{path}: required key {k!r} is missing")
+    if spec["task"] not in TASKS:
+        raise InputError(f"{path}: task {spec['task']!r} is not one of {', '.join(TASKS)}")
+    if not isinstance(spec["labels"], list) or not spec["labels"]:
+        raise InputError(f"{path}: labels must be a non-empty list")
+    return spec, path
+
+
+def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
+               progress: Callable[[str, int], Callable[[int], None]] | None = None) -> ExportResult:
+    spec, spec_path = load_spec(opts)
+    try:
+        pre_spec = PreprocessSpec.from_dict(dict(spec["preprocess"]))
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{spec_path}: preprocess: {e}") from None
+    task = spec["task"]
+    labels = tuple(str(x) for x in spec["labels"])
+    recipe = quantize.recipe_for(opts.target, opts.method)
+    budget = float(opts.max_drop if opts.max_drop is not None else evaluate.DEFAULT_MAX_DROP[task])
+    input_shape = quantize.parse_shape(opts.input_shape)
+    for what, folder in (("calibration", opts.calib), ("validation", opts.val)):
+        datasets.list_inputs(folder, what)  # fail fast, before any heavy work
+
+    with tempfile.TemporaryDirectory(prefix="medge-export-") as scratch_s, staging(opts.out, opts.force) as stage:
+        scratch = Path(scratch_s)
+        fp32 = stage / "model.fp32.onnx"
+        log(f"preparing {opts.model} (pin dims, shape inference, basic graph optimisation)")
+        io = quantize.prepare_model(opts.model, fp32, pre_spec, input_shape)
+        quantize.ensure_node_names(fp32)
+        want_in = (spec.get("input") or {}).get("name")
+        if want_in and want_in != io["input"]["name"]:
+            raise InputError(f"{spec_path}: input name {want_in!r} is not the model's input {io['input']['name']!r}")
+        out_specs = _outputs(spec, io, spec_path)
+
+        pre = Preprocessor(pre_spec)
+        calib = datasets.load_samples(opts.calib, pre, "calibration", opts.video_step,
+                                      progress("calibration", len(datasets.list_inputs(opts.calib, "calibration")))
+                                      if progress else None)
+        cal_summary, warnings = datasets.calibration_summary(calib)
+        for w in warnings:
+            log(f"WARNING: {w}")
+        vs = datasets.load_validation(opts.val, task, pre, labels, opts.video_step,
+                                      progress("validation", len(datasets.list_inputs(opts.val, "validation")))
+                                      if progress else None)
+        tspec = evaluate.TaskSpec(task=task, labels=labels, threshold=float(spec.get("threshold", 0.5)),
+                                  activation=out_specs[0].get("activation", "none"), output=out_specs[0]["name"],
+                                  postprocess=dict(spec.get("postprocess") or {}))
+
+        import onnx
+
+        if opts.target == "cpu":
+            narrow = quantize.narrow_convs(onnx.load(str(fp32)))
+            recipe = quantize.Recipe(**{**recipe.__dict__, "nodes_to_exclude": tuple(narrow)})
+        tensors = [s.tensor for s in calib]
+        in_name = io["input"]["name"]
+        cache = scratch / "calibration.json"
+        int8 = scratch / "int8.onnx"
+        log(f"calibrating ({len(tensors)} inputs, {opts.method}) and quantizing for {opts.target}")
+        quantize.quantize(fp32, int8, recipe, tensors, in_name, cache)
+
+        log(f"evaluating FP32 and INT8 on {len(vs.samples)} validation inputs")
+        ref = evaluate.predict(fp32, vs, tspec)
+        res = evaluate.gate(vs, tspec, ref, evaluate.predict(int8, vs, tspec), budget)
+        log(f"gate: {res.primary} FP32 {_f(res.fp32[res.primary])} INT8 {_f(res.int8[res.primary])} "
+            f"drop {res.drop:.4f} (budget {budget}) -> {'pass' if res.passed else 'fail'}")
+        x0 = vs.samples[0].tensor
+        steps: list[sensitivity.FallbackStep] = [sensitivity.FallbackStep(0, None, res.drop, res.passed,
+                                                                          *sensitivity.quick_latency(fp32, int8, x0),
+                                                                          res.to_dict())]
+        ranking: list[dict] = []
+        if not res.passed:
+            errs = sensitivity.node_errors(fp32, int8, tensors, in_name)
+            ranking = [{"node": e.node, "op_type": e.op_type, "added_error": round(e.added_error, 6),
+                        "output_error": round(e.output_error, 6)} for e in errs[:20]]
+            log("most sensitive nodes: " + ", ".join(f"{e.node} ({e.added_error:.2e})" for e in errs[:5]))
+            state = {"res": res}
+
+            def attempt(nodes: list[str]) -> tuple[float, bool, float, float, dict]:
+                r = recipe.with_fallback(nodes)
+                cand = scratch / f"int8-{len(nodes)}.onnx"
+                quantize.quantize(fp32, cand, r, tensors, in_name, cache)
+                g = evaluate.gate(vs, tspec, ref, evaluate.predict(cand, vs, tspec), budget)
+                state.update(res=g, path=cand, recipe=r)
+                return (g.drop, g.passed, *sensitivity.quick_latency(fp32, cand, x0), g.to_dict())
+
+            more, kept = sensitivity.fallback_loop([e.node for e in errs], attempt, opts.max_fallback, log)
+            steps += more
+            res = state["res"]
+            if not res.passed:
+                raise GateFailed(
+                    f"{opts.model}: accuracy gate failed: {res.primary} drop {res.drop:.4f} exceeds the budget {budget} "
+                    f"even with {len(kept)} node(s) kept in float ({', '.join(kept) or 'none'}); improve the "
+                    "calibration set, raise --max-drop, or allow more steps with --max-fallback")
+            int8, recipe = state["path"], state["recipe"]
+        shutil.copyfile(int8, stage / "model.int8.onnx")
+
+        variants = {"fp32": {"file": "model.fp32.onnx", "precision": "fp32", "recipe": {}},
+                    "int8": {"file": "model.int8.onnx", "precision": "int8", "recipe": recipe.to_dict()}}
+        if opts.fp16 if opts.fp16 is not None else opts.target != "cpu":
+            log("writing the FP16 variant (GPU targets)")
+            quantize.to_fp16(fp32, stage / "model.fp16.onnx")
+            variants["fp16"] = {"file": "model.fp16.onnx", "precision": "fp16", "recipe": {"keep_io_types": True}}
+
+        log(f"measuring latency FP32 vs INT8 side by side ({opts.latency_runs} runs each)")
+        lat = report.latency_side_by_side({"fp32": stage / "model.fp32.onnx", "int8": stage / "model.int8.onnx"}, x0,
+                                          runs=opts.latency_runs)
+        latency = {"machine": report.machine(), "threads": 2, "runs": opts.latency_runs, "variants": lat,
+                   "speedup_int8": round(lat["fp32"]["median_ms"] / lat["int8"]["median_ms"], 3)}
+        gate = res.to_dict()
+        created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        provenance = _provenance(opts, spec_path, created)
+        rep = {"name": str(spec["name"]), "version": str(spec["version"]), "task": task, "target": opts.target,
+               "gate": gate, "latency": latency, "recipe": recipe.to_dict(), "calibration": cal_summary,
+               "fallback": {"ranking": ranking, "steps": [s.to_dict() for s in steps]}, "provenance": provenance}
+        report.write_reports(stage, rep)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "name": str(spec["name"]),
+            "version": str(spec["version"]),
+            "task": task,
+            "description": str(spec.get("description", "")),
+            "labels": list(labels),
+            "threshold": float(spec.get("threshold", 0.5)),
+            "review_band": [float(v) for v in spec.get("review_band", [0.4, 0.6])],
+            "urgent_labels": [str(v) for v in spec.get("urgent_labels") or []],
+            "input": io["input"],
+            "outputs": out_specs,
+            "preprocess": pre_spec.to_dict(),
+            "preprocess_sha256": pre_spec.sha256(),
+            "postprocess": dict(spec.get("postprocess") or {}),
+            "target": opts.target,
+            "variants": variants,
+            "default_variant": "int8",
+            "metrics": {"gate": gate, "latency_ms": {k: round(v["median_ms"], 3) for k, v in lat.items()},
+                        "speedup_int8": latency["speedup_int8"]},
+            "calibration": cal_summary,
+            "provenance": provenance,
+        }
+        finalize_manifest(stage, manifest)
+        load_bundle(stage)  # what we publish must be exactly what the device accepts
+        if opts.sign_key:
+            from .sign import sign_bundle
+
+            sign_bundle(stage, opts.sign_key)
+    float_nodes = list(recipe.nodes_to_exclude)
+    return ExportResult(out=Path(opts.out), gate=gate, latency=latency, warnings=warnings, float_nodes=float_nodes)
+
+
+def _f(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _outputs(spec: dict, io: dict, spec_path: Path) -> list[dict]:
+    by_name = {o["name"]: o for o in io["outputs"]}
+    declared = spec.get("outputs") or [{"name": io["outputs"][0]["name"]}]
+    out = []
+    for o in declared:
+        if o.get("name") not in by_name:
+            raise InputError(f"{spec_path}: output {o.get('name')!r} is not an output of the model "
+                             f"({', '.join(by_name)})")
+        act = str(o.get("activation", "none"))
+        if act not in ("sigmoid", "softmax", "none"):
+            raise InputError(f"{spec_path}: output {o['name']!r} activation {act!r} is not sigmoid, softmax or none")
+        out.append({**by_name[o["name"]], "activation": act})
+    return out
+
+
+def _provenance(opts: ExportOptions, spec_path: Path, created: str) -> dict[str, Any]:
+    import onnx
+    import onnxruntime as ort
+
+    from edge import __version__ as medge_version  # type: ignore[attr-defined]
+
+    return {
+        "source_model": Path(opts.model).name,
+        "source_model_sha256": sha256_file(Path(opts.model)),
+        "spec_sha256": sha256_file(spec_path),
+        "calibration_set_sha256": _folder_hash(opts.calib),
+        "validation_set_sha256": _folder_hash(opts.val),
+        "created_at": created,
+        "tool": f"medge {medge_version}",
+        "onnxruntime": ort.__version__,
+        "onnx": onnx.__version__,
+        "method": opts.method,
+        "max_drop": opts.max_drop,
+    }
+
+
+def _folder_hash(folder: Path) -> str:
+    """Stable hash over file names and contents: which data the bundle was calibrated/validated on."""
+    h = hashlib.sha256()
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(folder).as_posix().encode())
+            h.update(bytes.fromhex(sha256_file(p)))
+    return h.hexdigest()

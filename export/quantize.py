@@ -1,0 +1,267 @@
+"""Quantization recipes that follow the deployment target.
+
+The same model needs a different INT8 form per runtime (measured on this machine class, see the shared
+architecture notes and benchmarks/results/quantize.md):
+
+* ``cpu`` (ONNX Runtime CPU provider): QDQ with **uint8 asymmetric activations** and int8 per-channel
+  weights (U8S8). ORT fuses these into QLinearConv/QLinearAdd/... running on VNNI; the symmetric S8S8
+  form runs *slower than FP32* here, so it must never reach a CPU device. Convolutions whose input or
+  output has fewer than 4 channels (a grayscale stem, a 1-channel mask head) stay in float: the int8
+  kernels pack channels in groups of 4 and run those layers slower than FP32 while adding error.
+  ``reduce_range`` stays off: VNNI accumulates without the 16-bit saturation that 7-bit weights avoid.
+* ``tensorrt``: what TensorRT's explicit quantization expects - int8 symmetric activations and weights
+  (zero point 0), per-channel weights on the output-channel axis (0 for Conv, 1 for ConvTranspose and
+  MatMul), and **no bias quantization** (TensorRT fuses bias in higher precision itself).
+
+``prepare_model`` pins dynamic dimensions and runs ORT's pre-processing (shape inference, basic graph
+optimisation) once, so FP32 reference, INT8 and FP16 variants all come from the same graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edge.errors import InputError
+from edge.preprocess import PreprocessSpec
+
+TARGETS = ("cpu", "tensorrt")
+METHODS = ("minmax", "entropy", "percentile")
+MIN_QDQ_CHANNELS = 4  # cpu: convs narrower than this on either side stay float (slower and lossier in int8)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the INT8 graph; stored in the manifest so a bundle says how it was made."""
+
+    target: str
+    method: str = "minmax"
+    format: str = "QDQ"
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    per_channel: bool = True
+    reduce_range: bool = False
+    activation_symmetric: bool = False
+    weight_symmetric: bool = True
+    quantize_bias: bool = True
+    per_channel_axes: dict[str, int] = field(default_factory=dict)
+    nodes_to_exclude: tuple[str, ...] = ()  # kept in float (speed rule or accuracy fallback)
+    fallback_nodes: tuple[str, ...] = ()  # the subset the accuracy gate added
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["nodes_to_exclude"] = list(self.nodes_to_exclude)
+        d["fallback_nodes"] = list(self.fallback_nodes)
+        return d
+
+    def with_fallback(self, nodes: Iterable[str]) -> Recipe:
+        nodes = tuple(n for n in nodes if n not in self.nodes_to_exclude)
+        return Recipe(**{**asdict(self), "nodes_to_exclude": self.nodes_to_exclude + nodes,
+                         "fallback_nodes": self.fallback_nodes + nodes, "per_channel_axes": dict(self.per_channel_axes)})
+
+
+def recipe_for(target: str, method: str = "minmax") -> Recipe:
+    if target not in TARGETS:
+        raise InputError(f"--target {target!r} is not one of {', '.join(TARGETS)}")
+    if method not in METHODS:
+        raise InputError(f"--method {method!r} is not one of {', '.join(METHODS)}")
+    if target == "cpu":
+        return Recipe(target="cpu", method=method)
+    return Recipe(target="tensorrt", method=method, activation_type="int8", weight_type="int8",
+                  activation_symmetric=True, weight_symmetric=True, quantize_bias=False,
+                  per_channel_axes={"Conv": 0, "ConvTranspose": 1, "MatMul": 1})
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: model file not found")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as e:  # protobuf DecodeError, ValidationError, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path}: not a valid ONNX model ({first[:160]})") from None
+    if not model.graph.node:
+        raise InputError(f"{path}: not a valid ONNX model (graph has no nodes)")
+    return model
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        dims = tuple(int(v) for v in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise InputError(f"--input-shape {text!r}: expected e.g. 1x1x256x256") from None
+    if len(dims) != 4 or min(dims) <= 0:
+        raise InputError(f"--input-shape {text!r}: expected four positive dims N x C x H x W")
+    return dims
+
+
+def graph_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    inits = {i.name for i in model.graph.initializer}
+    ins = [i for i in model.graph.input if i.name not in inits]
+    if len(ins) != 1:
+        raise InputError(f"model has {len(ins)} inputs ({', '.join(i.name for i in ins)}); medge models take one image")
+    return ins[0]
+
+
+def prepare_model(src: Path, dst: Path, spec: PreprocessSpec, input_shape: tuple[int, ...] | None = None) -> dict:
+    """Pin dims, check them against the preprocessing spec, run ORT pre-processing; return I/O spec."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model = load_onnx(src)
+    inp = graph_input(model)
+    dims = inp.type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise InputError(f"{src}: input {inp.name!r} has rank {len(dims)}; expected N x C x H x W")
+    want = tuple(input_shape) if input_shape else None
+    fixed = []
+    for i, d in enumerate(dims):
+        v = d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+        if want:
+            if v is not None and v != want[i]:
+                raise InputError(f"{src}: --input-shape {'x'.join(map(str, want))} contradicts the model's input dim {i} = {v}")
+            v = want[i]
+        elif v is None:
+            if i == 0:
+                v = 1
+            else:
+                name = d.dim_param or "?"
+                raise InputError(f"{src}: input {inp.name!r} has dynamic {('channel', 'height', 'width')[i - 1]} dim "
+                                 f"{name!r}; pass --input-shape e.g. 1x{spec.channels}x{spec.size[0]}x{spec.size[1]}")
+        fixed.append(v)
+    if fixed[0] != 1:
+        raise InputError(f"{src}: batch size {fixed[0]} is not supported; the device runs batch 1")
+    expect = list(spec.input_shape)
+    if fixed != expect:
+        raise InputError(f"{src}: model input {'x'.join(map(str, fixed))} does not match the preprocessing spec "
+                         f"({'x'.join(map(str, expect))} from preprocess.size/color); fix the spec or the model")
+    for d, v in zip(dims, fixed, strict=True):
+        d.Clear()
+        d.dim_value = v
+    for out in model.graph.output:  # let shape inference recompute outputs from the pinned input
+        for d in out.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value"):
+                d.Clear()
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:  # per-channel QDQ (axis attribute) needs opset 13
+        model = onnx.version_converter.convert_version(model, 13)
+    dst = Path(dst)
+    pinned = dst.with_name(f".{dst.name}.pinned.onnx")
+    onnx.save(model, str(pinned))
+    try:
+        quant_pre_process(str(pinned), str(dst), skip_symbolic_shape=True)
+    except Exception as e:
+        raise InputError(f"{src}: ONNX Runtime cannot prepare this model ({str(e).splitlines()[0][:160]})") from None
+    finally:
+        pinned.unlink(missing_ok=True)
+    prepared = onnx.load(str(dst))
+    return io_spec(prepared)
+
+
+def io_spec(model: onnx.ModelProto) -> dict:
+    def shape(vi: onnx.ValueInfoProto) -> list:
+        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in vi.type.tensor_type.shape.dim]
+
+    inp = graph_input(model)
+    return {"input": {"name": inp.name, "shape": shape(inp), "dtype": "float32"},
+            "outputs": [{"name": o.name, "shape": shape(o), "dtype": "float32"} for o in model.graph.output]}
+
+
+def narrow_convs(model: onnx.ModelProto, min_channels: int = MIN_QDQ_CHANNELS) -> list[str]:
+    """Conv nodes whose weight has < min_channels input or output channels (cpu recipe keeps them float)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    out = []
+    for n in model.graph.node:
+        if n.op_type not in ("Conv", "ConvTranspose") or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        w = inits[n.input[1]].dims
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        cout, cin = (w[0], w[1] * group) if n.op_type == "Conv" else (w[1] * group, w[0])
+        if min(cin, cout) < min_channels:
+            out.append(n.name)
+    return out
+
+
+def ensure_node_names(path: Path) -> None:
+    """Name unnamed nodes: exclusion lists and reports refer to nodes by name."""
+    model = onnx.load(str(path))
+    seen: set[str] = set()
+    changed = False
+    for i, n in enumerate(model.graph.node):
+        if not n.name or n.name in seen:
+            n.name = f"{n.op_type}_{i}"
+            changed = True
+        seen.add(n.name)
+    if changed:
+        onnx.save(model, str(path))
+
+
+class TensorReader:
+    """CalibrationDataReader over preprocessed tensors (already produced by the device's Preprocessor)."""
+
+    def __init__(self, input_name: str, tensors: list[np.ndarray]) -> None:
+        self.input_name = input_name
+        self.tensors = tensors
+        self._it = iter(tensors)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        t = next(self._it, None)
+        return None if t is None else {self.input_name: t}
+
+    def rewind(self) -> None:
+        self._it = iter(self.tensors)
+
+
+def quantize(fp32_path: Path, out_path: Path, recipe: Recipe, tensors: list[np.ndarray], input_name: str,
+             cache_path: Path) -> None:
+    """Write the INT8 QDQ model for `recipe`. Calibration ranges are cached: the fallback loop reuses them."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    qt = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[recipe.method]
+    extra: dict[str, Any] = {
+        "ActivationSymmetric": recipe.activation_symmetric,
+        "WeightSymmetric": recipe.weight_symmetric,
+        "QuantizeBias": recipe.quantize_bias,
+    }
+    if recipe.per_channel_axes:
+        extra["QDQOpTypePerChannelSupportToAxis"] = dict(recipe.per_channel_axes)
+    if recipe.method == "percentile":
+        extra["CalibPercentile"] = 99.99
+    kwargs: dict[str, Any] = {}
+    if cache_path.exists():
+        kwargs["calibration_cache_path"] = str(cache_path)
+        reader = None
+    else:
+        kwargs["calibration_cache_path"] = str(cache_path)
+        reader = TensorReader(input_name, tensors)
+    quantize_static(
+        str(fp32_path), str(out_path), reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=recipe.per_channel,
+        reduce_range=recipe.reduce_range,
+        activation_type=qt[recipe.activation_type],
+        weight_type=qt[recipe.weight_type],
+        nodes_to_exclude=list(recipe.nodes_to_exclude) or None,
+        calibrate_method=method,
+        extra_options=extra,
+        **kwargs,
+    )
+
+
+def to_fp16(fp32_path: Path, out_path: Path) -> None:
+    """FP16 variant for GPU targets; inputs/outputs stay float32 so the device code path is unchanged."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(fp32_path))
+    half = convert_float_to_float16(model, keep_io_types=True)
+    onnx.save(half, str(out_path))
