@@ -302,16 +302,29 @@ class Outbox:
 
     def mark_delivered(self, finding_id: str) -> bool:
         """The broker acknowledged it with success: keep only the id (for de-duplication)."""
+        return self.mark_delivered_many([finding_id]) == 1
+
+    def mark_delivered_many(self, finding_ids: Iterable[str]) -> int:
+        """Several acknowledgements in one transaction (one fsync); the sync thread batches PUBACKs."""
+        ids = list(finding_ids)
+        if not ids:
+            return 0
+        now = time.time()
+        n = 0
         with self._tx():
-            row = self._db.execute("SELECT size FROM findings WHERE finding_id=? AND state<>?",
-                                   (finding_id, DELIVERED)).fetchone()
-            if not row:
-                return False
-            self._db.execute("UPDATE findings SET state=?, payload=NULL, delivered_at=? WHERE finding_id=?",
-                             (DELIVERED, time.time(), finding_id))
-            self._bump("pending_bytes", -int(row[0]))
-            self._bump("delivered_total", 1)
-        return True
+            freed = 0
+            for fid in ids:
+                row = self._db.execute("SELECT size FROM findings WHERE finding_id=? AND state<>?",
+                                       (fid, DELIVERED)).fetchone()
+                if not row:
+                    continue
+                self._db.execute("UPDATE findings SET state=?, payload=NULL, delivered_at=? WHERE finding_id=?",
+                                 (DELIVERED, now, fid))
+                freed += int(row[0])
+                n += 1
+            self._bump("pending_bytes", -freed)
+            self._bump("delivered_total", n)
+        return n
 
     def requeue(self, finding_id: str) -> bool:
         """Back to pending after an ack timeout, a rejection or a lost connection."""

@@ -1,0 +1,343 @@
+"""`medge receive`: the hospital-side end of the findings pipe.
+
+Why it is built this way:
+- It subscribes with an MQTT 5 shared subscription (``$share/<group>/<filter>``) so several receivers on
+  a broker cluster split the load, and with a persistent session (clean_start false + expiry) so the
+  broker queues findings while a receiver is restarted.
+- paho's automatic acknowledgement is off (``manual_ack``): a PUBACK is sent only after the findings
+  it acknowledges are committed to the database. A crash before that commit makes the broker deliver
+  the message again; the finding id (primary key) turns that into a counted duplicate, so every
+  finding is stored exactly once.
+- Acknowledgements are batched behind one commit per loop turn (group commit) to keep up with a fleet
+  draining a multi-day backlog.
+- A message that is not a valid finding, or whose device id does not match the topic it arrived on
+  (a device can only write under its own topic, so a mismatch is a forgery or a bug), is recorded in
+  a ``rejected`` table with the reason and acknowledged, so it neither blocks the queue nor vanishes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from .backoff import Backoff
+from .errors import ConfigError
+from .findings import PRIORITIES
+from .mqtt_link import describe_error, new_client, parse_broker_url
+
+log = logging.getLogger("medge.receive")
+
+SESSION_EXPIRY_S = 7 * 24 * 3600
+RECEIVE_MAXIMUM = 1000
+BATCH = 500
+BATCH_WAIT_S = 0.02
+
+
+@dataclass(frozen=True)
+class Received:
+    finding_id: str
+    site: str
+    device_id: str
+    priority: str
+    topic: str
+    received_at: str
+    payload: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    topic: str
+    received_at: str
+    reason: str
+    payload: bytes
+
+
+@dataclass
+class ReceiverStats:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    connects: int = 0
+
+
+class FindingStore(Protocol):
+    def add(self, rows: list[Received], rejected: list[Rejected]) -> int: ...  # one commit; returns new rows
+    def count(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class SqliteStore:
+    """Findings in a local SQLite file (WAL, synchronous=FULL), finding_id as the primary key."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("CREATE TABLE IF NOT EXISTS findings (finding_id TEXT PRIMARY KEY, site TEXT NOT NULL,"
+                            " device_id TEXT NOT NULL, priority TEXT NOT NULL, topic TEXT NOT NULL,"
+                            " received_at TEXT NOT NULL, payload TEXT NOT NULL)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS rejected (id INTEGER PRIMARY KEY, topic TEXT, received_at TEXT,"
+                            " reason TEXT, payload BLOB)")
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(f"{self.path}: cannot open receiver database ({e})") from None
+
+    def add(self, rows: list[Received], rejected: list[Rejected]) -> int:
+        n = 0
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for r in rows:
+                n += self.db.execute("INSERT OR IGNORE INTO findings VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                     (r.finding_id, r.site, r.device_id, r.priority, r.topic, r.received_at,
+                                      r.payload)).rowcount
+            self.db.executemany("INSERT INTO rejected(topic, received_at, reason, payload) VALUES (?, ?, ?, ?)",
+                                [(x.topic, x.received_at, x.reason, x.payload) for x in rejected])
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return n
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM findings").fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class PostgresStore:
+    """The same tables in PostgreSQL, for hospitals that run one (needs psycopg 3; untested in CI)."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            import psycopg  # type: ignore[import-not-found]
+        except ImportError:
+            raise ConfigError("a postgresql:// database needs psycopg: pip install 'psycopg[binary]'") from None
+        try:
+            self.db = psycopg.connect(url)
+        except Exception as e:
+            raise ConfigError(f"cannot connect to PostgreSQL ({type(e).__name__}); check the --db URL") from None
+        with self.db.transaction():
+            self.db.execute("CREATE TABLE IF NOT EXISTS medge_findings (finding_id TEXT PRIMARY KEY, site TEXT NOT NULL,"
+                            " device_id TEXT NOT NULL, priority TEXT NOT NULL, topic TEXT NOT NULL,"
+                            " received_at TIMESTAMPTZ NOT NULL, payload JSONB NOT NULL)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS medge_rejected (id BIGSERIAL PRIMARY KEY, topic TEXT,"
+                            " received_at TIMESTAMPTZ, reason TEXT, payload BYTEA)")
+
+    def add(self, rows: list[Received], rejected: list[Rejected]) -> int:
+        n = 0
+        with self.db.transaction():
+            for r in rows:
+                cur = self.db.execute("INSERT INTO medge_findings VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                                      " ON CONFLICT (finding_id) DO NOTHING",
+                                      (r.finding_id, r.site, r.device_id, r.priority, r.topic, r.received_at, r.payload))
+                n += cur.rowcount
+            for x in rejected:
+                self.db.execute("INSERT INTO medge_rejected(topic, received_at, reason, payload) VALUES (%s, %s, %s, %s)",
+                                (x.topic, x.received_at, x.reason, x.payload))
+        return n
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM medge_findings").fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def open_store(db: str) -> FindingStore:
+    if db.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(db)
+    return SqliteStore(db)
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_message(topic: str, payload: bytes, props: Any) -> Received | Rejected:
+    """Check a message against the topic scheme <prefix>/<site>/<device>/findings/<priority>."""
+    now = _now_iso()
+    parts = topic.split("/")
+    if len(parts) != 5 or parts[3] != "findings" or parts[4] not in PRIORITIES:
+        return Rejected(topic, now, "topic does not follow <prefix>/<site>/<device>/findings/<priority>", payload)
+    _, site, device, _, priority = parts
+    try:
+        doc = json.loads(payload)
+        fid = doc["finding_id"]
+        if not isinstance(fid, str) or not fid:
+            raise ValueError("finding_id is empty")
+    except (ValueError, KeyError, TypeError) as e:
+        return Rejected(topic, now, f"payload is not a finding ({type(e).__name__}: {e})", payload)
+    prop_ids = [v for k, v in (getattr(props, "UserProperty", None) or []) if k == "finding_id"]
+    if prop_ids and prop_ids[0] != fid:
+        return Rejected(topic, now, f"finding_id property {prop_ids[0]!r} differs from the payload's {fid!r}", payload)
+    if doc.get("device_id") != device:
+        return Rejected(topic, now, f"device_id {doc.get('device_id')!r} does not match the topic's device {device!r}",
+                        payload)
+    if doc.get("priority", "routine") != priority:
+        return Rejected(topic, now, f"priority {doc.get('priority')!r} does not match the topic", payload)
+    return Received(fid, site, device, priority, topic, now, payload.decode())
+
+
+class Receiver:
+    """One receiver process's connection loop; ``run(stop)`` returns when ``stop`` is set."""
+
+    def __init__(self, broker: str, db: str, group: str = "medge-receivers", topic: str = "medge/+/+/findings/#",
+                 ca_file: Path | None = None, cert_file: Path | None = None, key_file: Path | None = None,
+                 client_id: str | None = None, backoff_min_s: float = 0.5, backoff_max_s: float = 30.0) -> None:
+        if any(ch in group for ch in "/+#") or not group:
+            raise ConfigError(f"--group {group!r}: a shared-subscription group name cannot contain / + #")
+        self.url = parse_broker_url(broker)
+        self.filter = f"$share/{group}/{topic}"
+        self.ca_file, self.cert_file, self.key_file = ca_file, cert_file, key_file
+        self.client_id = client_id or f"medge-receiver-{socket.gethostname()}"
+        self.db = db
+        self.store: FindingStore | None = None  # opened in run(): connections belong to the thread using them
+        self.stats = ReceiverStats()
+        self.backoff = Backoff(backoff_min_s, backoff_max_s)
+        self._pending: list[tuple[int, int, Received | Rejected]] = []
+        self._connected = False
+        self._refused: str | None = None
+        self.ready = threading.Event()  # set once subscribed (tests wait on it)
+
+    def run(self, stop: threading.Event) -> None:
+        self.store = open_store(self.db)
+        try:
+            while not stop.is_set():
+                if self._session(stop):
+                    self.backoff.reset()
+                if not stop.is_set():
+                    stop.wait(self.backoff.next())
+        finally:
+            self.store.close()
+            log.info("receiver stopped: %s", self.stats)
+
+    def _session(self, stop: threading.Event) -> bool:
+        self._connected, self._refused, self._pending = False, None, []
+        c = new_client(self.client_id, self.url, self.ca_file, self.cert_file, self.key_file, manual_ack=True)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.ReceiveMaximum = RECEIVE_MAXIMUM
+        try:
+            c.connect(self.url.host, self.url.port, keepalive=30, clean_start=False, properties=props)
+        except OSError as e:
+            log.warning("receiver: cannot connect to %s: %s", self.url, describe_error(e))
+            return False
+        accepted = False
+        first_pending = 0.0
+        deadline = time.monotonic() + 10
+        try:
+            while not stop.is_set():
+                had = len(self._pending)
+                rc = c.loop(timeout=0.01 if self._pending else 0.1)
+                if self._pending and not had:
+                    first_pending = time.monotonic()
+                if self._pending and (len(self._pending) >= BATCH or len(self._pending) == had
+                                      or time.monotonic() - first_pending > BATCH_WAIT_S):
+                    try:
+                        self._commit_and_ack(c)
+                    except (sqlite3.DatabaseError, OSError) as e:  # not acknowledged: redelivered after reconnect
+                        log.error("receiver: cannot store findings (%s); reconnecting", e)
+                        break
+                if self._refused:
+                    log.error("receiver: broker %s refused the connection: %s", self.url, self._refused)
+                    break
+                if rc != mqtt.MQTT_ERR_SUCCESS or (accepted and not self._connected):
+                    break
+                if self._connected and not accepted:
+                    accepted = True
+                    self.stats.connects += 1
+                elif not self._connected and time.monotonic() > deadline:
+                    log.warning("receiver: no CONNACK from %s", self.url)
+                    break
+        finally:
+            self._pending = []  # not acknowledged: the broker delivers them again
+            self.ready.clear()
+            try:
+                c.disconnect()
+                c.loop(timeout=0.01)
+            except Exception:
+                pass
+        return accepted
+
+    def _commit_and_ack(self, c: mqtt.Client) -> None:
+        batch, self._pending = self._pending, []
+        rows = [m for _, _, m in batch if isinstance(m, Received)]
+        rejected = [m for _, _, m in batch if isinstance(m, Rejected)]
+        assert self.store is not None
+        new = self.store.add(rows, rejected)  # raises -> nothing acknowledged, broker re-delivers
+        self.stats.stored += new
+        self.stats.duplicates += len(rows) - new
+        self.stats.rejected += len(rejected)
+        for r in rejected:
+            log.warning("receiver: rejected a message on %s: %s", r.topic, r.reason)
+        for mid, qos, _ in batch:
+            c.ack(mid, qos)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._refused = str(reason_code)
+            return
+        self._connected = True
+        log.info("receiver: connected to %s as %s (session present: %s), subscribing %s", self.url,
+                 self.client_id, flags.session_present, self.filter)
+        client.subscribe(self.filter, options=SubscribeOptions(qos=1))
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        bad = [str(rc) for rc in reason_codes if rc.is_failure]
+        if bad:
+            log.error("receiver: subscription %s refused: %s", self.filter, ", ".join(bad))
+            self._refused = f"subscription refused ({', '.join(bad)})"
+            return
+        self.ready.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self._connected:
+            log.warning("receiver: disconnected from %s (%s)", self.url, reason_code)
+        self._connected = False
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        self.stats.received += 1
+        self._pending.append((msg.mid, msg.qos, parse_message(msg.topic, msg.payload, msg.properties)))
+
+
+def run_receiver(broker: str, db: str, group: str = "medge-receivers", topic: str = "medge/+/+/findings/#",
+                 ca_file: Path | None = None, cert_file: Path | None = None, key_file: Path | None = None,
+                 client_id: str | None = None, max_seconds: float | None = None) -> int:
+    """Run until SIGTERM/SIGINT or ``max_seconds``; 0 on a normal stop."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    rx = Receiver(broker, db, group, topic, ca_file, cert_file, key_file, client_id)
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    if max_seconds is not None:
+        timer = threading.Timer(max_seconds, stop.set)
+        timer.daemon = True
+        timer.start()
+    rx.run(stop)
+    s = rx.stats
+    print(f"received {s.received}, stored {s.stored}, duplicates {s.duplicates}, rejected {s.rejected}", flush=True)
+    return 0

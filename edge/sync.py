@@ -1,0 +1,430 @@
+"""SyncClient: drains the outbox to the hospital broker over MQTT 5 (TLS, QoS 1).
+
+Why it is built this way:
+- One thread owns everything: the paho client (its loop runs in our thread via ``loop()``, never
+  ``loop_start``), the outbox connection, the in-flight window. No locks around paho, no callbacks
+  racing with the outbox.
+- A finding is marked delivered only when its PUBACK carries a success reason code, read in
+  ``on_publish``. A refusal (e.g. 0x87 not authorized: the device publishes outside its ACL) is logged,
+  counted and the finding is held and retried later, never dropped. "No matching subscribers" (0x10) is
+  a success code in MQTT 5 but means the broker discarded the message (no receiver session exists
+  yet), so it is treated like a refusal.
+- paho keeps its session in memory and, after a reconnect, re-sends everything it held regardless of
+  max_inflight. So each connection gets a fresh paho client; whatever was in flight when a link died
+  goes back to pending in the outbox and is sent again on the next connection (the receiver
+  de-duplicates by finding id). The broker session itself persists (clean_start false + expiry).
+- Our own window is ``min(sync.inflight, the broker's Receive Maximum)``; PUBACKs are committed in
+  batches (one fsync per loop turn, not per finding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .backoff import Backoff
+from .config import Config
+from .errors import ConfigError, MedgeError
+from .mqtt_link import describe_error, new_client, parse_broker_url
+from .outbox import Outbox, OutboxItem
+
+log = logging.getLogger("medge.sync")
+
+NO_MATCHING_SUBSCRIBERS = 0x10
+PURGE_EVERY_S = 3600.0
+
+
+@dataclass
+class SyncStats:
+    connected: bool = False
+    connects: int = 0
+    connect_failures: int = 0
+    disconnects: int = 0
+    published: int = 0
+    delivered: int = 0
+    rejected: int = 0  # PUBACK with a failure reason code (ACL, quota, ...)
+    no_subscribers: int = 0
+    ack_timeouts: int = 0
+    in_flight: int = 0
+    held: int = 0
+    last_error: str | None = None
+    last_rejection: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Sent:
+    item: OutboxItem
+    sent_at: float
+
+
+def topics(cfg: Config) -> dict[str, str]:
+    """The topic scheme: <prefix>/<site>/<device>/{findings/<priority>,status,telemetry}."""
+    for label, v in (("device.id", cfg.device.id), ("device.site", cfg.device.site),
+                     ("sync.topic_prefix", cfg.sync.topic_prefix)):
+        if not v or any(ch in v for ch in "+#/\0") or v.startswith("$"):
+            raise ConfigError(f"{cfg.source_file or 'profile'}: {label}: {v!r} cannot be part of an MQTT topic "
+                              "(no /, +, #, leading $)")
+    base = f"{cfg.sync.topic_prefix}/{cfg.device.site}/{cfg.device.id}"
+    return {"findings": f"{base}/findings", "status": f"{base}/status", "telemetry": f"{base}/telemetry"}
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class SyncClient:
+    """Runs the MQTT loop in its own thread and drains the outbox until ``stop``."""
+
+    def __init__(self, cfg: Config, telemetry: Callable[[], dict] | None = None) -> None:
+        self.cfg = cfg
+        self.sc = cfg.sync
+        self.url = parse_broker_url(self.sc.broker)
+        self.topics = topics(cfg)
+        self.client_id = self.sc.client_id or f"medge-{cfg.device.id}"
+        self.telemetry = telemetry
+        self._password: str | None = None
+        if self.sc.password_file is not None:
+            try:
+                self._password = Path(self.sc.password_file).read_text().strip()
+            except OSError as e:
+                raise ConfigError(f"{self.sc.password_file}: cannot read password file ({e.strerror})") from None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stats = SyncStats()
+        # state owned by the sync thread
+        self._inflight: dict[int, _Sent] = {}
+        self._held: list[tuple[float, OutboxItem]] = []
+        self._acked: list[str] = []
+        self._connected = False
+        self._refused: str | None = None
+        self._recv_max = 65535
+        self._hold_backoff = Backoff(max(self.sc.backoff_min_s, 0.05), self.sc.backoff_max_s)
+
+    # --------------------------------------------------------------------------------- public API
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("SyncClient already started")
+        self._thread = threading.Thread(target=self._run, name="medge-sync", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Publish the offline status, disconnect, close the outbox. True if the thread ended in time."""
+        self._stop.set()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def stats(self) -> SyncStats:
+        with self._lock:
+            return replace(self._stats)
+
+    def _stat(self, **kw: Any) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                setattr(self._stats, k, v)
+
+    def _count(self, name: str, by: int = 1) -> None:
+        with self._lock:
+            setattr(self._stats, name, getattr(self._stats, name) + by)
+
+    # --------------------------------------------------------------------------------- the thread
+    def _run(self) -> None:
+        try:
+            ob = Outbox.from_config(self.cfg)
+        except MedgeError as e:
+            log.error("sync: %s", e)
+            self._stat(last_error=str(e))
+            return
+        try:
+            n = ob.retry_all()
+            if n:
+                log.info("sync: %d finding(s) left in flight by the previous run are pending again", n)
+            ob.purge_expired()
+            next_purge = time.monotonic() + PURGE_EVERY_S
+            backoff = Backoff(self.sc.backoff_min_s, self.sc.backoff_max_s)
+            while not self._stop.is_set():
+                ok = self._session(ob, backoff)
+                self._requeue_all(ob)
+                if time.monotonic() > next_purge:
+                    ob.purge_expired()
+                    next_purge = time.monotonic() + PURGE_EVERY_S
+                if self._stop.is_set():
+                    break
+                delay = backoff.next()
+                if ok:
+                    log.info("sync: reconnecting in %.1fs", delay)
+                self._stop.wait(delay)
+        except Exception as e:  # the daemon keeps running; the outbox keeps everything
+            log.exception("sync thread failed: %s", e)
+            self._stat(last_error=f"sync thread failed: {e}")
+        finally:
+            ob.close()
+            self._stat(connected=False, in_flight=0, held=0)
+
+    def _new_client(self) -> mqtt.Client:
+        c = new_client(self.client_id, self.url, self.sc.ca_file, self.sc.cert_file, self.sc.key_file)
+        if self.sc.username:
+            c.username_pw_set(self.sc.username, self._password)
+        c.connect_timeout = min(10.0, max(2.0, self.sc.ack_timeout_s))
+        c.will_set(self.topics["status"], json.dumps({"state": "offline", "reason": "connection lost",
+                                                      "client_id": self.client_id}), qos=1, retain=True)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        return c
+
+    def _session(self, ob: Outbox, backoff: Backoff) -> bool:
+        """One connection, from connect to loss or stop. Returns True if the broker accepted us."""
+        self._connected, self._refused, self._recv_max = False, None, 65535
+        try:
+            client = self._new_client()
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = int(self.sc.session_expiry_s)
+            client.connect(self.url.host, self.url.port, keepalive=self.sc.keepalive_s, clean_start=False,
+                           properties=props)
+        except OSError as e:  # includes ssl.SSLError and timeouts
+            msg = f"cannot connect to {self.url}: {describe_error(e)}"
+            self._note_connect_failure(msg)
+            return False
+        wait_s = client.connect_timeout * 2
+        deadline = time.monotonic() + wait_s
+        accepted = False
+        next_hb = 0.0
+        try:
+            while not self._stop.is_set():
+                rc = client.loop(timeout=0.02)
+                if self._acked:
+                    self._commit_acks(ob)
+                if self._refused:
+                    self._note_connect_failure(f"broker {self.url} refused the connection: {self._refused}")
+                    break
+                if rc != mqtt.MQTT_ERR_SUCCESS or (accepted and not self._connected):
+                    if not accepted:
+                        self._note_connect_failure(f"{self.url} closed the connection before accepting it "
+                                                   f"(client certificate not trusted or TLS refused; {mqtt.error_string(rc)})")
+                    break
+                if not self._connected:
+                    if time.monotonic() > deadline:
+                        self._note_connect_failure(f"no CONNACK from {self.url} within {wait_s:.0f}s")
+                        break
+                    continue
+                if not accepted:
+                    accepted = True
+                    backoff.reset()
+                    self._count("connects")
+                    self._stat(connected=True, last_error=None)
+                    log.info("sync: connected to %s as %s (window %d)", self.url, self.client_id, self._window())
+                    client.publish(self.topics["status"], json.dumps({"state": "online", "at": _now_iso(),
+                                                                      "client_id": self.client_id}), qos=1, retain=True)
+                now = time.monotonic()
+                self._release_held(client, ob, now)
+                self._fill_window(client, ob)
+                self._check_ack_timeouts(ob, now)
+                if now >= next_hb:
+                    self._heartbeat(client, ob)
+                    next_hb = now + self.sc.heartbeat_s
+                self._stat(in_flight=len(self._inflight), held=len(self._held))
+            if self._stop.is_set() and self._connected:
+                self._goodbye(client, ob)
+        finally:
+            if self._acked:
+                self._commit_acks(ob)
+            if accepted:
+                self._count("disconnects")
+            self._stat(connected=False)
+            try:
+                client.disconnect()
+                client.loop(timeout=0.01)
+            except Exception:  # the socket may already be gone; nothing to save
+                pass
+        return accepted
+
+    def _note_connect_failure(self, msg: str) -> None:
+        self._count("connect_failures")
+        self._stat(last_error=msg)
+        log.warning("sync: %s", msg)
+
+    def _goodbye(self, client: mqtt.Client, ob: Outbox) -> None:
+        """Graceful stop: retained offline status (the will only fires on an unclean loss)."""
+        info = client.publish(self.topics["status"], json.dumps({"state": "offline", "reason": "stopped",
+                                                                 "at": _now_iso(), "client_id": self.client_id}),
+                              qos=1, retain=True)
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end and not info.is_published() and self._connected:
+            client.loop(timeout=0.02)
+        if self._acked:
+            self._commit_acks(ob)
+
+    # ------------------------------------------------------------------------------- paho callbacks
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._refused = str(reason_code)
+            return
+        rm = getattr(properties, "ReceiveMaximum", None) if properties is not None else None
+        self._recv_max = int(rm) if rm else 65535
+        self._connected = True
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self._connected:
+            log.warning("sync: disconnected from %s (%s); %d finding(s) in flight go back to pending",
+                        self.url, reason_code, len(self._inflight))
+        self._connected = False
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        sent = self._inflight.pop(mid, None)
+        if sent is None:
+            return  # status/telemetry, or a finding already re-queued by the ack timeout
+        code = getattr(reason_code, "value", 0)
+        if reason_code.is_failure or code == NO_MATCHING_SUBSCRIBERS:
+            why = str(reason_code)
+            if code == NO_MATCHING_SUBSCRIBERS:
+                self._count("no_subscribers")
+                msg = f"broker has no receiver subscribed for {sent.item.finding_id}; holding it"
+            else:
+                self._count("rejected")
+                msg = f"broker refused finding {sent.item.finding_id} on {self._topic(sent.item)}: {why}"
+                self._stat(last_rejection=msg)
+            log.warning("sync: %s", msg)
+            self._held.append((time.monotonic() + self._hold_backoff.next(), sent.item))
+            return
+        self._hold_backoff.reset()
+        self._acked.append(sent.item.finding_id)
+
+    # ------------------------------------------------------------------------------------- sending
+    def _window(self) -> int:
+        return max(1, min(self.sc.inflight, self._recv_max))
+
+    def _topic(self, item: OutboxItem) -> str:
+        return f"{self.topics['findings']}/{item.priority}"
+
+    def _publish(self, client: mqtt.Client, ob: Outbox, item: OutboxItem) -> bool:
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = ("finding_id", item.finding_id)
+        props.ContentType = "application/json"
+        remaining = int(item.expires_at - time.time())
+        if remaining > 0:
+            props.MessageExpiryInterval = remaining
+        info = client.publish(self._topic(item), item.payload, qos=1, retain=False, properties=props)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            ob.requeue(item.finding_id)
+            return False
+        self._inflight[info.mid] = _Sent(item, time.monotonic())
+        self._count("published")
+        return True
+
+    def _fill_window(self, client: mqtt.Client, ob: Outbox) -> None:
+        free = self._window() - len(self._inflight) - len(self._held)
+        if free <= 0 or free < min(8, self._window() // 4):
+            return  # lease in batches: one outbox transaction per batch, not per finding
+        for item in ob.lease(free):
+            if item.payload is None:
+                continue
+            if not self._publish(client, ob, item):
+                break
+
+    def _release_held(self, client: mqtt.Client, ob: Outbox, now: float) -> None:
+        if not self._held or self._held[0][0] > now:
+            return
+        due = [it for t, it in self._held if t <= now]
+        self._held = [(t, it) for t, it in self._held if t > now]
+        for item in due:
+            self._publish(client, ob, item)
+
+    def _check_ack_timeouts(self, ob: Outbox, now: float) -> None:
+        late = [mid for mid, s in self._inflight.items() if now - s.sent_at > self.sc.ack_timeout_s]
+        for mid in late:
+            s = self._inflight.pop(mid)
+            ob.requeue(s.item.finding_id)
+        if late:
+            self._count("ack_timeouts", len(late))
+            log.warning("sync: %d finding(s) not acknowledged within %.1fs; re-queued", len(late), self.sc.ack_timeout_s)
+
+    def _commit_acks(self, ob: Outbox) -> None:
+        acked, self._acked = self._acked, []
+        n = ob.mark_delivered_many(acked)
+        self._count("delivered", n)
+
+    def _requeue_all(self, ob: Outbox) -> None:
+        """Nothing from a dead connection stays leased: it is sent again on the next one."""
+        self._inflight.clear()
+        self._held.clear()
+        ob.retry_all()
+
+    def _heartbeat(self, client: mqtt.Client, ob: Outbox) -> None:
+        st = ob.status()
+        try:
+            disk = shutil.disk_usage(ob.path.parent)
+            disk_free_mb = round(disk.free / 1e6, 1)
+        except OSError:
+            disk_free_mb = None
+        doc: dict[str, Any] = {
+            "at": _now_iso(), "device": self.cfg.device.id, "site": self.cfg.device.site,
+            "queue_depth": st.depth, "pending": st.pending,
+            "oldest_pending_age_s": None if st.oldest_pending_age_s is None else round(st.oldest_pending_age_s, 1),
+            "outbox_bytes": st.pending_bytes, "quota_bytes": st.quota_bytes, "over_quota": st.over_quota,
+            "dropped_low": st.dropped_low, "expired": st.expired, "disk_free_mb": disk_free_mb,
+            "sync": {k: v for k, v in self.stats().to_dict().items() if k != "connected"},
+        }
+        if self.telemetry is not None:
+            try:
+                doc.update(self.telemetry())  # fps, latency, model from the daemon
+            except Exception as e:  # telemetry must never stop findings from flowing
+                doc["telemetry_error"] = f"{type(e).__name__}: {e}"
+        client.publish(self.topics["telemetry"], json.dumps(doc, default=str), qos=0, retain=False)
+
+
+# ----------------------------------------------------------------------------- process entry point
+def main(argv: list[str] | None = None) -> int:
+    """``python -m edge.sync --config X``: a sync-only process (tests kill it; field tools drain with it)."""
+    from .config import load_config
+
+    ap = argparse.ArgumentParser(prog="python -m edge.sync")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--data-dir")
+    ap.add_argument("--max-seconds", type=float)
+    ap.add_argument("--until-drained", action="store_true", help="exit 0 once the outbox is empty")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = load_config(a.config, data_dir=Path(a.data_dir) if a.data_dir else None)
+        sync = SyncClient(cfg)
+    except MedgeError as e:
+        print(f"medge: error: {e}", flush=True)
+        return 2
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    sync.start()
+    end = time.monotonic() + a.max_seconds if a.max_seconds else None
+    code = 0
+    with Outbox.from_config(cfg) as ob:
+        while not stop.wait(0.2):
+            if end and time.monotonic() > end:
+                code = 1 if ob.depth() else 0
+                break
+            if a.until_drained and ob.depth() == 0:
+                break
+    sync.stop(10)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
