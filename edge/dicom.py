@@ -146,6 +146,8 @@ def refusal_reason(ds: Dataset) -> str | None:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             return "float pixel data is not supported"
         sop = _uid_name(ds.get("SOPClassUID")) or "unknown SOP class"
+        if "Image" in sop:  # an image SOP class without its pixels: the file ends before them
+            return f"truncated file: {sop} object ends before its pixel data"
         return f"not an image: {sop} has no pixel data"
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if ts is None:

@@ -1,0 +1,123 @@
+"""Live video from a frame grabber (ultrasound HDMI/SDI capture), a camera device, or an RTSP/GStreamer URL.
+
+Frame grabbers get unplugged and network streams drop, so a read failure is never fatal: the capture is
+released and re-opened with exponential backoff (0.5 s doubling up to ``reopen_backoff_max_s``) until it
+comes back or the daemon stops. Frames are ``live``: the pipeline keeps only the newest when the model
+is slower than the camera, so findings are about what is on screen now. A plain video *file* given as
+``path`` is finite (it ends, or loops with ``loop: true``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import cv2
+
+from ..config import SourceConfig
+from ..frames import Frame
+from . import SourceContext, SourceStats
+
+VIDEO_MODALITY = "US"  # frame grabbers on these devices carry ultrasound; the profile has no modality key yet
+BACKOFF_MIN_S = 0.5
+
+
+def capture_fps(cap: Any) -> float | None:
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    return fps if math.isfinite(fps) and 0.0 < fps <= 1000.0 else None
+
+
+def to_rgb(img: Any) -> Any:
+    if img.ndim == 2:
+        return img
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+class VideoSource:
+    def __init__(self, cfg: SourceConfig, ctx: SourceContext) -> None:
+        self.name = cfg.name
+        self.cfg = cfg
+        self.stats = SourceStats()
+        self.log = ctx.log(cfg.name)
+        if cfg.device is not None:
+            self.target: int | str = int(cfg.device)
+        elif cfg.url is not None:
+            self.target = cfg.url
+        else:
+            self.target = str(cfg.path)
+        self.finite = cfg.device is None and cfg.url is None
+        self.frame_rate: float | None = None
+
+    def _open(self) -> Any | None:
+        cap = cv2.VideoCapture(self.target)
+        if not cap.isOpened():
+            cap.release()
+            return None
+        return cap
+
+    def frames(self, stop: threading.Event) -> Iterator[Frame]:
+        backoff = BACKOFF_MIN_S
+        index = 0
+        last_emit = 0.0
+        min_interval = 1.0 / self.cfg.max_fps if self.cfg.max_fps else 0.0
+        opened_before = False
+        while not stop.is_set():
+            cap = self._open()
+            if cap is None:
+                msg = f"video {self.target}: cannot open"
+                if self.finite:
+                    self.stats.error(msg)
+                    self.log.error("%s", msg)
+                    return
+                self.stats.error(msg)
+                self.log.warning("%s; retrying in %.1f s", msg, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, self.cfg.reopen_backoff_max_s)
+                continue
+            if opened_before:
+                self.stats.bump(reopens=1)
+                self.log.info("video %s: re-opened", self.target)
+            opened_before = True
+            self.frame_rate = capture_fps(cap)
+            got_any = False
+            try:
+                while not stop.is_set():
+                    ok, img = cap.read()
+                    if not ok or img is None:
+                        break
+                    got_any = True
+                    backoff = BACKOFF_MIN_S
+                    self.stats.bump(received=1)
+                    now = time.monotonic()
+                    if min_interval and now - last_emit < min_interval:
+                        self.stats.bump(dropped=1)
+                        continue
+                    last_emit = now
+                    self.stats.bump(accepted=1)
+                    yield Frame(pixels=to_rgb(img), modality=VIDEO_MODALITY, source=self.name, index=index,
+                                frame_rate=self.frame_rate, captured_at=now, live=True)
+                    index += 1
+            finally:
+                cap.release()
+            if stop.is_set():
+                return
+            if self.finite:
+                if self.cfg.loop and got_any:
+                    continue
+                return
+            msg = f"video {self.target}: read failed (unplugged or stream ended)"
+            self.stats.error(msg)
+            self.log.warning("%s; re-opening in %.1f s", msg, backoff)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, self.cfg.reopen_backoff_max_s)
+
+    def complete(self, frame: Frame, ok: bool) -> None:
+        pass  # live frames are not durable: nothing to keep or move
+
+    def close(self) -> None:
+        pass  # the capture is released when frames() ends

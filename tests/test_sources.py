@@ -1,0 +1,216 @@
+"""Sources on real files: a watched DICOM folder, live video (with unplug/reopen), and cine replay."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.config import SourceConfig
+from edge.quarantine import REASON_SUFFIX
+from edge.sources import SourceContext, build_source
+from tests.test_dicom_decode import find
+
+
+class Runner:
+    """Plays the pipeline's part: pulls frames in a thread and completes each one (ok unless told)."""
+
+    def __init__(self, src, ok: bool = True, complete: bool = True):
+        self.src, self.ok, self.do_complete = src, ok, complete
+        self.frames: list = []
+        self.times: list[float] = []
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        for f in self.src.frames(self.stop):
+            self.frames.append(f)
+            self.times.append(time.monotonic())
+            if self.do_complete:
+                self.src.complete(f, self.ok)
+
+    def wait_for(self, cond, timeout: float = 10.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if cond():
+                return True
+            time.sleep(0.02)
+        return False
+
+    def finish(self, timeout: float = 5.0):
+        self.stop.set()
+        self.t.join(timeout)
+        assert not self.t.is_alive()
+        self.src.close()
+
+
+def ctx(tmp_path: Path) -> SourceContext:
+    return SourceContext(data_dir=tmp_path / "data")
+
+
+def folder_cfg(watch: Path, **kw) -> SourceConfig:
+    return SourceConfig(name="drop", kind="dicom-folder", model="m", path=watch, settle_s=0.0, poll_interval_s=0.05, **kw)
+
+
+# ------------------------------------------------------------------------------------ dicom-folder
+
+
+def test_folder_processes_good_quarantines_bad_and_keeps_running(tmp_path):
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    src = build_source(folder_cfg(watch), ctx(tmp_path))
+    r = Runner(src)
+    shutil.copy(find("RG3_UNCR.dcm"), watch / "cr.dcm")
+    (watch / "junk.dcm").write_bytes(b"not dicom at all")
+    cine = find("examples_ybr_color.dcm").read_bytes()
+    (watch / "cut.dcm").write_bytes(cine[: len(cine) // 2])
+    (watch / "writing.dcm.part").write_bytes(cine)  # still being copied: must be ignored
+    assert r.wait_for(lambda: src.stats.quarantined == 2 and len(r.frames) == 1)
+    shutil.copy(find("examples_ybr_color.dcm"), watch / "cine.dcm")  # after the bad ones: still running
+    assert r.wait_for(lambda: len(r.frames) == 31 and not (watch / "cine.dcm").exists())
+    r.finish()
+    processed = tmp_path / "data" / "processed" / "drop"
+    assert sorted(p.name for p in processed.iterdir()) == ["cine.dcm", "cr.dcm"]
+    assert (watch / "writing.dcm.part").exists()
+    reasons = sorted(p.read_text().splitlines()[0] for p in (tmp_path / "data" / "quarantine").glob("*" + REASON_SUFFIX))
+    assert len(reasons) == 2
+    assert any("truncated" in x and "cut.dcm" in x for x in reasons)
+    assert any("not a DICOM file" in x and "junk.dcm" in x for x in reasons)
+    assert src.stats.accepted == 31 and src.stats.quarantined == 2 and src.stats.errors == 2
+    assert all(not f.live and f.source == "drop" for f in r.frames)
+
+
+def test_folder_settles_before_reading(tmp_path):
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    src = build_source(folder_cfg(watch), ctx(tmp_path))
+    f = watch / "a.dcm"
+    f.write_bytes(b"partial")
+    assert src.ready_files() == []  # first sighting
+    with open(f, "ab") as fh:
+        fh.write(b"more")  # still growing
+    assert src.ready_files() == []
+    assert src.ready_files() == [f]  # unchanged across two polls
+
+
+def test_uncompleted_file_stays_in_incoming_and_is_reprocessed_after_restart(tmp_path):
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    shutil.copy(find("examples_ybr_color.dcm"), watch / "cine.dcm")
+    src = build_source(folder_cfg(watch), ctx(tmp_path))
+    r = Runner(src, complete=False)  # "crash": findings never reached the outbox
+    assert r.wait_for(lambda: len(r.frames) == 30)
+    r.finish()
+    assert (watch / "cine.dcm").exists()
+    src2 = build_source(folder_cfg(watch), ctx(tmp_path))
+    r2 = Runner(src2)
+    assert r2.wait_for(lambda: not (watch / "cine.dcm").exists())
+    r2.finish()
+    assert len(r2.frames) == 30 and r2.frames[0].study.sop_instance_uid == r.frames[0].study.sop_instance_uid
+
+
+def test_failed_processing_is_retried_then_quarantined(tmp_path):
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    shutil.copy(find("RG3_UNCR.dcm"), watch / "cr.dcm")
+    src = build_source(folder_cfg(watch), ctx(tmp_path))
+    src.inbox.retry_base_s = 0.01
+    r = Runner(src, ok=False)
+    assert r.wait_for(lambda: src.stats.quarantined == 1)
+    r.finish()
+    assert len(r.frames) == 3  # three attempts
+    (side,) = (tmp_path / "data" / "quarantine").glob("*" + REASON_SUFFIX)
+    assert "processing failed 3 times" in side.read_text()
+
+
+# ------------------------------------------------------------------------------------------- video
+
+
+def write_video(path: Path, n: int = 12, fps: float = 25.0) -> Path:
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (64, 48))
+    if not w.isOpened():
+        pytest.skip("this OpenCV build cannot write MJPG video")
+    for i in range(n):
+        img = np.zeros((48, 64, 3), np.uint8)
+        img[..., 2] = 255  # BGR red
+        img[:, : 4 + i] = 0
+        w.write(img)
+    w.release()
+    return path
+
+
+def test_video_file_frames_are_rgb_live_with_rate(tmp_path):
+    vid = write_video(tmp_path / "v.avi")
+    src = build_source(SourceConfig(name="cam", kind="video", model="m", path=vid), ctx(tmp_path))
+    frames = list(src.frames(threading.Event()))
+    assert len(frames) == 12
+    f = frames[5]
+    assert f.live and f.pixels.shape == (48, 64, 3) and f.frame_rate == pytest.approx(25.0)
+    assert f.pixels[20, 40, 0] > 200 and f.pixels[20, 40, 2] < 50  # red in RGB order
+    assert [x.index for x in frames] == list(range(12))
+
+
+def test_video_reopens_with_backoff_after_unplug(tmp_path):
+    url = tmp_path / "grabber.avi"  # not there yet: the "device" is unplugged
+    cfg = SourceConfig(name="cam", kind="video", model="m", url=str(url), reopen_backoff_max_s=0.5)
+    src = build_source(cfg, ctx(tmp_path))
+    r = Runner(src)
+    assert r.wait_for(lambda: src.stats.errors >= 1)
+    assert not r.frames
+    write_video(tmp_path / "tmp.avi")
+    (tmp_path / "tmp.avi").rename(url)  # plugged in
+    assert r.wait_for(lambda: len(r.frames) >= 12)
+    # the stream "ends" (unplug): the source re-opens instead of finishing
+    assert r.wait_for(lambda: src.stats.reopens >= 1 and len(r.frames) >= 24)
+    assert r.t.is_alive()
+    r.finish()
+    assert all(f.live for f in r.frames)
+
+
+def test_max_fps_drops_at_the_source(tmp_path):
+    vid = write_video(tmp_path / "v.avi", n=12)
+    cfg = SourceConfig(name="cam", kind="video", model="m", path=vid, max_fps=0.5)
+    src = build_source(cfg, ctx(tmp_path))
+    frames = list(src.frames(threading.Event()))
+    assert len(frames) == 1 and src.stats.dropped == 11
+
+
+# ------------------------------------------------------------------------------------------ replay
+
+
+@pytest.mark.parametrize("name,n", [("examples_ybr_color.dcm", 12), ("color3d_jpeg_baseline.dcm", 15)])
+def test_replay_honours_recorded_frame_rate(tmp_path, name, n):
+    cfg = SourceConfig(name="rp", kind="replay", model="m", path=find(name), realtime=True)
+    src = build_source(cfg, ctx(tmp_path))
+    stop = threading.Event()
+    times, frames = [], []
+    for f in src.frames(stop):
+        times.append(time.monotonic())
+        frames.append(f)
+        if len(frames) == n:
+            stop.set()
+    assert len(frames) == n and frames[0].frame_rate == pytest.approx(30.0, rel=1e-3)
+    elapsed = times[-1] - times[0]
+    expected = (n - 1) / 30.0
+    assert abs(elapsed - expected) < 0.1 + 0.15 * expected, (elapsed, expected)
+    assert not any(f.live for f in frames)
+
+
+def test_replay_fast_and_video_and_bad_file(tmp_path):
+    cfg = SourceConfig(name="rp", kind="replay", model="m", path=find("examples_ybr_color.dcm"), realtime=False)
+    t = time.monotonic()
+    frames = list(build_source(cfg, ctx(tmp_path)).frames(threading.Event()))
+    assert len(frames) == 30 and time.monotonic() - t < 29 / 30.0  # faster than real time
+    vid = write_video(tmp_path / "v.avi", n=5, fps=50)
+    vframes = list(build_source(SourceConfig(name="rv", kind="replay", model="m", path=vid), ctx(tmp_path)).frames(threading.Event()))
+    assert len(vframes) == 5 and not vframes[0].live and vframes[0].frame_rate == pytest.approx(50.0)
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(find("examples_ybr_color.dcm").read_bytes()[:5000])
+    src = build_source(SourceConfig(name="rb", kind="replay", model="m", path=bad), ctx(tmp_path))
+    assert list(src.frames(threading.Event())) == [] and "truncated" in src.stats.last_error
