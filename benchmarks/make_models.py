@@ -110,13 +110,14 @@ def resnet18(channels: int = 1, size: int = 224, classes: int = 1, seed: int = 0
 
 
 def unet(size: int = 256, widths: tuple[int, ...] = (16, 32, 64, 128), up: str = "resize", down: str = "maxpool",
-         skip: str = "concat", seed: int = 0) -> onnx.ModelProto:
+         skip: str = "concat", resize_mode: str = "asymmetric", seed: int = 0) -> onnx.ModelProto:
     """Four-level U-Net, 1 input channel, 1 output logit map.
 
     up: resize (nearest x2 then 3x3 conv) | conv-resize (3x3 conv at low resolution, then nearest x2)
         | convtranspose (2x2 stride 2)
     down: maxpool (2x2) | conv (3x3 stride 2)
     skip: concat (classic U-Net) | add (channel-matched sum, LinkNet-style)
+    resize_mode: asymmetric (nearest/floor, ORT has a fast path for it) | half_pixel (ONNX default)
     """
     g = _Graph(np.random.default_rng(seed))
     x = "input"
@@ -135,8 +136,11 @@ def unet(size: int = 256, widths: tuple[int, ...] = (16, 32, 64, 128), up: str =
         if up in ("resize", "conv-resize"):
             if up == "conv-resize":  # reduce channels at low resolution, then upsample c (not cin) channels
                 x = g.conv(x, cin, c)
-            x = g.op("Resize", [x, "", scales], mode="nearest", coordinate_transformation_mode="asymmetric",
-                     nearest_mode="floor")
+            if resize_mode == "asymmetric":  # what torch.nn.Upsample(scale_factor=2) exports
+                x = g.op("Resize", [x, "", scales], mode="nearest", coordinate_transformation_mode="asymmetric",
+                         nearest_mode="floor")
+            else:
+                x = g.op("Resize", [x, "", scales], mode="nearest")
             if up == "resize":
                 x = g.conv(x, cin, c)
         else:

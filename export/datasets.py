@@ -61,61 +61,24 @@ def list_inputs(folder: Path, what: str) -> list[Path]:
     return files
 
 
-def _dicom_reader() -> Callable[[Path], list[Frame]]:
-    """The device's DICOM reader when it exists, so export sees exactly the device's display values."""
-    try:
-        from edge import dicom as edge_dicom
-    except ImportError:
-        return _read_dicom_fallback
-    for name in ("read_frames", "read_dicom_frames", "load_frames"):
-        fn = getattr(edge_dicom, name, None)
-        if callable(fn):
-            return lambda p: list(fn(p))
-    return _read_dicom_fallback
-
-
-def _read_dicom_fallback(path: Path) -> list[Frame]:
-    """Minimal display-value reader (modality LUT, VOI LUT, MONOCHROME1 inversion) until edge.dicom lands."""
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    ds = pydicom.dcmread(path)
-    arr = ds.pixel_array
-    n = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    frames = arr if n > 1 else arr[None]
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
-    out = []
-    for i, f in enumerate(frames):
-        if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422") or f.ndim == 3:
-            if photometric.startswith("YBR"):
-                from pydicom.pixels import convert_color_space
-                f = convert_color_space(f, photometric, "RGB")
-            pix = f.astype(np.uint8) if f.dtype == np.uint8 else np.clip(f, 0, 255).astype(np.uint8)
-        else:
-            v = apply_voi_lut(apply_modality_lut(f, ds), ds).astype(np.float32)
-            lo, hi = float(v.min()), float(v.max())
-            v = (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
-            if photometric == "MONOCHROME1":
-                v = 1.0 - v
-            pix = v.astype(np.float32)
-        out.append(Frame(pixels=pix, modality=str(getattr(ds, "Modality", "OT")), source="export", index=i,
-                         origin=path))
-    return out
-
-
 def read_frames(path: Path, video_step: int = 10) -> Iterator[Frame]:
     """Frames of one calibration/validation file; raises InputError naming the file when unreadable."""
     ext = path.suffix.lower()
     if ext == ".dcm":
+        from edge.dicom import frames_from_file  # the device's display chain: same values as on the device
+
+        n = 0
         try:
-            frames = _dicom_reader()(path)
+            for i, fr in enumerate(frames_from_file(path, source="export")):
+                if i % max(1, video_step) == 0:
+                    n += 1
+                    yield fr
         except InputError:
             raise
-        except Exception as e:  # pydicom raises many types for corrupt files
-            raise InputError(f"{path}: unreadable DICOM ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-        if not frames:
-            raise InputError(f"{path}: DICOM has no pixel data")
-        yield from (frames if len(frames) == 1 else frames[:: max(1, video_step)])
+        except Exception as e:  # decoders raise many types for corrupt files
+            raise InputError(f"{path}: unreadable DICOM ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})") from None
+        if n == 0:
+            raise InputError(f"{path}: DICOM has no image frames")
         return
     if ext in VIDEO_EXTS:
         cap = cv2.VideoCapture(str(path))

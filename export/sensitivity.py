@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 DQ_SUFFIX = "_DequantizeLinear_Output"
+Q_INPUT_SUFFIX = "_QuantizeLinear_Input"
 SKIP_OPS = {"QuantizeLinear", "DequantizeLinear", "Constant", "Shape", "Identity"}
 FUSED_ACTIVATIONS = {"Relu", "Clip"}
 
@@ -54,13 +55,17 @@ def node_errors(fp32_path: Path, int8_path: Path, tensors: list[np.ndarray], inp
     q_produced = {o for n in qm.graph.node for o in n.output}
     init = {i.name for i in fm.graph.initializer}
 
+    graph_outputs = {o.name for o in qm.graph.output}
+
     def q_name(t: str) -> str | None:
         if t + DQ_SUFFIX in q_produced:
             return t + DQ_SUFFIX
         return t if t in q_produced or t == input_name else None
 
-    nodes = [n for n in fm.graph.node
-             if n.op_type not in SKIP_OPS and n.output and q_name(n.output[0]) == n.output[0] + DQ_SUFFIX]
+    def quantized(t: str) -> bool:  # graph outputs keep their name on the DQ; the producer writes T_QuantizeLinear_Input
+        return t + DQ_SUFFIX in q_produced or (t in graph_outputs and t + Q_INPUT_SUFFIX in q_produced)
+
+    nodes = [n for n in fm.graph.node if n.op_type not in SKIP_OPS and n.output and quantized(n.output[0])]
     if not nodes:
         return []
     f_tensors = sorted({t for n in nodes for t in [n.output[0], *n.input] if t and t not in init and t != input_name})
