@@ -67,9 +67,9 @@ def engine_name(gpu: GpuInfo, trt_version: str, precision: str) -> str:
 
 def build_engine(bundle_dir: Path, variant: str | None = None, dla_core: int | None = None,
                  workspace_mb: int = 1024, rebuild: bool = False, log=print) -> Path:
-    bundle = load_bundle(bundle_dir)
-    trt = import_tensorrt()
+    trt = import_tensorrt()  # say what is missing before anything else
     gpu = detect_gpu()
+    bundle = load_bundle(bundle_dir)
     v = bundle.variant(variant)
     if bundle.manifest.target != "tensorrt" and v.precision == "int8":
         raise BundleError(f"{bundle_dir}: the int8 variant was quantized for target {bundle.manifest.target!r}, not "
