@@ -226,3 +226,33 @@ def test_non_image_and_unsupported_syntax(tmp_path):
     (tmp_path / "text.dcm").write_text("hello")
     with pytest.raises(InputError, match="not a DICOM file"):
         read_dicom(tmp_path / "text.dcm")
+
+
+# ------------------------------------------------------------------------------------ medge inspect
+
+
+def test_medge_inspect_json_and_refusal(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from edge.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["inspect", "--json", str(find("color3d_jpeg_baseline.dcm"))])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert info["accepted"] is True and info["modality"] == "US" and info["frames"] == 120
+    assert (info["rows"], info["columns"]) == (480, 640) and info["photometric"] == "YBR_FULL_422"
+    assert info["frame_rate"] == pytest.approx(30.0, rel=1e-3) and info["spacing_mm"][0] == pytest.approx(0.5105, abs=1e-4)
+    assert "PatientName" not in res.stdout and "PatientID" not in res.stdout
+
+    b = find("RG1_J2KR.dcm").read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(b[: len(b) // 2])
+    res = runner.invoke(app, ["inspect", str(cut)])
+    assert res.exit_code == 1
+    assert res.stdout.splitlines()[0].startswith("cut.dcm: REFUSED (") and "truncated" in res.stdout.splitlines()[0]
+
+    res = runner.invoke(app, ["inspect", str(tmp_path / "missing.dcm")])
+    assert res.exit_code == 2 and "file not found" in res.output

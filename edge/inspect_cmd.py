@@ -1,0 +1,82 @@
+"""`medge inspect FILE`: what the daemon would see in a file, and whether it would accept it.
+
+On-site staff use this when a modality's images "do not show up": it reads the file the same way the
+sources do (decoding the first frame, so a truncated or undecodable object is caught here too) and prints
+modality, geometry, spacing, rate and the one-line refusal reason. Patient identifiers are not printed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from .dicom import describe, iter_frames, read_dicom
+from .errors import InputError
+from .sources.replay import is_dicom_file
+from .sources.video import capture_fps
+
+EXIT_ACCEPTED = 0
+EXIT_REFUSED = 1
+
+
+def inspect_dicom(path: Path) -> dict[str, Any]:
+    try:
+        ds = read_dicom(path)
+    except InputError as e:
+        return {"path": str(path), "kind": "dicom", "accepted": False, "reason": str(e)}
+    info = describe(ds, path).to_dict()
+    info["kind"] = "dicom"
+    if info["region"] is not None:
+        r = info["region"]
+        info["region"] = [r["x0"], r["y0"], r["x1"], r["y1"]]
+    if info["accepted"]:
+        try:
+            first = next(iter_frames(ds, "inspect", path))
+            info["display"] = {"dtype": str(first.pixels.dtype), "shape": list(first.pixels.shape),
+                               "min": float(first.pixels.min()), "max": float(first.pixels.max())}
+        except InputError as e:
+            info["accepted"], info["reason"] = False, str(e)
+    if info["reason"] and not info["reason"].startswith(str(path)):
+        info["reason"] = f"{path}: {info['reason']}"
+    return info
+
+
+def inspect_video(path: Path) -> dict[str, Any]:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return {"path": str(path), "kind": "unknown", "accepted": False,
+                    "reason": f"{path}: neither DICOM nor a video OpenCV can open"}
+        ok, img = cap.read()
+        info = {"path": str(path), "kind": "video", "accepted": bool(ok), "reason": None if ok else
+                f"{path}: video opens but no frame can be read", "modality": None,
+                "frames": int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None,
+                "rows": int(img.shape[0]) if ok else None, "columns": int(img.shape[1]) if ok else None,
+                "photometric": "RGB (from BGR)" if ok and img.ndim == 3 else None, "spacing_mm": None,
+                "frame_rate": capture_fps(cap)}
+        return info
+    finally:
+        cap.release()
+
+
+def inspect_file(path: Path | str, as_json: bool = False, echo: Callable[[str], None] = print) -> int:
+    """Print the report; exit code 0 if the daemon would accept the file, 1 if it would refuse it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    info = inspect_dicom(path) if is_dicom_file(path) else inspect_video(path)
+    if as_json:
+        echo(json.dumps(info, indent=2, sort_keys=True, default=str))
+    else:
+        verdict = "ACCEPTED" if info["accepted"] else "REFUSED"
+        echo(f"{path.name}: {verdict}" + ("" if info["accepted"] else f" ({info['reason']})"))
+        for key in ("kind", "modality", "sop_class", "transfer_syntax", "photometric", "rows", "columns", "frames",
+                    "bits_stored", "spacing_mm", "spacing_source", "frame_rate", "frame_rate_source", "region",
+                    "manufacturer", "display"):
+            if info.get(key) is not None:
+                echo(f"  {key:17s} {info[key]}")
+    return EXIT_ACCEPTED if info["accepted"] else EXIT_REFUSED
