@@ -48,11 +48,11 @@ def cls_model(size: int = 32) -> onnx.ModelProto:
 
 def write_bundle(root: Path, task: str = "segment", size: int = 64, key: Ed25519PrivateKey | None = None,
                  labels=("free_fluid",), urgent=("free_fluid",), threshold=0.5, review_band=(0.4, 0.6),
-                 postprocess: dict | None = None, name: str = "toy-seg") -> Path:
+                 postprocess: dict | None = None, name: str = "toy-seg", std: float = 1.0) -> Path:
     root.mkdir(parents=True)
     model = seg_model(size) if task == "segment" else cls_model(size)
     onnx.save(model, root / "model.fp32.onnx")
-    spec = PreprocessSpec(size=(size, size))
+    spec = PreprocessSpec(size=(size, size), std=(std,))
     out_shape = [1, 1, size, size] if task == "segment" else [1, 1]
     manifest = {
         "schema_version": 1, "name": name, "version": "0.0.1", "task": task, "labels": list(labels),

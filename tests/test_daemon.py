@@ -3,11 +3,15 @@ without duplicates, `medge doctor`, `medge replay`, `medge demo`."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -108,3 +112,142 @@ def test_doctor_cli_without_profile():
     r = subprocess.run([sys.executable, "-m", "edge.cli", "doctor"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "onnxruntime" in r.stdout and "clock" in r.stdout and "doctor:" in r.stdout
+
+
+# ------------------------------------------------------------------------------- medge run, end to end
+
+CINE = "color3d_jpeg_baseline.dcm"  # SonoSite, 120-frame JPEG cine from pydicom-data
+
+
+def _write_studies(folder: Path, n: int) -> dict[str, str]:
+    """n copies of the real cine as distinct studies; returns file name -> SOP Instance UID."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    src = pydicom.dcmread(get_testdata_file(CINE))
+    out = {}
+    for i in range(n):
+        src.StudyInstanceUID, src.SeriesInstanceUID = generate_uid(), generate_uid()
+        src.SOPInstanceUID = src.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        tmp = folder / f"study{i}.dcm.part"
+        src.save_as(tmp)
+        os.replace(tmp, folder / f"study{i}.dcm")
+        out[f"study{i}.dcm"] = str(src.SOPInstanceUID)
+    return out
+
+
+def _deliver(studies: Path, incoming: Path) -> None:
+    """Copy then rename, as a modality console's transfer would finish."""
+    import shutil
+
+    incoming.mkdir(parents=True, exist_ok=True)
+    for p in sorted(studies.glob("*.dcm")):
+        shutil.copyfile(p, incoming / (p.name + ".part"))
+        os.replace(incoming / (p.name + ".part"), incoming / p.name)
+
+
+def _outbox_rows(path: Path) -> dict[str, dict]:
+    import json
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        return {fid: json.loads(p) for fid, p in db.execute("SELECT finding_id, payload FROM findings")}
+
+
+def _start(profile: Path, notify_path: str | None = None) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    if notify_path:
+        env["NOTIFY_SOCKET"] = notify_path
+        env["WATCHDOG_USEC"] = "1000000"
+    return subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(profile)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait(cond, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"medge run exited early ({proc.returncode}):\n{proc.stdout.read()}")
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 60) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def _folder_profile(tmp: Path, name: str, key_file: Path, signer, n: int) -> tuple[Path, Path, Path]:
+    base = tmp / name
+    base.mkdir()
+    pub = write_public_key(base / "pub.pem", signer[0])
+    incoming = base / "incoming"
+    prof = _profile(base, pub, signer[1], [{"name": "inbox", "kind": "dicom-folder", "path": str(incoming),
+                                            "model": "seg", "settle_s": 0, "poll_interval_s": 0.05}],
+                    metrics_file=str(base / "metrics.json"))
+    data = yaml.safe_load(prof.read_text())
+    data["privacy"] = {"pseudonym_key_file": str(key_file)}  # shared so both runs' pseudonyms compare
+    prof.write_text(yaml.safe_dump(data))
+    return prof, incoming, base / "data"
+
+
+@pytest.fixture(scope="module")
+def signed_bundle(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("signed")
+    key = Ed25519PrivateKey.generate()
+    return key, write_bundle(tmp / "bundle", key=key, postprocess={"min_area_px": 8}, std=0.6)  # fires on display > 0.3
+
+
+def test_sigterm_mid_stream_loses_no_accepted_study_and_restart_has_no_duplicates(tmp_path, signed_bundle):
+    from edge.deid import Pseudonymizer
+
+    n = 4
+    key_file = tmp_path / "pseudonym.key"
+    pseudo = Pseudonymizer.load_or_create(key_file)
+
+    # reference: the same studies processed without interruption
+    sops = _write_studies(tmp_path / "studies", n)
+    ref_prof, ref_in, ref_data = _folder_profile(tmp_path, "ref", key_file, signed_bundle, n)
+    _deliver(tmp_path / "studies", ref_in)
+    proc = _start(ref_prof)
+    _wait(lambda: not list(ref_in.glob("*.dcm")), 120, proc)
+    _stop(proc)
+    ref = _outbox_rows(ref_data / "outbox.sqlite3")
+    by_instance: dict[str, set[str]] = {}
+    for fid, d in ref.items():
+        by_instance.setdefault(d["instance_id"], set()).add(fid)
+    assert len(by_instance) == n, "every study should produce at least one finding with the toy segmenter"
+
+    # interrupted run: SIGTERM as soon as the first study is done
+    sock, npath = _notify_socket(tmp_path)
+    prof, incoming, data = _folder_profile(tmp_path, "run", key_file, signed_bundle, n)
+    _deliver(tmp_path / "studies", incoming)
+    processed = data / "processed" / "inbox"
+    proc = _start(prof, npath)
+    _wait(lambda: processed.is_dir() and any(processed.iterdir()), 120, proc)
+    out = _stop(proc)
+    msgs = _drain(sock)
+    assert msgs[0] == "READY=1" and "WATCHDOG=1" in msgs and "STOPPING=1" in msgs
+    assert "SIGTERM received: stopping sources and draining" in out
+    done = {p.name for p in processed.iterdir()}
+    left = {p.name for p in incoming.glob("*.dcm")}
+    assert done and left and done | left == set(sops) and not done & left, (done, left)
+    rows = _outbox_rows(data / "outbox.sqlite3")
+    for name in done:  # every accepted (completed) study has all its findings durably in the outbox
+        assert by_instance[pseudo.uid(sops[name])] <= set(rows), name
+    assert all(d["study_id"].startswith("2.25.") and d["study_id"] not in sops.values() for d in rows.values())
+
+    # restart: the studies left in incoming are processed; ids are deterministic, so nothing is duplicated
+    proc = _start(prof)
+    _wait(lambda: not list(incoming.glob("*.dcm")), 120, proc)
+    _stop(proc)
+    rows = _outbox_rows(data / "outbox.sqlite3")
+    assert set(rows) == set(ref)
+    metrics = __import__("json").loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["total"]["frames_done"] > 0 and metrics["device_id"] == "test-cart"
