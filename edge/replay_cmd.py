@@ -81,6 +81,10 @@ def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: 
                                          "model": lm.ref.__dict__, "provider": lm.backend.provider}}, sort_keys=True))
         else:
             echo(summary_line(snap, wall))
+        stats = getattr(source, "stats", None)
+        if stats is not None and stats.errors:
+            echo(f"medge: error: {stats.last_error}")
+            return 1
         if pl.failure is not None:
             return 1
         return 0 if snap["total"]["errors"] == 0 else 1

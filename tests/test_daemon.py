@@ -251,3 +251,81 @@ def test_sigterm_mid_stream_loses_no_accepted_study_and_restart_has_no_duplicate
     assert set(rows) == set(ref)
     metrics = __import__("json").loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["total"]["frames_done"] > 0 and metrics["device_id"] == "test-cart"
+
+
+# ----------------------------------------------------------------------------------------- medge replay
+
+
+def test_replay_prints_findings_and_latency_summary(tmp_path, signed_bundle):
+    import json
+
+    from pydicom.data import get_testdata_file
+
+    from edge.replay_cmd import replay_file
+
+    key, bundle = signed_bundle
+    pub = write_public_key(tmp_path / "pub.pem", key)
+    lines: list[str] = []
+    code = replay_file(Path(get_testdata_file(CINE)), bundle, realtime=False, as_json=True, trusted_keys=[pub],
+                       echo=lines.append)
+    assert code == 0, lines
+    objs = [json.loads(ln) for ln in lines]
+    summary = objs[-1]["summary"]
+    findings = [o["finding"] for o in objs[:-1]]
+    assert summary["frames_done"] == 120 and summary["dropped"] == 0 and summary["errors"] == 0
+    assert summary["latency_ms"]["p99"] > 0 and summary["fps"] > 0
+    assert findings and len(findings) == summary["findings"]
+    # one finding per event, not one per frame, each with the event's frame range
+    assert len(findings) < 10 and all(f["frame_range"][0] <= f["frame_range"][1] for f in findings)
+    text: list[str] = []
+    assert replay_file(Path(get_testdata_file(CINE)), bundle, realtime=False, echo=text.append) == 0
+    assert text[0].startswith("replaying color3d_jpeg_baseline.dcm") and "latency p50" in text[-1]
+    assert any("free_fluid" in t and "mm²" in t for t in text[1:-1])
+
+
+def test_replay_bad_inputs_are_one_line_errors(tmp_path, signed_bundle):
+    from edge.errors import BundleError, InputError
+    from edge.replay_cmd import replay_file
+
+    key, bundle = signed_bundle
+    with pytest.raises(InputError, match="missing.dcm: file not found"):
+        replay_file(tmp_path / "missing.dcm", bundle)
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
+    lines: list[str] = []
+    assert replay_file(junk, bundle, realtime=False, echo=lines.append) == 1
+    assert lines[-1].startswith("medge: error: ") and "junk.dcm" in lines[-1]
+    other = write_public_key(tmp_path / "other.pem", Ed25519PrivateKey.generate())
+    with pytest.raises(BundleError, match="signature does not verify"):
+        replay_file(junk, bundle, trusted_keys=[other])
+
+
+# ------------------------------------------------------------------------------------------- medge demo
+
+
+def _demo_inputs_missing() -> str | None:
+    from edge.config import load_config
+    from edge.demo import demo_profile
+    from edge.errors import MedgeError
+
+    try:
+        load_config(demo_profile())
+    except MedgeError as e:
+        return f"demo bundles/samples not built in this checkout yet ({e})"
+    return None
+
+
+@pytest.mark.slow
+def test_demo_runs_by_itself_and_explains_where_findings_went(tmp_path):
+    missing = _demo_inputs_missing()
+    if missing:
+        pytest.skip(missing)
+    from edge.demo import run_demo
+
+    lines: list[str] = []
+    t0 = time.monotonic()
+    assert run_demo(tmp_path / "demo", echo=lines.append) == 0
+    assert time.monotonic() - t0 < 60
+    text = "\n".join(lines)
+    assert "finding [" in text and "in the local outbox" in text and "no broker is configured" in text
+    assert (tmp_path / "demo" / "outbox.sqlite3").exists()
