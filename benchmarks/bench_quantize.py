@@ -2,8 +2,9 @@
 
 Builds the deterministic benchmark models (benchmarks/make_models.py), calibrates them on synthetic
 ultrasound-like images through the device Preprocessor, quantizes them with export's `cpu` recipe, then
-times every model interleaved run by run (2 intra-op threads, batch 1, median of N runs, thread spinning
-off so one session's idle workers never steal the cores of the session being timed). Ratios, not
+times every model side by side (2 intra-op threads, batch 1, median of N runs, models interleaved in
+blocks of 5 runs, each block preceded by one untimed run that absorbs the previous model's spinning ORT
+workers: see export.report.latency_side_by_side). Ratios, not
 absolute times, are the claim: this machine is shared and absolute numbers move with its load.
 
 The U-Net rows compare architectures/recipes to show what ORT's CPU provider runs fast in int8:
@@ -93,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
              unet(up="resize"), True, 256),
         ]
     rows = []
+    import os
+
+    load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="medge-bench-") as w:
         work = Path(w)
         tensors = {224: calib_tensors(224, a.calib), 256: calib_tensors(256, a.calib)}
@@ -116,13 +120,16 @@ def main(argv: list[str] | None = None) -> int:
                              "float_nodes": list(m[3].nodes_to_exclude)})
     order = [c[0] for c in configs]
     rows.sort(key=lambda r: order.index(r["model"]))
-    result = {"benchmark": "quantize", "machine": machine(), "threads": 2, "runs": runs, "batch": 1,
-              "spinning": False, "rows": rows,
+    import os
+
+    result = {"benchmark": "quantize", "machine": machine(), "load_avg": list(load0), "threads": 2, "runs": runs, "batch": 1,
+              "interleave": "blocks of 5 + 1 untimed", "rows": rows,
               "passed": all(r["speedup"] >= r["target_speedup"] for r in rows if r["target_speedup"])}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "quantize.json").write_text(json.dumps(result, indent=2) + "\n")
     md = [f"# FP32 vs INT8 (cpu recipe), ONNX Runtime {result['machine']['onnxruntime']} CPU, {result['machine']['cpu']}",
-          "", f"2 intra-op threads, batch 1, median of {runs} interleaved runs (side by side, one process).", "",
+          "", f"2 intra-op threads, batch 1, median of {runs} runs per model, interleaved in blocks of 5 in one process "
+          f"(side by side). Load average at start: {result['load_avg'][0]:.2f}.", "",
           "| model | FP32 ms | INT8 ms | speed-up | target | kept in float |", "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         tgt = f">= {r['target_speedup']}x" if r["target_speedup"] else "-"

@@ -370,3 +370,61 @@ def test_metrics_against_hand_computed_values():
     det = metrics.detection([np.array([[0, 0, 10, 10, 0], [20, 20, 30, 30, 0]])],
                             [np.array([[1, 1, 10, 10, 0, 0.9], [50, 50, 60, 60, 0, 0.8]])])
     assert det == {"recall": 0.5, "precision": 0.5}
+
+
+def _tiny_detector() -> onnx.ModelProto:
+    """A 4x4 grid of fixed 8x8 px boxes scored by a strided conv: output (1, 16, 5) = x0 y0 x1 y1 logit."""
+    rng = np.random.default_rng(5)
+    ys, xs = np.mgrid[0:4, 0:4] * 8
+    boxes = np.stack([xs, ys, xs + 8, ys + 8], -1).reshape(1, 16, 4).astype(np.float32)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 1, 8, 8)) * 0.2).astype(np.float32), "w"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "b"),
+             numpy_helper.from_array((rng.standard_normal((1, 4, 1, 1))).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.zeros(1, np.float32), "b2"),
+             numpy_helper.from_array(boxes, "boxes"),
+             numpy_helper.from_array(np.array([1, 16, 1], np.int64), "shp")]
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], name="conv", kernel_shape=[8, 8], strides=[8, 8]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2", "b2"], ["s"], name="score", kernel_shape=[1, 1]),
+             helper.make_node("Reshape", ["s", "shp"], ["s3"], name="reshape"),
+             helper.make_node("Concat", ["boxes", "s3"], ["detections"], name="concat", axis=2)]
+    g = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 32, 32])],
+                          [helper.make_tensor_value_info("detections", TensorProto.FLOAT, [1, 16, 5])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_detection_bundle_gates_on_recall_precision(ws):
+    det = _save(ws["root"] / "det", _tiny_detector(), _spec("detect", "tiny-det", "detections", threshold=0.5))
+    val = ws["root"] / "val_det"
+    shutil.copytree(ws["val"], val, ignore=shutil.ignore_patterns("labels.csv", "masks"))
+    boxes = {}
+    for name, (y, g) in _fp32_scores(det, val, 32).items():  # FP32's positive boxes, mapped to image pixels
+        rows = y.reshape(16, 5)
+        keep = rows[1 / (1 + np.exp(-rows[:, 4])) >= 0.5]
+        pts = [g.points_to_frame(np.array([[r[0], r[1]], [r[2], r[3]]])).reshape(-1).tolist() for r in keep]
+        boxes[name] = [[*p, "finding"] for p in pts]
+    assert sum(len(v) for v in boxes.values()) > 5
+    (val / "boxes.json").write_text(json.dumps(boxes))
+    out = ws["root"] / "bundles" / "det"
+    res = run_export(ExportOptions(model=det, calib=ws["calib"], val=val, out=out, target="cpu", latency_runs=3,
+                                   max_drop=0.2), log=_quiet)
+    assert res.gate["primary_metric"] == "recall"  # FP32 reproduces its own boxes (float32 vs float64 at the edge)
+    assert res.gate["fp32"]["recall"] > 0.99 and res.gate["fp32"]["precision"] > 0.99
+    assert load_bundle(out).manifest.task == "detect"
+
+
+def test_small_or_uniform_calibration_set_is_warned_about(ws, tmp_path):
+    from export.datasets import calibration_summary, load_samples
+
+    same = tmp_path / "same"
+    same.mkdir()
+    for i in range(5):
+        shutil.copy(ws["calib"] / "img000.png", same / f"copy{i}.png")
+    pre = Preprocessor(PreprocessSpec.from_dict(PRE))
+    summary, warnings = calibration_summary(load_samples(same, pre, "calibration"))
+    assert any("small (5 inputs" in w for w in warnings) and any("too uniform" in w for w in warnings)
+    assert summary["warnings"] == warnings
+    _, ok = calibration_summary(load_samples(ws["calib"], pre, "calibration"), min_samples=8)
+    assert ok == []
