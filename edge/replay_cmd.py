@@ -3,7 +3,9 @@
 Used to check a new bundle against a recorded cine before it goes to a cart, and to reproduce a field
 report: same sources, preprocessing, backend, decoders and smoothing as `medge run`, but findings are
 printed (and kept in memory, deduplicated like the outbox would) instead of being queued for the hospital.
-Study identifiers are pseudonymized with a throw-away key, so the output can be shared.
+Study identifiers are pseudonymized with a throw-away key, so the output can be shared. In real time
+the queues hold one frame per stage: stages still overlap, but a recorded cine (whose frames are never
+dropped) cannot queue up behind a slow model and inflate capture-to-finding latency.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: 
         metrics = Metrics(logger=log)
         pl = Pipeline(source=source, preprocessor=lm.preprocessor, backend=lm.backend, task=lm.task,
                       builder=FindingBuilder("replay", lm.ref, pseudonym_fn(pseudonymizer)), publish=publish,
-                      metrics=metrics, settings=settings or PipelineSettings(), on_finding=show, logger=log,
+                      metrics=metrics, settings=settings or PipelineSettings(queue_depth=1 if realtime else 4),
+                      on_finding=show, logger=log,
                       stop_event=stop)
         if not as_json:
             echo(f"replaying {file.name} through {lm.describe()} ({'real time' if realtime else 'as fast as possible'})")
