@@ -55,8 +55,18 @@ def quantize_cmd(
                          latency_runs=latency_runs, fp16=fp16, sign_key=key, force=force)
     with ExitStack() as stack:
         def progress(label: str, total: int):
-            bar = stack.enter_context(typer.progressbar(length=total, label=f"reading {label}", file=sys.stderr))
-            return bar.update
+            """One bar per folder, finished as soon as its last file is read so bars never overlap."""
+            bar = stack.enter_context(typer.progressbar(length=total, label=f"reading {label} ({total} files)",
+                                                        file=sys.stderr))
+            done = [0]
+
+            def update(n: int) -> None:
+                bar.update(n)
+                done[0] += n
+                if done[0] >= total:
+                    bar.render_finish()
+
+            return update
 
         try:
             res = run_export(opts, log=_log, progress=progress)
