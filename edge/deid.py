@@ -159,6 +159,8 @@ def deidentify_dataset(ds: Dataset, pseudonymizer: Pseudonymizer, *, mask_pixels
     ultrasound object with a known imaging region is decoded and everything outside the region is set to
     0 (stored uncompressed); ultrasound without a region is refused, since burned-in text cannot be ruled out.
     """
+    if "PixelData" in ds:
+        _ = ds.PixelData  # read a deferred (large, on-disk) value before copying
     out = copy.deepcopy(ds)
     if mask_pixels and "PixelData" in out and str(out.get("Modality", "")) == "US":
         _mask_dataset_pixels(out)

@@ -12,6 +12,7 @@ line naming the file and the cause, which sources log, count and quarantine.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -76,14 +77,20 @@ class DicomInfo:
 # ------------------------------------------------------------------------------------------- reading
 
 
+DEFER_BYTES = 8 * 1024 * 1024  # native pixel data above this stays on disk and is read frame by frame
+
+
 def read_dicom(path: Path | str) -> Dataset:
-    """Read a whole DICOM file; any failure becomes one `InputError` line naming the file."""
+    """Read a DICOM file; any failure becomes one `InputError` line naming the file.
+
+    Large native (uncompressed) pixel data is not loaded: an uncompressed ultrasound cine can be hundreds
+    of MB, and `iter_frames` reads it one frame at a time from the file.
+    """
     path = Path(path)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path)
-            ds.get("PixelData")  # force a truncated element to surface here, not in a frame loop
+            ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
     except InvalidDicomError:
@@ -175,11 +182,27 @@ def refusal_reason(ds: Dataset) -> str | None:
         expected = (bits + 7) // 8
         if pi == "YBR_FULL_422":
             expected = expected * 2 // 3
-        got = len(ds.PixelData)
+        got = pixel_data_length(ds)
         if got < expected:
             return (f"wrong pixel data length: {got} bytes, expected {expected} for {nframes} frame(s) of "
                     f"{rows}x{cols}x{spp} at {ba} bits (truncated file?)")
     return None
+
+
+def pixel_data_length(ds: Dataset) -> int:
+    """Bytes of Pixel Data actually present, without loading a deferred element: its declared length,
+    cut to what the file really holds after the element's value offset (a truncated file declares more)."""
+    elem = ds.get_item(0x7FE00010, keep_deferred=True)
+    value = getattr(elem, "value", None)
+    if value is not None:
+        return len(value)
+    length = int(getattr(elem, "length", 0) or 0)
+    tell = getattr(elem, "value_tell", None)
+    fname = getattr(ds, "filename", None)
+    if tell is not None and isinstance(fname, str):
+        with contextlib.suppress(OSError):
+            length = max(0, min(length, Path(fname).stat().st_size - int(tell)))
+    return length
 
 
 def check(ds: Dataset, path: Path | str) -> DicomInfo:

@@ -56,6 +56,8 @@ def _imaging_files() -> list[str]:
 
 
 FILES = _imaging_files()
+# not CR/DX/US, but the only real objects with a Modality LUT Sequence (signed 12 bit) and a VOI LUT Sequence
+LUT_FILES = [str(p) for d in _data_dirs() for p in Path(d).glob("*lut_*.dcm") if p.name in ("mlut_18.dcm", "vlut_04.dcm")]
 
 
 def find(name: str) -> Path:
@@ -75,7 +77,10 @@ def _reference_display(ds, index: int, first: np.ndarray | None) -> np.ndarray:
             arr = pixel_array(ds, index=index)
             v = apply_voi_lut(apply_modality_lut(arr, ds), ds, prefer_lut=True).astype(np.float64)
             bits = int(ds.BitsStored)
-            if "WindowCenter" in ds or bits <= 8:
+            if "VOILUTSequence" in ds:  # black..white = 0..largest value the LUT's data bits can hold
+                lut_max = int(np.max(ds.VOILUTSequence[0].LUTData))
+                lo, hi = 0, 2 ** max(8, lut_max.bit_length()) - 1
+            elif "WindowCenter" in ds or bits <= 8:
                 lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if ds.PixelRepresentation else (0, 2**bits - 1)
                 if "RescaleSlope" in ds:
                     lo, hi = sorted((lo * float(ds.RescaleSlope) + float(ds.RescaleIntercept),
@@ -95,7 +100,7 @@ def _reference_display(ds, index: int, first: np.ndarray | None) -> np.ndarray:
         return pixel_array(ds, index=index)  # RGB, and YBR_ICT/RCT which the J2K codec converts itself
 
 
-@pytest.mark.parametrize("path", FILES, ids=[os.path.basename(f) for f in FILES])
+@pytest.mark.parametrize("path", FILES + LUT_FILES, ids=[os.path.basename(f) for f in FILES + LUT_FILES])
 def test_display_values_match_pydicom(path):
     ds = read_dicom(path)
     info = describe(ds, path)
@@ -256,3 +261,32 @@ def test_medge_inspect_json_and_refusal(tmp_path):
 
     res = runner.invoke(app, ["inspect", str(tmp_path / "missing.dcm")])
     assert res.exit_code == 2 and "file not found" in res.output
+
+
+def test_large_uncompressed_cine_is_read_frame_by_frame(tmp_path):
+    import tracemalloc
+
+    ds = read_dicom(find("US1_UNCR.dcm"))  # GE 480x640 RGB
+    base = ds.pixel_array
+    frames = np.stack([np.roll(base, 7 * i, axis=1) for i in range(16)])  # 14.7 MB of native pixel data
+    ds.set_pixel_data(frames, "RGB", 8)
+    ds.SOPClassUID = pydicom.uid.UltrasoundMultiFrameImageStorage
+    ds.FrameTime = 40
+    path = tmp_path / "cine.dcm"
+    ds.save_as(path)
+    tracemalloc.start()
+    try:
+        n = 0
+        for f in frames_from_file(path, "t"):
+            assert np.array_equal(f.pixels, frames[f.index])
+            n += 1
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert n == 16 and f.frame_rate == pytest.approx(25.0)
+    assert peak < 6e6, peak  # a few frames in memory, never the 14.7 MB object
+    b = path.read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(b[: len(b) - 500_000])
+    with pytest.raises(InputError, match="wrong pixel data length"):
+        list(frames_from_file(cut, "t"))
