@@ -163,7 +163,7 @@ def run_daemon(cfg: Config, max_seconds: float | None = None,
             pipelines.append(pl.start())
         notifier.ready(f"running {len(pipelines)} source(s)")
         log.info("ready: %d source(s), %d model(s); outbox %s", len(pipelines), len(models), cfg.outbox_path)
-        code = _supervise(pipelines, stop, notifier, max_seconds, log)
+        code = _supervise(pipelines, stop, notifier, max_seconds, log, metrics)
     except MedgeError:
         raise
     finally:
@@ -192,14 +192,16 @@ def run_daemon(cfg: Config, max_seconds: float | None = None,
 
 
 def _supervise(pipelines: list[Pipeline], stop: threading.Event, notifier: Notifier, max_seconds: float | None,
-               log: logging.Logger) -> int:
+               log: logging.Logger, metrics: Metrics | None = None) -> int:
     """Wait for a signal, the time limit, or every (finite) source to finish; feed the watchdog meanwhile.
 
-    The watchdog is fed only while no pipeline has crashed, so a wedged daemon is restarted by systemd.
+    The watchdog is fed only while no pipeline has crashed and frames that are in flight keep finishing,
+    so a wedged daemon (a hung backend, a dead stage) is killed and restarted by systemd.
     """
     t0 = time.monotonic()
     tick = min(0.2, notifier.watchdog_s / 4) if notifier.watchdog_s else 0.2
     last_ping = 0.0
+    last_done, last_progress, stalled_logged = -1, t0, False
     while not stop.is_set():
         now = time.monotonic()
         failed = [p for p in pipelines if p.failure is not None]
@@ -214,7 +216,20 @@ def _supervise(pipelines: list[Pipeline], stop: threading.Event, notifier: Notif
             log.info("time limit of %.1f s reached", max_seconds)
             return 0
         if notifier.watchdog_s and now - last_ping >= notifier.watchdog_s / 2:
-            notifier.watchdog()
-            last_ping = now
+            healthy = True
+            if metrics is not None:
+                t = metrics.snapshot()["total"]
+                in_flight = t["frames_in"] - t["frames_done"] - t["dropped"]
+                if t["frames_done"] != last_done or in_flight <= 0:
+                    last_done, last_progress, stalled_logged = t["frames_done"], now, False
+                elif now - last_progress > notifier.watchdog_s:
+                    healthy = False
+                    if not stalled_logged:
+                        log.error("pipeline stalled: %d frame(s) in flight, none finished for %.0f s; not feeding the "
+                                  "watchdog", in_flight, now - last_progress)
+                        stalled_logged = True
+            if healthy:
+                notifier.watchdog()
+                last_ping = now
         stop.wait(tick)
     return 0
