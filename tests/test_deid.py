@@ -121,3 +121,18 @@ def test_quarantine_moves_file_with_reason(tmp_path):
     side = rec.path.with_name(rec.path.name + REASON_SUFFIX)
     assert side.read_text().splitlines()[0] == "x.dcm: not a DICOM file (no preamble)"
     assert q.count == 1 and [r.reason for r in q.list()] == ["x.dcm: not a DICOM file (no preamble)"]
+
+
+def test_basic_profile_on_cr_keeps_pixels_and_replaces_every_instance_uid(tmp_path):
+    ds = read_dicom(find("RG1_UNCR.dcm"))  # Philips CR
+    p = Pseudonymizer(b"\x01" * 32)
+    out = deidentify_dataset(ds, p)
+    assert np.array_equal(out.pixel_array, ds.pixel_array)  # not ultrasound: no masking, no re-encoding
+    assert out.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+    originals = {str(e.value) for e in ds.iterall() if e.VR == "UI" and e.value}
+    for e in out.iterall():
+        if e.VR == "UI" and e.value and e.keyword not in ("SOPClassUID", "ReferencedSOPClassUID"):
+            v = str(e.value)
+            assert v.startswith("2.25.") or v.startswith("1.2.840.10008."), (e.keyword, v)
+            assert v not in originals or v.startswith("1.2.840.10008."), e.keyword
+    assert deidentify_dataset(ds, p).SeriesInstanceUID == out.SeriesInstanceUID  # stable

@@ -214,3 +214,16 @@ def test_replay_fast_and_video_and_bad_file(tmp_path):
     bad.write_bytes(find("examples_ybr_color.dcm").read_bytes()[:5000])
     src = build_source(SourceConfig(name="rb", kind="replay", model="m", path=bad), ctx(tmp_path))
     assert list(src.frames(threading.Event())) == [] and "truncated" in src.stats.last_error
+
+
+def test_inspect_video_file(tmp_path):
+    import json
+
+    from edge.inspect_cmd import inspect_file
+
+    vid = write_video(tmp_path / "v.avi", n=6, fps=20)
+    lines: list[str] = []
+    assert inspect_file(vid, as_json=True, echo=lines.append) == 0
+    info = json.loads(lines[0])
+    assert info["kind"] == "video" and (info["rows"], info["columns"]) == (48, 64)
+    assert info["frame_rate"] == pytest.approx(20.0) and info["frames"] == 6
