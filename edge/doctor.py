@@ -141,10 +141,14 @@ def check_profile(config_path: Path) -> list[Check]:
 
     try:
         cfg = load_config(config_path)
+        out = [Check(OK, "profile", f"{config_path}: device {cfg.device.id}, {len(cfg.models)} model(s), "
+                     f"{len(cfg.sources)} source(s)")]
     except MedgeError as e:
-        return [Check(FAIL, "profile", str(e))]
-    out = [Check(OK, "profile", f"{config_path}: device {cfg.device.id}, {len(cfg.models)} model(s), "
-                 f"{len(cfg.sources)} source(s)")]
+        out = [Check(FAIL, "profile", str(e))]
+        try:  # keep checking everything else the profile describes
+            cfg = load_config(config_path, check_files=False)
+        except MedgeError:
+            return out
     wanted = {p for m in cfg.models for p in m.providers}
     out += check_providers(wanted) + check_gpu(wanted)
     for m in cfg.models:
