@@ -89,6 +89,8 @@ def test_unknown_calling_ae_is_rejected_at_association(tmp_path):
         ds = read_dicom(find("US1_UNCR.dcm"))
         assoc, status = send(ds, src.port, aet="INTRUDER")
         assert assoc.is_rejected and status is None
+        rj = assoc.acceptor.primitive  # A-ASSOCIATE-RJ: permanent, by the service user, calling AE not recognised
+        assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x03)
         assert list(src.incoming.iterdir()) == []
         assert src.rejected_associations == 1 and "INTRUDER" in src.stats.last_error
         exe = shutil.which("storescu")
