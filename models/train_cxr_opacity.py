@@ -1,0 +1,187 @@
+"""Train the reference focal-opacity classifier and export it to ONNX.
+
+    python -m models.train_cxr_opacity                   # full run (<= 6 min on 2 cores), writes models/cxr_opacity/
+    python -m models.train_cxr_opacity --steps 3 --n-train 8 --n-eval 8 --out /tmp/x    # smoke run
+
+Training images are phantoms turned into display values by the same VOI windowing the device's DICOM
+decoder applies (`synth_xray.display`, MONOCHROME1 inverted), wrapped in an `edge.frames.Frame` and
+turned into tensors by `edge.preprocess.Preprocessor` with the spec from model.yaml. Phantoms are
+generated at several matrix sizes so the network does not depend on one detector resolution; the
+held-out set is generated at 512x512 like the demo samples. Fixed steps and seeds: reproducible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from edge.frames import Frame
+from edge.preprocess import Preprocessor
+
+from . import model_card
+from . import training as T
+from .datasets import cxr_sample, sample_rng
+from .synth_xray import make_phantom, phantom_display
+
+MODEL_DIR = T.MODELS_DIR / "cxr_opacity"
+TRAIN_SEED = 810_001
+EVAL_SEED = 820_001
+TRAIN_SIZES = (320, 384, 448)
+CXR_TASK = (
+    "Classifies a frontal chest radiograph as containing a focal lung opacity (a soft rounded density "
+    "inside a lung field) or not. Output: one logit for the whole image."
+)
+CXR_DATA = (
+    "- data: `models/synth_xray.py` phantoms (lungs, ribs, clavicles, heart/mediastinum, spine, lung "
+    "markings, quantum noise; opacity radius 6-16% of the half-width, varied contrast) at 320/384/448 px, "
+    "12-bit stored values windowed exactly like the device's DICOM decoder (MONOCHROME1 and 2). Augmented in "
+    "display space (contrast, brightness, gamma, noise, shifts); tensors from `edge.preprocess.Preprocessor`."
+)
+
+
+class OpacityNet(nn.Module):
+    """Five stride-2 stages of Conv+BN+ReLU (16-128 channels), global average pool, one logit."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 96, 128)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 1
+        for i, c in enumerate(widths):
+            layers.append(T.ConvBNReLU(cin, c, stride=2))
+            if i > 0:
+                layers.append(T.ConvBNReLU(c, c))
+            cin = c
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        return self.fc(f.mean(dim=(2, 3)))
+
+
+def augment(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Display-space augmentation: exposure/window differences, noise, small positioning shifts."""
+    x = np.clip((pixels - 0.5) * rng.uniform(0.8, 1.2) + 0.5 + rng.uniform(-0.08, 0.08), 0, 1)
+    x = x ** rng.uniform(0.8, 1.25)
+    x = x + rng.normal(0, rng.uniform(0, 0.03), x.shape)
+    h, w = x.shape
+    dy, dx = (int(v) for v in rng.integers(-h // 32, h // 32 + 1, size=2))
+    x = np.roll(x, (dy, dx), axis=(0, 1))
+    return np.clip(x, 0, 1).astype(np.float32)
+
+
+def tensor(pre: Preprocessor, pixels: np.ndarray, spacing=None) -> np.ndarray:
+    x, _ = pre.apply(Frame(pixels=pixels, modality="CR", source="train", spacing_mm=spacing))
+    return x[0]
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mann-Whitney U form (ties count half)."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def evaluate(onnx_path: Path, spec, n: int, seed: int, threshold: float, band: tuple[float, float]) -> dict:
+    """Held-out metrics through ORT on fresh 512x512 phantoms (both photometric interpretations)."""
+    sess = T.ort_session(onnx_path)
+    pre = Preprocessor(spec)
+    scores, labels = [], []
+    for i in range(n):
+        s = cxr_sample(seed, i)
+        x = tensor(pre, s.pixels)[None]
+        z = float(sess.run(["logits"], {"input": x})[0].reshape(-1)[0])
+        scores.append(1 / (1 + np.exp(-z)))
+        labels.append(s.label)
+    p, y = np.array(scores), np.array(labels)
+    pred = p >= threshold
+    tp, tn = int((pred & (y == 1)).sum()), int((~pred & (y == 0)).sum())
+    return {
+        "images": n,
+        "positives": int(y.sum()),
+        "auroc": round(auroc(p, y), 4),
+        "sensitivity_at_threshold": round(tp / max(1, int(y.sum())), 4),
+        "specificity_at_threshold": round(tn / max(1, int((y == 0).sum())), 4),
+        "accuracy_at_threshold": round(float((pred == (y == 1)).mean()), 4),
+        "in_review_band_fraction": round(float(((p >= band[0]) & (p <= band[1])).mean()), 4),
+        "threshold": threshold,
+        "data": f"models.datasets cxr --seed {seed} --n {n} (synthetic 512x512, disjoint from training)",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m models.train_cxr_opacity", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=MODEL_DIR)
+    ap.add_argument("--steps", type=int, default=900)
+    ap.add_argument("--batch", type=int, default=24)
+    ap.add_argument("--n-train", type=int, default=1600, help="distinct phantoms (augmented each use)")
+    ap.add_argument("--n-eval", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=0, help="torch/augmentation seed")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    a = ap.parse_args(argv)
+
+    clock = T.Stopwatch()
+    T.setup_torch(a.seed)
+    meta = T.load_model_yaml(MODEL_DIR)
+    spec = T.preprocess_spec(meta)
+    pre = Preprocessor(spec)
+    rng = np.random.default_rng([a.seed, 29])
+
+    pool = []
+    for i in range(a.n_train):
+        r = sample_rng(TRAIN_SEED, i)
+        size = TRAIN_SIZES[i % len(TRAIN_SIZES)]
+        photometric = "MONOCHROME1" if (i // 2) % 2 else "MONOCHROME2"
+        ph = make_phantom(r, size=size, opacity=bool(i % 2), photometric=photometric)
+        pool.append((phantom_display(ph), ph.label))
+    t_data = clock.seconds()
+
+    model = OpacityNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
+    model.train()
+    for step in range(a.steps):
+        idx = rng.integers(0, len(pool), size=a.batch)
+        xb = torch.from_numpy(np.stack([tensor(pre, augment(pool[int(k)][0], rng)) for k in idx]))
+        yb = torch.tensor([[float(pool[int(k)][1])] for k in idx])
+        for g in opt.param_groups:
+            g["lr"] = T.cosine_lr(step, a.steps, a.lr)
+        loss = F.binary_cross_entropy_with_logits(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == a.steps - 1:
+            print(f"step {step:5d}  loss {loss.item():.4f}  {clock.seconds():.0f}s", flush=True)
+    t_train = clock.seconds()
+
+    model.eval()
+    checks = [tensor(pre, pool[k][0])[None] for k in range(min(3, len(pool)))]
+    a.out.mkdir(parents=True, exist_ok=True)
+    onnx_path = a.out / "model.onnx"
+    export = T.export_onnx(model, spec.input_shape, onnx_path, checks)
+    metrics = evaluate(onnx_path, spec, a.n_eval, EVAL_SEED, float(meta["threshold"]), tuple(meta["review_band"]))
+    result = {
+        "model": meta["name"], "version": meta["version"], "input_shape": list(spec.input_shape),
+        "training": {"steps": a.steps, "batch": a.batch, "n_train_images": a.n_train, "sizes": list(TRAIN_SIZES),
+                     "lr": a.lr, "seed": a.seed, "data_seed": TRAIN_SEED, "data_seconds": t_data,
+                     "train_seconds": round(t_train - t_data, 1), "total_seconds": clock.seconds(),
+                     "total_cpu_seconds": clock.cpu_seconds(),
+                     "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "export": export, "held_out": metrics,
+    }
+    T.write_json(a.out / "metrics.json", result)
+    T.write_card(a.out / "MODEL_CARD.md", model_card.render(meta, result, CXR_TASK, CXR_DATA))
+    print(f"held-out: {metrics}")
+    print(f"wrote {onnx_path} ({export['bytes']} bytes) in {clock.seconds():.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
