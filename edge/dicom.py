@@ -13,7 +13,6 @@ line naming the file and the cause, which sources log, count and quarantine.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import time
 import warnings
@@ -34,8 +33,6 @@ from pydicom.uid import UID, JPEGBaseline8Bit
 
 from .errors import InputError
 from .frames import Frame, Region, StudyRef
-
-log = logging.getLogger(__name__)
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 YBR = ("YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_422", "YBR_PARTIAL_420")
