@@ -145,7 +145,7 @@ def us_multiframe_dataset(
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
     if compression == "rle":
         ds.PixelData = frames.tobytes()
-        ds.compress(RLELossless, encoding_plugin="pydicom")
+        ds.compress(RLELossless, encoding_plugin="pydicom", generate_instance_uid=False)
     elif compression == "jpeg":
         chunks = []
         for f in frames:
