@@ -227,3 +227,19 @@ def test_inspect_video_file(tmp_path):
     info = json.loads(lines[0])
     assert info["kind"] == "video" and (info["rows"], info["columns"]) == (48, 64)
     assert info["frame_rate"] == pytest.approx(20.0) and info["frames"] == 6
+
+
+def test_unreachable_rtsp_stream_backs_off_and_stops_promptly(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a local port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = SourceConfig(name="cam", kind="video", model="m", url=f"rtsp://127.0.0.1:{port}/live", reopen_backoff_max_s=0.2)
+    src = build_source(cfg, ctx(tmp_path))
+    r = Runner(src)
+    assert r.wait_for(lambda: src.stats.errors >= 3)  # backoff capped at 0.2 s
+    assert r.t.is_alive() and not r.frames
+    t = time.monotonic()
+    r.finish()
+    assert time.monotonic() - t < 2.0

@@ -23,6 +23,7 @@ from . import SourceContext, SourceStats
 
 VIDEO_MODALITY = "US"  # frame grabbers on these devices carry ultrasound; the profile has no modality key yet
 BACKOFF_MIN_S = 0.5
+NET_TIMEOUT_MS = 5000
 
 
 def capture_fps(cap: Any) -> float | None:
@@ -54,14 +55,23 @@ class VideoSource:
         self.frame_rate: float | None = None
 
     def _open(self) -> Any | None:
-        cap = cv2.VideoCapture(self.target)
+        t = self.target
+        if isinstance(t, str) and " ! " in t:  # a GStreamer pipeline (Jetson capture cards)
+            cap = cv2.VideoCapture(t, cv2.CAP_GSTREAMER)
+        elif isinstance(t, str) and "://" in t:
+            # bounded open/read: a dropped RTSP stream must fail in seconds, not block the reopen loop forever
+            cap = cv2.VideoCapture(t, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, NET_TIMEOUT_MS,
+                                                       cv2.CAP_PROP_READ_TIMEOUT_MSEC, NET_TIMEOUT_MS])
+        else:
+            cap = cv2.VideoCapture(t)
         if not cap.isOpened():
             cap.release()
             return None
         return cap
 
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
-        backoff = BACKOFF_MIN_S
+        first_backoff = min(BACKOFF_MIN_S, self.cfg.reopen_backoff_max_s)
+        backoff = first_backoff
         index = 0
         last_emit = 0.0
         min_interval = 1.0 / self.cfg.max_fps if self.cfg.max_fps else 0.0
@@ -91,7 +101,7 @@ class VideoSource:
                     if not ok or img is None:
                         break
                     got_any = True
-                    backoff = BACKOFF_MIN_S
+                    backoff = first_backoff
                     self.stats.bump(received=1)
                     now = time.monotonic()
                     if min_interval and now - last_emit < min_interval:
