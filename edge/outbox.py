@@ -163,24 +163,44 @@ class Outbox:
             if unknown:
                 raise ValueError(f"ttl_s has unknown priorities {sorted(unknown)}")
             self.ttl_s.update({k: float(v) for k, v in ttl_s.items()})
+        self._db: sqlite3.Connection | None = None
+        deadline = time.monotonic() + busy_timeout_s
+        while True:
+            try:
+                self._open(busy_timeout_s)
+                break
+            except sqlite3.OperationalError as e:
+                # Switching to WAL while another connection opens the same new file returns "locked"
+                # without waiting for the busy handler; retry within the busy timeout.
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise OutboxError(f"{self.path}: cannot open outbox ({e})") from None
+                time.sleep(0.05)
+            except sqlite3.DatabaseError as e:
+                raise OutboxError(f"{self.path}: cannot open outbox ({e})") from None
+            except OSError as e:
+                raise OutboxError(f"{self.path}: cannot open outbox ({e.strerror})") from None
+
+    def _open(self, busy_timeout_s: float) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=busy_timeout_s)
+        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise OutboxError(f"{self.path}: cannot switch the outbox to WAL mode (got {mode})")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        self._db.execute("BEGIN IMMEDIATE")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=busy_timeout_s)
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise OutboxError(f"{self.path}: cannot switch the outbox to WAL mode (got {mode})")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-            with self._tx():
-                for stmt in _SCHEMA.strip().split(";"):
-                    if stmt.strip():
-                        self._db.execute(stmt)
-                self._db.executemany("INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)",
-                                     [(c,) for c in COUNTERS])
-        except sqlite3.DatabaseError as e:
-            raise OutboxError(f"{self.path}: cannot open outbox ({e})") from None
-        except OSError as e:
-            raise OutboxError(f"{self.path}: cannot open outbox ({e.strerror})") from None
+            for stmt in _SCHEMA.strip().split(";"):
+                if stmt.strip():
+                    self._db.execute(stmt)
+            self._db.executemany("INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", [(c,) for c in COUNTERS])
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     @classmethod
     def from_config(cls, cfg: Any) -> Outbox:

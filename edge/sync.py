@@ -148,12 +148,16 @@ class SyncClient:
 
     # --------------------------------------------------------------------------------- the thread
     def _run(self) -> None:
-        try:
-            ob = Outbox.from_config(self.cfg)
-        except MedgeError as e:
-            log.error("sync: %s", e)
-            self._stat(last_error=str(e))
-            return
+        ob = None
+        retry = Backoff(1.0, 60.0)
+        while ob is None:
+            try:
+                ob = Outbox.from_config(self.cfg)
+            except MedgeError as e:  # keep trying: the findings stay safe on disk meanwhile
+                log.error("sync: %s", e)
+                self._stat(last_error=str(e))
+                if self._stop.wait(retry.next()):
+                    return
         try:
             n = ob.retry_all()
             if n:
