@@ -303,19 +303,14 @@ class Outbox:
             return []
         now = time.time()
         with self._tx():
-            counts = dict(self._db.execute(
-                "SELECT priority, COUNT(*) FROM findings WHERE state=? AND expires_at>? GROUP BY priority",
-                (PENDING, now)).fetchall())
-            quota = _split(n, {p: counts.get(PRIO_RANK[p], 0) for p in PRIORITIES})
-            items: list[OutboxItem] = []
-            for p in PRIORITIES:
-                if not quota[p]:
-                    continue
-                rows = self._db.execute(
-                    "SELECT finding_id, priority, state, payload, size, created_at, expires_at, attempts FROM findings"
-                    " WHERE state=? AND priority=? AND expires_at>? ORDER BY created_at, rowid LIMIT ?",
-                    (PENDING, PRIO_RANK[p], now, quota[p])).fetchall()
-                items.extend(_item(r, state_override=IN_FLIGHT) for r in rows)
+            # up to n candidates per priority straight off the (state, priority, created_at) index; no
+            # COUNT over a 100k backlog on every lease
+            cand = {p: self._db.execute(
+                "SELECT finding_id, priority, state, payload, size, created_at, expires_at, attempts FROM findings"
+                " WHERE state=? AND priority=? AND expires_at>? ORDER BY created_at, rowid LIMIT ?",
+                (PENDING, PRIO_RANK[p], now, n)).fetchall() for p in PRIORITIES}
+            quota = _split(n, {p: len(rows) for p, rows in cand.items()})
+            items = [_item(r, state_override=IN_FLIGHT) for p in PRIORITIES for r in cand[p][:quota[p]]]
             self._db.executemany("UPDATE findings SET state=?, leased_at=? WHERE finding_id=?",
                                  [(IN_FLIGHT, now, it.finding_id) for it in items])
         return items
