@@ -24,6 +24,7 @@ import json
 import logging
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -289,8 +290,9 @@ class SyncClient:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self._connected:
-            log.warning("sync: disconnected from %s (%s); %d finding(s) in flight go back to pending",
-                        self.url, reason_code, len(self._inflight))
+            level = logging.INFO if self._stop.is_set() else logging.WARNING
+            log.log(level, "sync: disconnected from %s (%s); %d finding(s) in flight go back to pending",
+                    self.url, reason_code, len(self._inflight))
         self._connected = False
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
@@ -412,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(a.config, data_dir=Path(a.data_dir) if a.data_dir else None)
         sync = SyncClient(cfg)
     except MedgeError as e:
-        print(f"medge: error: {e}", flush=True)
+        print(f"medge: error: {e}", file=sys.stderr, flush=True)
         return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -208,3 +208,23 @@ def test_receiver_stores_rejections_and_acknowledges_them(tmp_path, broker):
     con = sqlite3.connect(db)
     reasons = [r[0] for r in con.execute("SELECT reason FROM rejected")]
     assert len(reasons) == 2 and stored_ids(db) == [] and acks == [0, 0]
+
+
+def test_sync_process_entry_point_drains_and_exits(tmp_path, broker):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    profile = device_profile(tmp_path, broker, "d1")
+    with Outbox.from_config(load_config(profile)) as ob:
+        ob.put_many(findings("d1", 10))
+    db = tmp_path / "rx.sqlite3"
+    with ReceiverThread(broker, db):
+        r = subprocess.run([sys.executable, "-m", "edge.sync", "--config", str(profile), "--until-drained",
+                            "--max-seconds", "30"], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_for(lambda: len(stored_ids(db)) == 10, 10, "10 findings")
+    bad = subprocess.run([sys.executable, "-m", "edge.sync", "--config", str(tmp_path / "nope.yaml")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "nope.yaml: profile not found" in bad.stderr
