@@ -228,3 +228,20 @@ def test_sync_process_entry_point_drains_and_exits(tmp_path, broker):
     bad = subprocess.run([sys.executable, "-m", "edge.sync", "--config", str(tmp_path / "nope.yaml")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "nope.yaml: profile not found" in bad.stderr
+
+
+def test_two_receivers_share_the_load_through_a_shared_subscription(tmp_path, broker):
+    cfg = load_config(device_profile(tmp_path, broker, "d1"))
+    with Outbox.from_config(cfg) as ob:
+        ob.put_many(findings("d1", 200))
+    db = tmp_path / "rx.sqlite3"  # one hospital database, two receiver processes' worth of connections
+    with ReceiverThread(broker, db, client_id="rx-a") as a, ReceiverThread(broker, db, client_id="rx-b") as b:
+        sync = SyncClient(cfg)
+        sync.start()
+        try:
+            wait_for(lambda: len(stored_ids(db)) >= 200, 30, "200 findings")
+        finally:
+            sync.stop(10)
+        got_a, got_b = a.rx.stats.received, b.rx.stats.received
+    assert got_a > 0 and got_b > 0 and got_a + got_b == 200  # split, not duplicated
+    assert sorted(stored_ids(db)) == sorted(f.finding_id for f in findings("d1", 200))
