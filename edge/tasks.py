@@ -194,7 +194,7 @@ class Segment(Task):
                 x, y, w, h = (int(v) for v in stats[keep[0][1], :4])
                 box = geom.points_to_frame(np.array([[x, y], [x + w, y + h]], np.float64) +
                                            np.array([geom.pad_left, geom.pad_top]))
-                geometry["largest_box"] = [round(float(v), 1) for v in box.reshape(-1)]
+                geometry["largest_box"] = np.round(box.reshape(-1), 1).tolist()
             det = Detection(label, conf, positive, review, prio, meas, geometry)
             if self.overlays and keep:
                 full = np.zeros(geom.model_size, np.uint8)
@@ -214,7 +214,7 @@ class Segment(Task):
             eps *= 1.6
             poly = cv2.approxPolyDP(c, eps, True)
         pts = poly.reshape(-1, 2).astype(np.float64) + np.array([geom.pad_left, geom.pad_top])
-        return [[round(float(x), 1), round(float(y), 1)] for x, y in geom.points_to_frame(pts)]
+        return np.round(geom.points_to_frame(pts), 1).tolist()
 
 
 class Detect(Task):

@@ -30,7 +30,10 @@ def test_cpu_backend_runs_real_session_with_profile_threads(bundle):
     be = build_backend(bundle, _cfg(bundle, intra_op_threads=1, warmup_runs=2))
     assert isinstance(be, Backend) and be.name == "onnxruntime" and be.provider == "cpu"
     assert len(be.warmup_ms) == 2
-    assert be.session.get_session_options().intra_op_num_threads == 1
+    opts = be.session.get_session_options()
+    assert opts.intra_op_num_threads == 1
+    # worker threads must not busy-wait: the pipeline's other stages share these cores
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     x = np.full((1, 1, 64, 64), 0.75, np.float32)
     out = be.run(x)
     assert list(out) == ["logits"] and out["logits"].shape == (1, 1, 64, 64)

@@ -30,7 +30,8 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def build_backend(bundle: Bundle, model_cfg: ModelConfig, logger: logging.Logger | None = None) -> Backend:
+def build_backend(bundle: Bundle, model_cfg: ModelConfig, logger: logging.Logger | None = None,
+                  allow_spinning: bool = False) -> Backend:
     """Try the profile's providers in order; the first that loads and warms up wins.
 
     ``trt-native`` is handled by the native TensorRT runner; every other provider name is an ONNX
@@ -59,7 +60,7 @@ def build_backend(bundle: Bundle, model_cfg: ModelConfig, logger: logging.Logger
         from .onnxruntime import OrtBackend
 
         try:
-            return OrtBackend.from_bundle(bundle, model_cfg, providers[i:j], log)
+            return OrtBackend.from_bundle(bundle, model_cfg, providers[i:j], log, allow_spinning)
         except BackendUnavailable as e:
             reasons.append(str(e))
         i = j

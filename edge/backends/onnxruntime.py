@@ -79,7 +79,7 @@ class OrtBackend:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, model_cfg: ModelConfig, providers: list[str],
-                    log: logging.Logger) -> OrtBackend:
+                    log: logging.Logger, allow_spinning: bool = False) -> OrtBackend:
         import onnxruntime as ort
 
         path = bundle.model_path(model_cfg.variant)
@@ -93,6 +93,12 @@ class OrtBackend:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        # ORT's worker threads busy-wait after each run by default. On a 2-4 core device the pipeline's own
+        # threads (decode, preprocess, post-processing, outbox fsync) need those cycles: measured on the
+        # shared 2-core machine, spinning off roughly doubled both bare and pipeline fps under load
+        # (benchmarks/results/pipeline.md).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "1" if allow_spinning else "0")
         try:
             sess = ort.InferenceSession(str(path), sess_options=so, providers=chain)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
