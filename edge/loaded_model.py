@@ -48,7 +48,9 @@ def assemble(bundle: Bundle, mcfg: ModelConfig, overlays: bool, logger: logging.
 
 
 def load_model(cfg: Config, mcfg: ModelConfig, logger: logging.Logger) -> LoadedModel:
-    return assemble(load_model_bundle(cfg, mcfg), mcfg, cfg.pipeline.overlays, logger)
+    # Every finding in the outbox is sent, so an overlay is only drawn when privacy also allows sending it.
+    overlays = cfg.pipeline.overlays and cfg.privacy.send_overlays
+    return assemble(load_model_bundle(cfg, mcfg), mcfg, overlays, logger)
 
 
 def load_model_dir(bundle_dir: Path, variant: str | None, trusted_keys: list[Path], logger: logging.Logger,

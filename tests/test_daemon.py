@@ -329,3 +329,19 @@ def test_demo_runs_by_itself_and_explains_where_findings_went(tmp_path):
     text = "\n".join(lines)
     assert "finding [" in text and "in the local outbox" in text and "no broker is configured" in text
     assert (tmp_path / "demo" / "outbox.sqlite3").exists()
+
+
+def test_run_refuses_a_tampered_bundle_before_starting(tmp_path):
+    key = Ed25519PrivateKey.generate()
+    pub = write_public_key(tmp_path / "pub.pem", key)
+    bundle = write_bundle(tmp_path / "bundle", key=key)
+    prof = _profile(tmp_path, pub, bundle, [{"name": "inbox", "kind": "dicom-folder", "path": str(tmp_path / "in"),
+                                             "model": "seg"}])
+    with open(bundle / "model.fp32.onnx", "ab") as f:
+        f.write(b"\0")
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(prof)], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT)
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("medge: error: model 'seg': ") and "model.fp32.onnx: SHA-256 mismatch" in err
+    assert not (tmp_path / "data" / "outbox.sqlite3").exists()  # nothing was started
