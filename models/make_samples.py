@@ -30,7 +30,7 @@ from .synth_xray import make_phantom
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 US_SEED, US_FRAMES, US_FPS, US_SCHEDULE = 4, 60, 25.0, (0.3, 0.75)
-CXR_OPACITY_SEED, CXR_NORMAL_SEED = 11, 12
+CXR_OPACITY_SEED, CXR_NORMAL_SEED = 12, 16
 
 
 def make_samples(out: Path = SAMPLES_DIR) -> dict:

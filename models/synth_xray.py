@@ -150,7 +150,7 @@ def make_phantom(
         cv2.line(ribs, tuple(int(round(c)) for c in a), tuple(int(round(c)) for c in b), 1.3,
                  max(3, int(round(thick * 1.5))), cv2.LINE_AA)
     ribs = cv2.GaussianBlur(ribs, (0, 0), 1.2 * s) * body * (0.4 + 0.6 * lung_soft)
-    att += rng.uniform(0.10, 0.18) * ribs
+    att += rng.uniform(0.08, 0.14) * ribs
 
     op = None
     if opacity:
@@ -158,15 +158,16 @@ def make_phantom(
         core = cv2.erode(lung.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=max(1, int(18 * s)))
         ys, xs = np.nonzero(core)
         k = int(rng.integers(0, len(ys)))
-        radius = S * rng.uniform(0.06, 0.16) * scale
-        contrast = rng.uniform(0.2, 0.5)
+        radius = S * rng.uniform(0.06, 0.13) * scale
+        contrast = rng.uniform(0.7, 1.3)
         op = Opacity(cx=float(xs[k]), cy=float(ys[k]), radius=float(radius), contrast=float(contrast),
                      side="right" if lung is rl else "left")
-        # an irregular soft blob: gaussian with a few lobes
-        d2 = ((xx - op.cx) ** 2 + (yy - op.cy) ** 2) / (radius**2)
+        # a dense, irregular rounded lesion with a soft border (consolidation / mass-like)
+        d = np.sqrt((xx - op.cx) ** 2 + (yy - op.cy) ** 2) / radius
         ang = np.arctan2(yy - op.cy, xx - op.cx)
-        lobes = 1 + sum(rng.uniform(0, 0.25) * np.cos(k * ang + rng.uniform(0, 6.28)) for k in (2, 3))
-        blob = np.exp(-2.0 * d2 / lobes**2)
+        lobes = 1 + sum(rng.uniform(0, 0.2) * np.cos(j * ang + rng.uniform(0, 6.28)) for j in (2, 3))
+        blob = np.clip((lobes - d) / 0.35, 0, 1)
+        blob = blob * blob * (3 - 2 * blob)
         att += contrast * LUNG_DEPTH * blob * lung_soft
 
     att = cv2.GaussianBlur(att, (0, 0), 1.0 * s)

@@ -14,6 +14,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,9 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, chec
     model = model.eval()
     folded = fold_batchnorm(copy.deepcopy(model))
     buf = io.BytesIO()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript exporter is deliberate: it folds constants into a plain Conv/Relu graph
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             folded, (torch.zeros(input_shape),), buf, input_names=["input"], output_names=["logits"],
             opset_version=OPSET, dynamo=False, do_constant_folding=True,
