@@ -9,7 +9,7 @@ absolute times, are the claim: this machine is shared and absolute numbers move 
 
 The U-Net rows compare architectures/recipes to show what ORT's CPU provider runs fast in int8:
   * plain      - Resize(nearest, half_pixel) then 3x3 conv, every node quantized (the usual export)
-  * +recipe    - same graph, export's cpu recipe (1-channel stem and head convs kept in float)
+  * +recipe    - same graph, export's cpu recipe (1-channel stem/head convs kept in float where measured faster)
   * chosen     - Resize(nearest, asymmetric/floor: the PyTorch nn.Upsample export) placed after a 3x3
                  conv at low resolution, cpu recipe. This is the benchmark U-Net.
 
@@ -32,6 +32,7 @@ from benchmarks.make_models import resnet18, unet
 from edge.preprocess import Preprocessor, PreprocessSpec
 from export import quantize as Q
 from export.report import latency_side_by_side, machine
+from export.speed import choose_narrow_exclusions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"resnet18": 3.0, "unet": 1.8}
@@ -66,9 +67,10 @@ def quantize_model(model: onnx.ModelProto, work: Path, name: str, recipe_rules: 
     onnx.save(model, raw)
     quant_pre_process(str(raw), str(fp32), skip_symbolic_shape=True)
     recipe = Q.recipe_for("cpu")
-    if recipe_rules:
-        recipe = Q.Recipe(**{**recipe.__dict__, "nodes_to_exclude": tuple(Q.narrow_convs(onnx.load(str(fp32))))})
-    Q.quantize(fp32, int8, recipe, tensors, "input", work / f"{name}.calib.json")
+    cache = work / f"{name}.calib.json"
+    if recipe_rules:  # export's measured rule: narrow convs stay float only where that is faster here
+        recipe, _ = choose_narrow_exclusions(fp32, recipe, tensors, "input", cache, work)
+    Q.quantize(fp32, int8, recipe, tensors, "input", cache)
     return fp32, int8, recipe
 
 

@@ -6,9 +6,9 @@ architecture notes and benchmarks/results/quantize.md):
 * ``cpu`` (ONNX Runtime CPU provider): QDQ with **uint8 asymmetric activations** and int8 per-channel
   weights (U8S8). ORT fuses these into QLinearConv/QLinearAdd/... running on VNNI; the symmetric S8S8
   form runs *slower than FP32* here, so it must never reach a CPU device. Convolutions whose input or
-  output has fewer than 4 channels (a grayscale stem, a 1-channel mask head) stay in float: the int8
-  kernels pack channels in groups of 4 and run those layers slower than FP32 while adding error.
-  ``reduce_range`` stays off: VNNI accumulates without the 16-bit saturation that 7-bit weights avoid.
+  output has fewer than 4 channels (a grayscale stem, a 1-channel mask head) may stay in float when
+  that is measured to be faster (`export.speed`). ``reduce_range`` stays off (VNNI accumulates without
+  16-bit saturation; on AVX2-only hosts the accuracy gate catches any saturation loss).
 * ``tensorrt``: what TensorRT's explicit quantization expects - int8 symmetric activations and weights
   (zero point 0), per-channel weights on the output-channel axis (0 for Conv, 1 for ConvTranspose and
   MatMul), and **no bias quantization** (TensorRT fuses bias in higher precision itself).
