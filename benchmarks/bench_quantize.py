@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
               "passed": all(r["speedup"] >= r["target_speedup"] for r in rows if r["target_speedup"])}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "quantize.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = [f"# FP32 vs INT8 (cpu recipe), ONNX Runtime {result['machine']['onnxruntime']} CPU, {result['machine']['cpu']}",
+    md = [f"# FP32 vs INT8 (cpu recipe), ONNX Runtime {result['machine']['onnxruntime']} CPU, {result['machine']['cpu']} "
+          f"({'/'.join(result['machine']['isa']) or 'no AVX2'})",
           "", f"2 intra-op threads, batch 1, median of {runs} runs per model, interleaved in blocks of 5 in one process "
           f"(side by side). Load average at start: {result['load_avg'][0]:.2f}.", "",
           "| model | FP32 ms | INT8 ms | speed-up | target | kept in float |", "| --- | --- | --- | --- | --- | --- |"]
