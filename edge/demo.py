@@ -57,8 +57,9 @@ def run_demo(data_dir: Path | None = None, echo=print) -> int:
         t0 = time.monotonic()
         code = run_daemon(cfg, max_seconds=DEMO_MAX_SECONDS, on_finding=show)
         n = _count(cfg.outbox_path)
+        where = f"{cfg.outbox_path}" + (" (a temporary folder, removed now; use --data-dir to keep it)" if tmp else "")
         echo(f"medge demo: done in {time.monotonic() - t0:.1f} s; {len(seen)} finding(s) produced, {n} in the local "
-             f"outbox {cfg.outbox_path}")
+             f"outbox {where}")
         echo("  no broker is configured in the demo profile (sync.enabled: false), so findings stay in the local "
              "outbox; on a device they are sent to the hospital broker when the link is up")
         return code
