@@ -196,6 +196,18 @@ def test_sample_dicoms_have_the_promised_tags():
     assert pis == {"MONOCHROME1", "MONOCHROME2"}
 
 
+def test_us_cine_jpeg_baseline_encoding_decodes(tmp_path):
+    from models.atomic import write_dicom
+    from models.synth_dicom import us_multiframe_dataset
+
+    c = synth_ultrasound.make_cine(2, n_frames=4, n_pockets=1)
+    write_dicom(tmp_path / "j.dcm", us_multiframe_dataset(c.frames, c.region, c.spacing_mm, 30.0, key="j", compression="jpeg"))
+    ds = pydicom.dcmread(tmp_path / "j.dcm")
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGBaseline8Bit and ds.LossyImageCompression == "01"
+    px = ds.pixel_array
+    assert px.shape == c.frames.shape and np.abs(px.astype(int) - c.frames).mean() < 6
+
+
 def test_make_samples_regenerates_identical_bytes(tmp_path):
     make_samples.make_samples(tmp_path)
     for p in SAMPLES.iterdir():
@@ -262,8 +274,11 @@ def test_cxr_model_still_ranks_fresh_images():
 def test_train_us_smoke(tmp_path):
     from models import train_us_free_fluid
 
-    assert train_us_free_fluid.main(["--steps", "2", "--n-train", "4", "--n-eval", "3", "--batch", "2",
-                                     "--out", str(tmp_path)]) == 0
+    args = ["--steps", "2", "--n-train", "4", "--n-eval", "3", "--batch", "2"]
+    assert train_us_free_fluid.main([*args, "--out", str(tmp_path)]) == 0
+    assert train_us_free_fluid.main([*args, "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "model.onnx").read_bytes() == (tmp_path / "again" / "model.onnx").read_bytes()  # seeded
+    assert "NOT FOR CLINICAL USE" in (tmp_path / "MODEL_CARD.md").read_text()
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["export"]["ort_vs_torch_max_abs"] < 1e-3 and m["held_out"]["frames"] == 3
     assert tuple(_session_at(tmp_path).get_inputs()[0].shape) == (1, 1, 128, 128)
@@ -281,3 +296,23 @@ def test_train_cxr_smoke(tmp_path):
 
 def _session_at(folder):
     return ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def test_device_decoder_sees_exactly_the_display_values_the_models_were_trained_on():
+    from edge.dicom import decode_file
+
+    for name, seed, op, pi in (("cxr_opacity.dcm", make_samples.CXR_OPACITY_SEED, True, "MONOCHROME1"),
+                               ("cxr_normal.dcm", make_samples.CXR_NORMAL_SEED, False, "MONOCHROME2")):
+        (frame,) = decode_file(SAMPLES / name)
+        want = synth_xray.phantom_display(synth_xray.make_phantom(seed, size=512, opacity=op, photometric=pi))
+        assert np.abs(frame.pixels.astype(np.float32) - want).max() < 1e-5
+        assert frame.spacing_mm is not None
+    frames = decode_file(SAMPLES / "us_cine.dcm")
+    truth = json.loads((SAMPLES / "truth.json").read_text())["us_cine.dcm"]
+    assert len(frames) == 60 and frames[0].frame_rate == pytest.approx(25.0)
+    f = frames[30]
+    assert [f.region.x0, f.region.y0, f.region.x1, f.region.y1] == truth["region"]
+    assert f.spacing_mm == pytest.approx((truth["spacing_mm"], truth["spacing_mm"]))
+    px = f.pixels if f.pixels.dtype == np.uint8 else np.round(f.pixels * 255).astype(np.uint8)
+    cine = synth_ultrasound.make_cine(make_samples.US_SEED, n_frames=60, n_pockets=1, schedule=make_samples.US_SCHEDULE)
+    assert np.array_equal(px, cine.frames[30])
