@@ -34,7 +34,7 @@ TRAIN_SEED = 810_001
 EVAL_SEED = 820_001
 TRAIN_SIZES = (320, 384, 448)
 CXR_TASK = (
-    "Classifies a frontal chest radiograph as containing a focal lung opacity (a soft rounded density "
+    "Classifies a frontal chest radiograph as containing a focal lung opacity (a dense rounded lesion "
     "inside a lung field) or not. Output: one logit for the whole image."
 )
 CXR_DATA = (
