@@ -1,7 +1,7 @@
 """Train the reference focal-opacity classifier and export it to ONNX.
 
     python -m models.train_cxr_opacity                   # full run (<= 6 min on 2 cores), writes models/cxr_opacity/
-    python -m models.train_cxr_opacity --steps 3 --n-train 8 --n-eval 8 --out /tmp/x    # smoke run
+    python -m models.train_cxr_opacity --steps 3 --n-train 8 --n-eval 8 --out SCRATCH_DIR    # smoke run
 
 Training images are phantoms turned into display values by the same VOI windowing the device's DICOM
 decoder applies (`synth_xray.display`, MONOCHROME1 inverted), wrapped in an `edge.frames.Frame` and

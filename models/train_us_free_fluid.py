@@ -1,7 +1,7 @@
 """Train the reference free-fluid segmentation model and export it to ONNX.
 
     python -m models.train_us_free_fluid                 # full run (<= 6 min on 2 cores), writes models/us_free_fluid/
-    python -m models.train_us_free_fluid --steps 3 --n-train 8 --n-eval 4 --out /tmp/x   # smoke run
+    python -m models.train_us_free_fluid --steps 3 --n-train 8 --n-eval 4 --out SCRATCH_DIR   # smoke run
 
 Every training tensor is produced by `edge.preprocess.Preprocessor` from an `edge.frames.Frame`, with the
 preprocess spec read from model.yaml, so the network learns on exactly what the device will feed it.
