@@ -78,7 +78,8 @@ class FindingBuilder:
     pseudonymize: PseudonymFn | None = None
 
     def build(self, det: Detection, frame: Frame, latency_ms: float, frame_range: tuple[int, int] | None = None,
-              event_start: int | None = None) -> Finding:
+              event_start: int | None = None, frame_index: int | None = None) -> Finding:
+        """``frame_index`` (default: the frame's) is the frame the measurements and geometry describe."""
         study = series = instance = None
         if frame.study is not None and self.pseudonymize is not None:
             study, series, instance = self.pseudonymize(frame.study)
@@ -89,7 +90,8 @@ class FindingBuilder:
             device_id=self.device_id, modality=frame.modality, model=self.model, label=det.label,
             confidence=round(float(det.confidence), 4), needs_review=bool(det.needs_review), priority=det.priority,
             study_id=study, series_id=series, instance_id=instance, acquired_at=iso_utc(frame.acquired_at),
-            created_at=iso_utc(time.time()), source=frame.source, frame_index=frame.index, frame_range=frame_range,
+            created_at=iso_utc(time.time()), source=frame.source,
+            frame_index=frame.index if frame_index is None else frame_index, frame_range=frame_range,
             measurements=dict(det.measurements), geometry=dict(det.geometry), latency_ms=round(latency_ms, 2),
             overlay_png_b64=det.overlay_png_b64, finding_id=fid,
         )
@@ -308,8 +310,8 @@ class Pipeline:
         for ev in sm.update(f.index, dets):
             self.events += 1
             self._emit(self.builder.build(ev.peak, f, (time.monotonic() - f.captured_at) * 1000,
-                                          frame_range=ev.frame_range,
-                                          event_start=ev.first_frame))
+                                          frame_range=ev.frame_range, event_start=ev.first_frame,
+                                          frame_index=ev.peak_frame))
         if not f.live and f.frame_count is not None and f.index >= f.frame_count - 1:
             self._smoothers.pop(key, None)  # object finished
 

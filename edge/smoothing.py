@@ -27,7 +27,8 @@ class Event:
     label: str
     first_frame: int
     confirm_frame: int
-    peak: Detection  # the detection with the highest confidence up to confirmation
+    peak: Detection  # the detection with the highest confidence up to confirmation (latest one on a tie)
+    peak_frame: int = -1  # the frame the peak's measurements and geometry come from
 
     @property
     def confidence(self) -> float:
@@ -82,8 +83,8 @@ class Hysteresis:
             hits = [(i, d) for i, d in st.window if d is not None]
             if det is not None and len(hits) >= self.on_frames:
                 st.active = True
-                peak_i, peak = max(hits, key=lambda t: t[1].confidence)
-                events.append(Event(label, hits[0][0], frame_index, peak))
+                peak_i, peak = max(hits, key=lambda t: (t[1].confidence, t[0]))
+                events.append(Event(label, hits[0][0], frame_index, peak, peak_i))
                 self.events_emitted += 1
             if not st.active and not hits:
                 del self._labels[label]

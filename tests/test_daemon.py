@@ -345,3 +345,33 @@ def test_run_refuses_a_tampered_bundle_before_starting(tmp_path):
     err = r.stderr.strip().splitlines()[-1]
     assert err.startswith("medge: error: model 'seg': ") and "model.fp32.onnx: SHA-256 mismatch" in err
     assert not (tmp_path / "data" / "outbox.sqlite3").exists()  # nothing was started
+
+
+def test_replay_real_bundles_on_demo_samples_match_truth():
+    """The signed INT8 reference bundles on the committed samples: one free-fluid event at the right time with
+    the right area, an opacity on the opacity radiograph and nothing on the normal one."""
+    import json
+
+    from edge.replay_cmd import replay_file
+
+    samples, bundles = ROOT / "models/samples", ROOT / "models/bundles"
+    if not (bundles / "us-free-fluid/manifest.yaml").exists() or not (samples / "truth.json").exists():
+        pytest.skip("reference bundles/samples not built in this checkout")
+    truth = json.loads((samples / "truth.json").read_text())
+    keys = [ROOT / "models/keys/demo-signing.pub.pem"]
+
+    def run(sample: str, bundle: str) -> list[dict]:
+        lines: list[str] = []
+        assert replay_file(samples / sample, bundles / bundle, realtime=False, as_json=True, trusted_keys=keys,
+                           echo=lines.append) == 0
+        return [json.loads(ln)["finding"] for ln in lines[:-1]]
+
+    us = truth["us_cine.dcm"]
+    (ev,) = run("us_cine.dcm", "us-free-fluid")
+    first = us["fluid_frames"][0]
+    assert ev["label"] == "free_fluid" and ev["priority"] == "urgent" and ev["model"]["variant"] == "int8"
+    assert first <= ev["frame_range"][0] <= first + 3
+    want = us["fluid_area_mm2"][ev["frame_index"]]
+    assert ev["measurements"]["area_mm2"] == pytest.approx(want, rel=0.2)
+    assert [f["label"] for f in run("cxr_opacity.dcm", "cxr-opacity")] == ["focal_opacity"]
+    assert run("cxr_normal.dcm", "cxr-opacity") == []

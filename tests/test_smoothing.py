@@ -34,6 +34,7 @@ def test_two_separate_events_give_two_findings_with_peak_confidence():
     events = _feed(Hysteresis(on_frames=3, off_frames=5, window=5), pattern, confs)
     assert [e.frame_range for e in events] == [(0, 2), (13, 15)]
     assert events[0].confidence == 0.9 and events[1].confidence == 0.8
+    assert [e.peak_frame for e in events] == [1, 15]  # where the reported measurements come from
 
 
 def test_short_gap_does_not_split_an_event_but_long_gap_does():
