@@ -41,8 +41,9 @@ def test_engine_is_built_keyed_and_reused(tmp_path):
     import tensorrt as trt
 
     from benchmarks.make_models import unet
+    from edge.engine_key import detect_gpu, engine_name
     from export.make_bundle import ExportOptions, run_export
-    from export.tensorrt import build_engine, detect_gpu, engine_name
+    from export.tensorrt import build_engine
     from tests.test_export import _images, _quiet, _save, _spec
 
     calib, val = tmp_path / "calib", tmp_path / "val"
@@ -61,3 +62,32 @@ def test_engine_is_built_keyed_and_reused(tmp_path):
     assert (out / "engines" / "timing.cache").exists()
     mtime = plan.stat().st_mtime
     assert build_engine(out, variant="int8", log=_quiet) == plan and plan.stat().st_mtime == mtime  # reused
+
+
+def test_device_loads_only_the_engine_keyed_for_its_gpu_trt_precision_and_dla(tmp_path):
+    """Runs without a GPU: the key rule is shared by export and device, and a foreign engine is refused."""
+    from edge.backends.tensorrt import find_engine
+    from edge.bundle import load_bundle
+    from edge.engine_key import GpuInfo, engine_name
+
+    root = tmp_path / "b"
+    shutil.copytree("models/bundles/us-free-fluid", root)
+    bundle = load_bundle(root)
+    orin = GpuInfo("Orin (nvgpu)", (8, 7))
+    precision = bundle.variant(None).precision
+    name = engine_name(orin, "10.3.0", precision)
+    assert name == f"orin-nvgpu-sm87-trt10.3.0-{precision}.plan"
+    assert engine_name(orin, "10.3.0", precision, 0) == f"orin-nvgpu-sm87-trt10.3.0-{precision}-dla0.plan"
+
+    with pytest.raises(BackendUnavailable, match="no TensorRT engine .* build it here"):
+        find_engine(bundle, None, None, orin, "10.3.0")
+    (root / "engines").mkdir()
+    for other in (engine_name(orin, "8.6.2", precision), engine_name(GpuInfo("NVIDIA A2", (8, 6)), "10.3.0", precision),
+                  engine_name(orin, "10.3.0", precision, 1)):
+        (root / "engines" / other).write_bytes(b"plan")
+    with pytest.raises(BackendUnavailable, match=r"orin-nvgpu-sm87-trt10\.3\.0-.*holds .*trt8\.6\.2"):
+        find_engine(bundle, None, None, orin, "10.3.0")  # an older JetPack's engine is never loaded
+    (root / "engines" / name).write_bytes(b"plan")
+    assert find_engine(bundle, None, None, orin, "10.3.0").name == name
+    assert find_engine(bundle, None, 1, orin, "10.3.0").name.endswith("-dla1.plan")
+    assert load_bundle(root).manifest == bundle.manifest  # engines/ is a cache outside the hashed files

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..config import ModelConfig
+from ..engine_key import GpuInfo, detect_gpu, engine_name
 from ..errors import BackendUnavailable
 
 
@@ -39,15 +40,21 @@ def _check(result: Any) -> Any:
     return rest[0] if len(rest) == 1 else rest
 
 
-def find_engine(bundle: Bundle, variant: str | None) -> Path:
-    """Prefer an engine named for the variant, else the newest plan file."""
-    plans = sorted(bundle.engines_dir.glob("*.plan"), key=lambda p: p.stat().st_mtime, reverse=True)
-    if not plans:
-        raise BackendUnavailable(f"{bundle.engines_dir}: no TensorRT engine (*.plan) in the bundle; build one on "
-                                 "this device with 'medge export build-engine'")
-    v = variant or bundle.manifest.default_variant
-    named = [p for p in plans if v in p.stem]
-    return (named or plans)[0]
+def find_engine(bundle: Bundle, variant: str | None, dla_core: int | None, gpu: GpuInfo, trt_version: str) -> Path:
+    """The engine built for exactly this GPU, TensorRT version, precision and DLA core, or a plain refusal.
+
+    Loading an engine built elsewhere either fails inside TensorRT or, worse, runs with another build's
+    tactics; an exact key match is the only safe reuse.
+    """
+    precision = bundle.variant(variant).precision
+    want = bundle.engines_dir / engine_name(gpu, trt_version, precision, dla_core)
+    if want.is_file():
+        return want
+    others = sorted(p.name for p in bundle.engines_dir.glob("*.plan")) if bundle.engines_dir.is_dir() else []
+    seen = f" (it holds {', '.join(others)}, built for another GPU, TensorRT version, precision or DLA core)" \
+        if others else ""
+    raise BackendUnavailable(f"{bundle.engines_dir}: no TensorRT engine {want.name} for this device{seen}; build it "
+                             "here with 'medge export build-engine'")
 
 
 class TensorRTBackend:
@@ -97,11 +104,12 @@ class TensorRTBackend:
     @classmethod
     def from_bundle(cls, bundle: Bundle, model_cfg: ModelConfig, log: logging.Logger) -> TensorRTBackend:
         try:
-            import tensorrt  # noqa: F401
+            import tensorrt as trt
         except ImportError:
             raise BackendUnavailable("TensorRT is not installed on this machine (pip install 'medge[tensorrt]' on "
                                      "a device with an NVIDIA GPU)") from None
-        backend = cls(find_engine(bundle, model_cfg.variant), log)
+        path = find_engine(bundle, model_cfg.variant, model_cfg.dla_core, detect_gpu(), trt.__version__)
+        backend = cls(path, log)
         for _ in range(model_cfg.warmup_runs):
             backend.run(np.zeros(backend._host[backend.input_name].shape, np.float32))
         return backend
