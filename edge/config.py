@@ -23,6 +23,7 @@ import yaml
 from .errors import ConfigError
 
 SCHEMA_VERSION = 1
+VIDEO_MODALITIES = ("US", "ES", "XA", "OT")
 SOURCE_KINDS = ("video", "dicom-folder", "dicom-store", "replay")
 PROVIDERS = ("tensorrt", "cuda", "cpu", "trt-native")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -72,6 +73,8 @@ class SourceConfig:
     settle_s: float = field(default=2.0, metadata=_meta(ge=0, le=3600))
     poll_interval_s: float = field(default=1.0, metadata=_meta(ge=0.01, le=3600))
     reopen_backoff_max_s: float = field(default=30.0, metadata=_meta(ge=0.1, le=3600))
+    # what a video stream shows (DICOM carries its own): US ultrasound, ES endoscopy, XA fluoroscopy, OT other
+    modality: str = field(default="US", metadata=_meta(choices=VIDEO_MODALITIES))
 
 
 @dataclass(frozen=True)

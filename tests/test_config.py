@@ -67,6 +67,7 @@ def test_minimal_profile_resolves_paths_relative_to_profile(tmp_path):
         (lambda d: d["models"][0].update(intra_op_threads=0), "models[0].intra_op_threads: 0 is too small; use a value >= 1"),
         (lambda d: d["models"][0].update(bundle="missing"), "models[0].bundle: folder missing does not exist"),
         (lambda d: d["sources"][0].update(kind="usb"), "sources[0].kind: 'usb' is not allowed; use one of video, dicom-folder"),
+        (lambda d: d["sources"][0].update(modality="MR"), "sources[0].modality: 'MR' is not allowed; use one of US, ES, XA, OT"),
         (lambda d: d["sources"][0].update(model="nope"), "sources[0].model: no model named 'nope'; use one of m"),
         (lambda d: d.pop("device"), "device: required key is missing"),
         (lambda d: d["device"].pop("site"), "device.site: required key is missing"),

@@ -154,6 +154,9 @@ def test_video_file_frames_are_rgb_live_with_rate(tmp_path):
     assert f.live and f.pixels.shape == (48, 64, 3) and f.frame_rate == pytest.approx(25.0)
     assert f.pixels[20, 40, 0] > 200 and f.pixels[20, 40, 2] < 50  # red in RGB order
     assert [x.index for x in frames] == list(range(12))
+    assert {x.modality for x in frames} == {"US"}  # the profile default: frame grabbers on these carts carry ultrasound
+    endo = build_source(SourceConfig(name="scope", kind="video", model="m", path=vid, modality="ES"), ctx(tmp_path))
+    assert {x.modality for x in endo.frames(threading.Event())} == {"ES"}
 
 
 def test_video_reopens_with_backoff_after_unplug(tmp_path):

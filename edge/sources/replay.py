@@ -20,7 +20,7 @@ from ..dicom import frames_from_file
 from ..errors import InputError
 from ..frames import Frame
 from . import SourceContext, SourceStats
-from .video import VIDEO_MODALITY, capture_fps, to_rgb
+from .video import capture_fps, to_rgb
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -56,7 +56,7 @@ class ReplaySource:
                 ok, img = cap.read()
                 if not ok or img is None:
                     break
-                yield Frame(pixels=to_rgb(img), modality=VIDEO_MODALITY, source=self.name, index=index, frame_rate=rate,
+                yield Frame(pixels=to_rgb(img), modality=self.cfg.modality, source=self.name, index=index, frame_rate=rate,
                             live=False, origin=self.path, frame_count=count)
                 index += 1
             if index == 0:

@@ -21,7 +21,6 @@ from ..config import SourceConfig
 from ..frames import Frame
 from . import SourceContext, SourceStats
 
-VIDEO_MODALITY = "US"  # frame grabbers on these devices carry ultrasound; the profile has no modality key yet
 BACKOFF_MIN_S = 0.5
 NET_TIMEOUT_MS = 5000
 
@@ -109,7 +108,7 @@ class VideoSource:
                         continue
                     last_emit = now
                     self.stats.bump(accepted=1)
-                    yield Frame(pixels=to_rgb(img), modality=VIDEO_MODALITY, source=self.name, index=index,
+                    yield Frame(pixels=to_rgb(img), modality=self.cfg.modality, source=self.name, index=index,
                                 frame_rate=self.frame_rate, captured_at=now, live=True)
                     index += 1
             finally:
