@@ -177,7 +177,7 @@ def spec_for(task: str, name: str, size: int, channels: int, output: str, activa
     }
 
 
-def write_models(out: Path, unet_up: str = "conv-resize", unet_down: str = "maxpool",
+def write_models(out: Path, unet_up: str = "resize", unet_down: str = "maxpool",
                  unet_skip: str = "concat") -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -197,7 +197,7 @@ def write_models(out: Path, unet_up: str = "conv-resize", unet_down: str = "maxp
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--unet-up", choices=("resize", "conv-resize", "convtranspose"), default="conv-resize")
+    ap.add_argument("--unet-up", choices=("resize", "conv-resize", "convtranspose"), default="resize")
     ap.add_argument("--unet-down", choices=("maxpool", "conv"), default="maxpool")
     ap.add_argument("--unet-skip", choices=("concat", "add"), default="concat")
     a = ap.parse_args()

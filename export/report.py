@@ -19,10 +19,11 @@ def latency_side_by_side(models: dict[str, Path], x: np.ndarray, runs: int = 30,
                          warmup: int = 3, block: int = 5) -> dict[str, dict[str, float]]:
     """Median latency per model, interleaved in short blocks within one process.
 
-    ONNX Runtime's worker threads spin for a while after a run (that spinning is what makes short int8
-    kernels fast, so it stays on, as on the device). Timing A right after B would charge B's spinning
-    threads to A, so each block starts with one untimed run that absorbs them; then `block` timed runs.
-    Blocks rotate across models until every model has `runs` timed runs.
+    Sessions are configured as the device runs them (`edge.backends.onnxruntime`: intra-op workers do not
+    spin, because the pipeline's stages share the cores). With spinning on, a dozen idle sessions' spinning
+    workers in one process would be charged to whichever model runs next. Each block still starts with
+    one untimed run; then `block` timed runs. Blocks rotate across models until every model has `runs`
+    timed runs.
     """
     import onnxruntime as ort
 
@@ -32,6 +33,7 @@ def latency_side_by_side(models: dict[str, Path], x: np.ndarray, runs: int = 30,
         o.intra_op_num_threads = threads
         o.inter_op_num_threads = 1
         o.log_severity_level = 3
+        o.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sessions[k] = ort.InferenceSession(str(p), o, providers=["CPUExecutionProvider"])
     feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
     for k, s in sessions.items():
