@@ -87,6 +87,7 @@ class PipelineConfig:
     on_frames: int = field(default=3, metadata=_meta(ge=1, le=1000))
     off_frames: int = field(default=5, metadata=_meta(ge=1, le=1000))
     overlays: bool = False
+    opencv_threads: int | None = field(default=1, metadata=_meta(ge=0, le=256))  # null: OpenCV's default pool
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,7 @@ def run_daemon(cfg: Config, max_seconds: float | None = None,
         sources = build_sources(cfg, stop, pseudonymizer, log.getChild("source"))
         p = cfg.pipeline
         settings = PipelineSettings(queue_depth=p.queue_depth, on_frames=p.on_frames, off_frames=p.off_frames,
-                                    smoothing_window=p.smoothing_window)
+                                    smoothing_window=p.smoothing_window, opencv_threads=p.opencv_threads)
         ids = pseudonym_fn(pseudonymizer)
         for scfg, src in zip(cfg.sources, sources, strict=True):
             lm = models[scfg.model]

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 
 from .backends import Backend
@@ -160,6 +161,11 @@ class PipelineSettings:
     off_frames: int = 5
     smoothing_window: int = 5
     drain_timeout_s: float = 60.0
+    # OpenCV's own worker pool (cv2.setNumThreads, process-wide; None leaves OpenCV's default). The stages
+    # already overlap, and OpenCV splitting a small resize across both cores of a 2-core device preempts
+    # ONNX Runtime's workers, which wait for their slowest thread: 1 measured ~0.95 of bare session.run fps
+    # vs ~0.85 with OpenCV's default (benchmarks/bench_pipeline.py).
+    opencv_threads: int | None = 1
 
 
 @dataclass
@@ -189,6 +195,8 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------ lifecycle
     def start(self) -> Pipeline:
+        if self.settings.opencv_threads is not None:
+            cv2.setNumThreads(self.settings.opencv_threads)
         for fn, nm in ((self._capture, "capture"), (self._preprocess, "preprocess"), (self._infer, "infer"),
                        (self._post, "post")):
             t = threading.Thread(target=self._guard, args=(fn,), name=f"{self.name}-{nm}", daemon=True)

@@ -35,6 +35,9 @@ class GateFailed(MedgeError):
     """The INT8 model cannot be brought inside the accuracy budget."""
 
 
+MIN_USEFUL_SPEEDUP = 1.1  # below this, int8 costs accuracy for a speed-up within measurement noise
+
+
 @dataclass
 class ExportOptions:
     model: Path
@@ -191,6 +194,13 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
                                           runs=opts.latency_runs)
         latency = {"machine": report.machine(), "threads": 2, "runs": opts.latency_runs, "variants": lat,
                    "speedup_int8": round(lat["fp32"]["median_ms"] / lat["int8"]["median_ms"], 3)}
+        if opts.target == "cpu" and latency["speedup_int8"] < MIN_USEFUL_SPEEDUP:
+            isa = "/".join(latency["machine"].get("isa", [])) or "no AVX2"
+            latency["warning"] = (f"INT8 is not meaningfully faster than FP32 on this machine ({latency['speedup_int8']:.2f}x, "
+                                  f"CPU {isa}): int8 kernels gain little without VNNI or on narrow layers. Measure on the "
+                                  "device's CPU class before choosing; a profile can run the fp32 variant (variant: fp32)")
+            warnings.append(latency["warning"])
+            log(f"WARNING: {latency['warning']}")
         gate = res.to_dict()
         created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         provenance = _provenance(opts, spec_path, created)

@@ -99,6 +99,8 @@ def render_md(r: dict[str, Any]) -> str:
     base = lat["variants"]["fp32"]["median_ms"]
     for k, v in lat["variants"].items():
         lines.append(f"| {k} | {v['median_ms']:.2f} | {v['p90_ms']:.2f} | {base / v['median_ms']:.2f}x |")
+    if lat.get("warning"):
+        lines += ["", f"WARNING: {lat['warning']}."]
     if r["target"] != "cpu":
         lines += ["", "Target is not the CPU: the INT8 form here is TensorRT's symmetric QDQ, which ONNX Runtime's CPU "
                   "provider runs slowly; the CPU numbers are for reference only."]

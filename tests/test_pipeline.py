@@ -107,6 +107,18 @@ def test_stored_frames_never_dropped_and_completed_in_order_after_publish(parts)
     assert completed_at_publish == [i for i in range(24) if i % 3 == 0]
 
 
+def test_pipeline_sets_opencv_worker_pool_from_settings(parts):
+    import cv2
+
+    before = cv2.getNumThreads()
+    try:
+        for n in (1, 2):
+            p, _ = _pipeline(parts, ListSource([_stored(0, bright=False)]), opencv_threads=n)
+            assert p.start().join(30) and cv2.getNumThreads() == n
+    finally:
+        cv2.setNumThreads(before)
+
+
 def test_live_frames_latest_wins_counts_drops_and_bounds_latency(parts):
     frames = [Frame(pixels=blob_image(box=None), modality="US", source="cam", index=i, live=True) for i in range(80)]
     src = ListSource(frames, interval_s=0.004)  # 250 fps camera, 25 ms model
