@@ -1,10 +1,11 @@
 """The single preprocessing path: shapes, letterbox geometry, normalisation and the spec hash."""
 
+import cv2
 import numpy as np
 import pytest
 
 from edge.frames import Frame, Region
-from edge.preprocess import Preprocessor, PreprocessSpec
+from edge.preprocess import INTERPOLATIONS, Preprocessor, PreprocessSpec
 
 
 def test_letterbox_geometry_round_trips_points_and_masks():
@@ -40,6 +41,22 @@ def test_normalisation_and_uint8_float_equivalence():
     a, _ = Preprocessor(spec).apply_pixels(u8)
     b, _ = Preprocessor(spec).apply_pixels(f32)
     assert np.allclose(a, 2.0) and np.allclose(a, b)
+
+
+@pytest.mark.parametrize("interpolation", ["area", "linear", "nearest"])
+def test_uint8_fast_path_matches_float_reference(interpolation):
+    """The device converts to float late (after RGB->gray and resizing); that must stay the float result: exact
+    for grey pixels stored as RGB, within about half a display level for coloured ones (OpenCV uses
+    fixed-point weights)."""
+    rng = np.random.default_rng(3)
+    spec = PreprocessSpec(size=(96, 128), interpolation=interpolation, mean=(0.0,), std=(1.0,))
+    grey = rng.integers(0, 256, (480, 640), dtype=np.uint8)
+    colour = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    for img, tol in ((np.stack([grey] * 3, -1), 1e-6), (colour, 0.6 / 255)):
+        ref = cv2.cvtColor(img.astype(np.float32) / 255, cv2.COLOR_RGB2GRAY)
+        ref = cv2.resize(ref, (128, 96), interpolation=INTERPOLATIONS[interpolation])
+        got, _ = Preprocessor(spec).apply_pixels(img)
+        assert np.abs(got[0, 0] - ref).max() <= tol
 
 
 def test_rgb_to_gray_and_gray_to_rgb():
