@@ -9,12 +9,16 @@ Side by side in one run, on the same model file, session settings and frames:
 * **real time**: the same frames fed as live video at the cine's recorded rate (FrameTime 33.3 ms =
   30 fps); reports capture->finding latency p50/p95/p99, achieved fps and dropped frames.
 
+Every variant runs with each ONNX Runtime intra-op thread count in ``--threads`` (default 1,2): on two
+cores, one ORT thread leaves the other core to the pipeline's other stages, two make a single frame
+faster but compete with them.
+
 Bare and pipeline runs alternate for ``--rounds`` rounds and the medians are reported, because the
 machine is shared and noisy. Frames are decoded once up front (JPEG decode is the source's job and is
 benchmarked with the sources). Model: the ``us-free-fluid`` bundle when it exists, otherwise a U-Net of
 the same shape built by benchmarks/make_models.py and quantized here (uint8-activation QDQ, per channel).
 
-    python -m benchmarks.bench_pipeline [--bundle models/bundles/us-free-fluid] [--rounds 3]
+    python -m benchmarks.bench_pipeline [--bundle models/bundles/us-free-fluid] [--rounds 3] [--threads 1,2]
 
 Writes benchmarks/results/pipeline.json and pipeline.md.
 """
@@ -247,7 +251,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=ROOT / "models/bundles/us-free-fluid")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", default="1,2", help="ONNX Runtime intra-op thread counts to compare, e.g. 1,2")
     ap.add_argument("--realtime-repeat", type=int, default=2, help="play the 120-frame cine this many times live")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
     a = ap.parse_args()
@@ -261,7 +265,9 @@ def main() -> None:
             root, origin = fallback_bundle(Path(tmp) / "bundle", pixels)
         bundle = load_bundle(root)
         variants = [v for v in ("fp32", "int8") if v in bundle.manifest.variants]
-        results = [bench_variant(bundle, v, pixels, meta, a.rounds, a.threads, a.realtime_repeat, log) for v in variants]
+        threads = [int(t) for t in str(a.threads).split(",")]
+        results = [bench_variant(bundle, v, pixels, meta, a.rounds, t, a.realtime_repeat, log) for t in threads
+                   for v in variants]
         model = {"name": bundle.manifest.name, "version": bundle.manifest.version, "origin": origin,
                  "input": list(bundle.manifest.preprocess.size)}
     meta.pop("_path")  # machine-specific; the file name is kept
@@ -287,38 +293,40 @@ def markdown(r: dict) -> str:
         f"Bare vs pipeline: {r['rounds']} alternating rounds of 240 frames (the cine twice) on the same session; "
         "fps are medians, the ratio is the median of per-round ratios.",
         "",
-        "| variant | bare session.run fps | pipeline fps | ratio | real-time fps (target) | dropped "
+        "| variant | ORT threads | bare session.run fps | pipeline fps | ratio | real-time fps (target) | dropped "
         "| latency p50 / p95 / p99 ms | events |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for x in r["results"]:
         rt = x["realtime"]
         lat = rt["latency_ms"]
-        lines.append(f"| {x['variant']} | {x['bare_fps']} | {x['pipeline_fps']} | {x['ratio']:.2f} | {rt['fps']} "
-                     f"({rt['target_fps']}) | {rt['dropped']} | {lat['p50']} / {lat['p95']} / {lat['p99']} | {rt['events']} |")
+        lines.append(f"| {x['variant']} | {x['intra_op_threads']} | {x['bare_fps']} | {x['pipeline_fps']} | {x['ratio']:.2f} | "
+                     f"{rt['fps']} ({rt['target_fps']}) | {rt['dropped']} | {lat['p50']} / {lat['p95']} / {lat['p99']} | "
+                     f"{rt['events']} |")
     lines += ["", "Why the device settings are what they are (same model and frames; each row its own alternating rounds). "
               "medge runs ORT's workers without spinning and OpenCV with one thread, because the pipeline's stages "
               "share the two cores with ORT's workers:", "",
-              "| variant | setting | bare fps | pipeline fps | ratio |", "| --- | --- | --- | --- | --- |"]
+              "| variant | ORT threads | setting | bare fps | pipeline fps | ratio |", "| --- | --- | --- | --- | --- | --- |"]
     for x in r["results"]:
-        lines.append(f"| {x['variant']} | device default (no spinning, OpenCV 1 thread) | {x['bare_fps']} | "
-                     f"{x['pipeline_fps']} | {x['ratio']:.2f} |")
+        lines.append(f"| {x['variant']} | {x['intra_op_threads']} | device default (no spinning, OpenCV 1 thread) | "
+                     f"{x['bare_fps']} | {x['pipeline_fps']} | {x['ratio']:.2f} |")
         for key, label in (("spinning_on", "ORT workers spin (ORT's default)"),
                            ("opencv_default_pool", "OpenCV's default pool (one thread per core)")):
             if key in x:
-                lines.append(f"| {x['variant']} | {label} | {x[key]['bare_fps']} | {x[key]['pipeline_fps']} | "
-                             f"{x[key]['ratio']:.2f} |")
+                lines.append(f"| {x['variant']} | {x['intra_op_threads']} | {label} | {x[key]['bare_fps']} | "
+                             f"{x[key]['pipeline_fps']} | {x[key]['ratio']:.2f} |")
     lines += ["", "`medge replay` conditions (device replay source: DICOM decode in the capture thread, real-time pacing at "
               "the recorded rate, stored frames never dropped):", "",
-              "| variant | fps | frames | dropped | latency p50 / p95 / p99 ms | events |",
-              "| --- | --- | --- | --- | --- | --- |"]
+              "| variant | ORT threads | fps | frames | dropped | latency p50 / p95 / p99 ms | events |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for x in r["results"]:
         rp = x["replay"]
         lat = rp["latency_ms"]
-        lines.append(f"| {x['variant']} | {rp['fps']} | {rp['frames']} | {rp['dropped']} | {lat['p50']} / {lat['p95']} / "
-                     f"{lat['p99']} | {rp['events']} |")
+        lines.append(f"| {x['variant']} | {x['intra_op_threads']} | {rp['fps']} | {rp['frames']} | {rp['dropped']} | "
+                     f"{lat['p50']} / {lat['p95']} / {lat['p99']} | {rp['events']} |")
     lines += ["", "Stage medians (ms) in the pipeline runs: " + "; ".join(
-        f"{x['variant']}: " + ", ".join(f"{k} {v}" for k, v in x["stage_ms_p50"].items()) for x in r["results"]), ""]
+        f"{x['variant']}/{x['intra_op_threads']}t: " + ", ".join(f"{k} {v}" for k, v in x["stage_ms_p50"].items())
+        for x in r["results"]), ""]
     return "\n".join(lines)
 
 
