@@ -163,9 +163,9 @@ def run_pipeline(lm, source: MemorySource, depth: int, opencv_threads: int | Non
     metrics = Metrics()
     n_findings = [0]
 
-    def publish(f):
-        n_findings[0] += 1
-        return True
+    def publish(findings):
+        n_findings[0] += len(findings)
+        return [True] * len(findings)
 
     pl = Pipeline(source=source, preprocessor=lm.preprocessor, backend=lm.backend, task=lm.task,
                   builder=FindingBuilder("bench", lm.ref, lambda s: ("s", "s", "i")), publish=publish, metrics=metrics,

@@ -72,8 +72,8 @@ class OutboxPublisher:
                 self._all.append(ob)
         return ob
 
-    def __call__(self, finding: Finding) -> bool:
-        return self.handle().put(finding)
+    def __call__(self, findings: list[Finding]) -> list[bool]:
+        return self.handle().store(findings)
 
     def close(self) -> None:
         with self._lock:

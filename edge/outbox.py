@@ -234,10 +234,15 @@ class Outbox:
     # --------------------------------------------------------------------------------------- writes
     def put(self, finding: Finding) -> bool:
         """Durably store one finding. False: already known (duplicate id) or dropped by the quota policy."""
-        return self.put_many([finding]) == 1
+        return self.store([finding])[0]
 
     def put_many(self, findings: Iterable[Finding]) -> int:
         """Store several findings in one transaction (one fsync). Returns how many were stored."""
+        return sum(self.store(list(findings)))
+
+    def store(self, findings: list[Finding]) -> list[bool]:
+        """Store findings in one transaction (one fsync); for each, whether it was stored (False: duplicate
+        id, or a low-priority finding dropped by the quota policy). Durable when this returns."""
         now = time.time()
         rows = []
         for f in findings:
@@ -245,8 +250,8 @@ class Outbox:
             rows.append((f.finding_id, PRIO_RANK[f.priority], payload, len(payload), now,
                          now + self.ttl_s[f.priority]))
         if not rows:
-            return 0
-        stored = 0
+            return []
+        stored: list[bool] = []
         with self._tx():
             pending_bytes = self._counter("pending_bytes")
             for fid, prio, payload, size, created, expires in rows:
@@ -254,6 +259,7 @@ class Outbox:
                     pending_bytes -= self._evict_low(pending_bytes + size - self.quota_bytes, fid)
                     if pending_bytes + size > self.quota_bytes:
                         if prio == PRIO_RANK["low"]:
+                            stored.append(False)
                             if self._db.execute("SELECT 1 FROM findings WHERE finding_id=?", (fid,)).fetchone():
                                 continue
                             self._bump("dropped_low", 1)
@@ -267,8 +273,8 @@ class Outbox:
                 cur = self._db.execute(
                     "INSERT OR IGNORE INTO findings(finding_id, priority, payload, size, created_at, expires_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)", (fid, prio, payload, size, created, expires))
+                stored.append(cur.rowcount == 1)
                 if cur.rowcount == 1:
-                    stored += 1
                     pending_bytes += size
                     if accepted_over:
                         self._bump("over_quota_accepted", 1)

@@ -177,7 +177,8 @@ class Pipeline:
     backend: Backend
     task: Task
     builder: FindingBuilder
-    publish: Callable[[Finding], bool]  # durable put; False = duplicate id (already stored)
+    # durable store of one frame's findings in one transaction; per finding False = not new (duplicate id)
+    publish: Callable[[list[Finding]], list[bool]]
     metrics: Metrics
     settings: PipelineSettings = field(default_factory=PipelineSettings)
     on_finding: Callable[[Finding, bool], None] | None = None
@@ -308,23 +309,26 @@ class Pipeline:
         dets = self.task.decode(w.outputs, w.geom, f)
         key = self._smoother_key(f)
         if key is None:
-            for d in dets:
-                self._emit(self.builder.build(d, f, (time.monotonic() - f.captured_at) * 1000))
+            self._emit([self.builder.build(d, f, (time.monotonic() - f.captured_at) * 1000) for d in dets])
             return
         sm = self._smoothers.get(key)
         if sm is None:
             s = self.settings
             sm = self._smoothers[key] = Hysteresis(s.on_frames, s.off_frames, s.smoothing_window)
-        for ev in sm.update(f.index, dets):
-            self.events += 1
-            self._emit(self.builder.build(ev.peak, f, (time.monotonic() - f.captured_at) * 1000,
-                                          frame_range=ev.frame_range, event_start=ev.first_frame,
-                                          frame_index=ev.peak_frame))
+        events = sm.update(f.index, dets)
+        self.events += len(events)
+        self._emit([self.builder.build(ev.peak, f, (time.monotonic() - f.captured_at) * 1000,
+                                       frame_range=ev.frame_range, event_start=ev.first_frame, frame_index=ev.peak_frame)
+                    for ev in events])
         if not f.live and f.frame_count is not None and f.index >= f.frame_count - 1:
             self._smoothers.pop(key, None)  # object finished
 
-    def _emit(self, finding: Finding) -> None:
-        new = bool(self.publish(finding))
-        self.metrics.finding(self.name, new)
-        if self.on_finding is not None:
-            self.on_finding(finding, new)
+    def _emit(self, findings: list[Finding]) -> None:
+        """All findings of one frame go to the outbox in one durable transaction (one fsync)."""
+        if not findings:
+            return
+        flags = self.publish(findings)
+        for finding, new in zip(findings, flags, strict=True):
+            self.metrics.finding(self.name, bool(new))
+            if self.on_finding is not None:
+                self.on_finding(finding, bool(new))

@@ -50,11 +50,10 @@ def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: 
         source = srcmod.build_source(scfg, _make_ctx(srcmod.SourceContext, cfg, stop, pseudonymizer, log))
         found: dict[str, Finding] = {}
 
-        def publish(f: Finding) -> bool:
-            if f.finding_id in found:
-                return False
-            found[f.finding_id] = f
-            return True
+        def publish(findings: list[Finding]) -> list[bool]:
+            flags = [f.finding_id not in found for f in findings]
+            found.update((f.finding_id, f) for f in findings)
+            return flags
 
         def show(f: Finding, new: bool) -> None:
             echo(json.dumps({"finding": f.to_dict()}, sort_keys=True) if as_json else finding_line(f, new))

@@ -34,8 +34,10 @@ def test_put_is_durable_and_idempotent(tmp_path):
         assert ob.put(mk(1)) is True
         assert ob.put(mk(1)) is False  # deterministic id: re-processing is a no-op
         assert ob.put_many([mk(2), mk(3), mk(1)]) == 2
+        # one frame's findings in one transaction, with a flag per finding (a repeat inside the batch is not new)
+        assert ob.store([mk(4), mk(2), mk(5), mk(4)]) == [True, False, True, False]
     with Outbox(p) as ob:  # reopened: the rows and the WAL/FULL settings are there
-        assert ob.depth() == 3
+        assert ob.depth() == 5
         assert ob._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert ob._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert Finding.from_json(ob.get("f-routine-000002").payload).finding_id == "f-routine-000002"
@@ -104,10 +106,11 @@ def test_quota_drops_oldest_low_only_and_never_urgent(tmp_path):
         assert ob.status().pending["low"] == 0 and ob.status().dropped_low == 10
         assert ob.put(mk(99, "low", pad=400)) is False  # no low left to evict: the new low one is dropped
         assert ob.status().dropped_low == 11
+        assert ob.store([mk(98, "low", pad=400), mk(50, "routine", pad=400)]) == [False, True]  # flags line up
         for i in range(1, 6):  # urgent is kept beyond the quota, counted and reported
             assert ob.put(mk(i, "urgent", pad=400)) is True
         st = ob.status()
-        assert st.over_quota and st.over_quota_accepted == 5 and st.pending["urgent"] == 6
+        assert st.over_quota and st.over_quota_accepted == 6 and st.pending["urgent"] == 6
         assert "OVER QUOTA" in st.describe()
         # delivering frees quota accounting
         for b in ob.lease(100):

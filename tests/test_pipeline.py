@@ -76,11 +76,10 @@ def _pipeline(parts, source, delay_s=0.0, depth=2, metrics=None, **settings):
     b, be = parts
     store: dict[str, object] = {}
 
-    def publish(f):
-        if f.finding_id in store:
-            return False
-        store[f.finding_id] = f
-        return True
+    def publish(findings):
+        flags = [f.finding_id not in store for f in findings]
+        store.update((f.finding_id, f) for f in findings)
+        return flags
 
     p = Pipeline(source=source, preprocessor=Preprocessor(b.manifest.preprocess),
                  backend=SlowBackend(be, delay_s) if delay_s else be, task=build_task(b.manifest),
