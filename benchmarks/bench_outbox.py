@@ -22,6 +22,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from edge.durable_files import write_atomic
 from edge.findings import Finding, ModelRef
 from edge.outbox import Outbox
 
@@ -123,12 +124,7 @@ def main() -> None:
     ])
     a.out.mkdir(parents=True, exist_ok=True)
     for name, text in (("outbox.json", json.dumps(out, indent=1)), ("outbox.md", md)):
-        tmp = a.out / f".{name}.tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, a.out / name)
+        write_atomic(a.out / name, text.encode())
     print(md)
 
 

@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edge.config import load_config
+from edge.durable_files import write_atomic
 from edge.outbox import Outbox
 from edge.sync import SyncClient
 from tests.mqtt_broker import Broker, device_profile
@@ -167,12 +168,7 @@ def main() -> None:
     md = "\n".join(lines)
     a.out.mkdir(parents=True, exist_ok=True)
     for name, text in (("sync.json", json.dumps(out, indent=1)), ("sync.md", md)):
-        tmp = a.out / f".{name}.tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, a.out / name)
+        write_atomic(a.out / name, text.encode())
     print(md)
 
 

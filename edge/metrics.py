@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .durable_files import write_atomic
 
 
 def percentiles(values: Any, qs: tuple[float, ...] = (50, 95, 99)) -> dict[str, float | None]:
@@ -232,11 +233,5 @@ class Metrics:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Temp file in the same folder, fsync, rename: readers see the old or the new file, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Readers (a monitoring agent, `medge doctor`) see the old snapshot or the new one, never half."""
+    write_atomic(Path(path), json.dumps(data, indent=1, sort_keys=True).encode())

@@ -9,13 +9,13 @@ quarantined file nobody can explain.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from .durable_files import move_durably, write_atomic
 
 REASON_SUFFIX = ".reason.txt"
 
@@ -25,50 +25,6 @@ class Quarantined:
     original: Path
     path: Path
     reason: str
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename/create in ``path`` durable (POSIX: the directory entry lives in the directory)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write temp, fsync, rename, fsync dir: readers see the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def move_durably(src: Path, dest: Path) -> None:
-    """Rename when on the same file system, else copy+fsync+rename then remove the source."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(src, dest)
-    except OSError as e:
-        if e.errno != 18:  # EXDEV: different file system
-            raise
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-        src.unlink()
-    fsync_dir(dest.parent)
-    fsync_dir(src.parent)
 
 
 class Quarantine:

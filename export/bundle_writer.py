@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from edge.bundle import MANIFEST, SIGNATURE, sha256_file
+from edge.durable_files import fsync_dir, write_atomic
 from edge.errors import InputError
 
 
@@ -25,28 +26,9 @@ def fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # mkstemp makes 0600; the device service user must be able to read bundle files
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Bundle files must be readable by the device's service user, hence 0644 by default."""
+    write_atomic(path, data, mode)
 
 
 @contextmanager

@@ -10,7 +10,6 @@ model never makes the sender time out.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -24,9 +23,9 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
 from ..config import SourceConfig
+from ..durable_files import write_atomic
 from ..errors import ConfigError
 from ..frames import Frame
-from ..quarantine import fsync_dir
 from . import SourceContext, SourceStats
 from .durable import DurableInbox
 
@@ -81,20 +80,9 @@ class DicomStoreSource:
     def _on_store(self, event: Any) -> int:
         sop = str(event.request.AffectedSOPInstanceUID or "")
         name = (sop if _SAFE_UID.match(sop) else uuid.uuid4().hex) + ".dcm"
-        tmp = self.incoming / f".{uuid.uuid4().hex}.tmp"
         dest = self.incoming / name
         try:
-            data = event.encoded_dataset(include_meta=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, dest)
-            finally:
-                tmp.unlink(missing_ok=True)
-            fsync_dir(self.incoming)
+            write_atomic(dest, event.encoded_dataset(include_meta=True), mode=0o640)
         except OSError as e:
             msg = f"source {self.name}: cannot store {name} ({e.strerror or e}); answered 0xA700 Out of Resources"
             self.stats.error(msg)

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..dicom import frames_from_file
+from ..durable_files import move_durably
 from ..errors import InputError
 from ..frames import Frame
-from ..quarantine import Quarantine, move_durably
+from ..quarantine import Quarantine
 from . import SourceStats
 
 MAX_ATTEMPTS = 3
