@@ -21,10 +21,10 @@ def test_write_atomic_replaces_whole_file_with_mode_and_leaves_no_temp(tmp_path)
 def test_failed_write_keeps_old_file_and_removes_temp(tmp_path):
     p = tmp_path / "bundle.yaml"
     write_atomic(p, b"old")
-
     with pytest.raises(TypeError):
         write_atomic(p, object())  # type: ignore[arg-type]  # fails inside the write, after the temp exists
     assert p.read_bytes() == b"old" and [x.name for x in tmp_path.iterdir()] == ["bundle.yaml"]
+
 
 def test_move_durably_within_and_across_file_systems(tmp_path):
     src = tmp_path / "in" / "a.dcm"
