@@ -68,7 +68,23 @@ def node_errors(fp32_path: Path, int8_path: Path, tensors: list[np.ndarray], inp
     nodes = [n for n in fm.graph.node if n.op_type not in SKIP_OPS and n.output and quantized(n.output[0])]
     if not nodes:
         return []
-    f_tensors = sorted({t for n in nodes for t in [n.output[0], *n.input] if t and t not in init and t != input_name})
+    producer = {o: n for n in fm.graph.node for o in n.output}
+
+    def error_inputs(n: onnx.NodeProto) -> list[str]:
+        # A tensor the quantized graph no longer has (a Conv output fused with its Relu: the Conv writes the Relu's
+        # output there) carries no error of its own; the error entering the pair is at the producer's inputs.
+        out = []
+        for t in n.input:
+            if not t or t in init:
+                continue
+            p = producer.get(t)
+            if q_name(t) is None and t != input_name and p is not None and p.op_type not in SKIP_OPS:
+                out += [i for i in p.input if i and i not in init]
+            else:
+                out.append(t)
+        return out
+
+    f_tensors = sorted({t for n in nodes for t in [n.output[0], *error_inputs(n)] if t and t not in init and t != input_name})
     q_tensors = sorted({q for t in f_tensors if (q := q_name(t)) and q != input_name})
     fs = make_session_bytes(_with_outputs(fm, f_tensors))
     qs = make_session_bytes(_with_outputs(qm, q_tensors))
@@ -83,8 +99,8 @@ def node_errors(fp32_path: Path, int8_path: Path, tensors: list[np.ndarray], inp
             out = n.output[0]
             e_out = _rel_err(fv[out], qv[q_name(out)])
             e_in = 0.0
-            for t in n.input:
-                if t and t not in init and (qt := q_name(t)) and t in fv and qt in qv:
+            for t in error_inputs(n):
+                if (qt := q_name(t)) and t in fv and qt in qv:
                     e_in = max(e_in, _rel_err(fv[t], qv[qt]))
             sums.setdefault(n.name, [0.0, 0.0])
             sums[n.name][0] += e_out - e_in
@@ -92,7 +108,6 @@ def node_errors(fp32_path: Path, int8_path: Path, tensors: list[np.ndarray], inp
     k = min(len(tensors), max_inputs)
     # An activation fused into its producer (Conv+Relu runs as one QLinearConv) is one unit: charge the
     # activation's error to the producer and keep both in float together.
-    producer = {o: n for n in fm.graph.node for o in n.output}
     consumers: dict[str, int] = {}
     for n in fm.graph.node:
         for t in n.input:
