@@ -43,15 +43,13 @@ class Predictions:
     boxes: list[np.ndarray] = field(default_factory=list)  # detect: (M, 6) x0 y0 x1 y1 label score
 
 
-def make_session(path: Path | str, threads: int = 2, optimize: bool = True):
+def make_session(path: Path | str, threads: int = 2, optimize: bool = True, exact_int8: bool = True):
+    """A CPU session configured exactly as the device configures its own (edge.backends.onnxruntime)."""
     import onnxruntime as ort
 
-    o = ort.SessionOptions()
-    o.intra_op_num_threads = threads
-    o.inter_op_num_threads = 1
-    o.log_severity_level = 3
-    if not optimize:
-        o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    from edge.backends.onnxruntime import session_options
+
+    o = session_options(threads, 1, exact_int8=exact_int8, optimize=optimize)
     return ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
 
 
@@ -72,8 +70,8 @@ def _act(x: np.ndarray, activation: str, axis: int) -> np.ndarray:
     return x
 
 
-def predict(model_path: Path, vs: ValidationSet, spec: TaskSpec) -> Predictions:
-    sess = make_session(model_path)
+def predict(model_path: Path, vs: ValidationSet, spec: TaskSpec, exact_int8: bool = True) -> Predictions:
+    sess = make_session(model_path, exact_int8=exact_int8)
     name = sess.get_inputs()[0].name
     outs = [o.name for o in sess.get_outputs()]
     first = spec.output if spec.output in outs else outs[0]

@@ -148,12 +148,13 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
 
         log(f"evaluating FP32 and INT8 on {len(vs.samples)} validation inputs")
         ref = evaluate.predict(fp32, vs, tspec)
-        res = evaluate.gate(vs, tspec, ref, evaluate.predict(int8, vs, tspec), budget)
+        exact = not recipe.reduce_range  # evaluate and time with the device's session settings for this recipe
+        res = evaluate.gate(vs, tspec, ref, evaluate.predict(int8, vs, tspec, exact), budget)
         log(f"gate: {res.primary} FP32 {_f(res.fp32[res.primary])} INT8 {_f(res.int8[res.primary])} "
             f"drop {res.drop:.4f} (budget {budget}) -> {'pass' if res.passed else 'fail'}")
         x0 = vs.samples[0].tensor
-        steps: list[sensitivity.FallbackStep] = [sensitivity.FallbackStep(0, None, res.drop, res.passed,
-                                                                          *sensitivity.quick_latency(fp32, int8, x0),
+        first_lat = sensitivity.quick_latency(fp32, int8, x0, exact_int8=exact)
+        steps: list[sensitivity.FallbackStep] = [sensitivity.FallbackStep(0, None, res.drop, res.passed, *first_lat,
                                                                           res.to_dict())]
         ranking: list[dict] = []
         if not res.passed:
@@ -167,9 +168,9 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
                 r = recipe.with_fallback(nodes)
                 cand = scratch / f"int8-{len(nodes)}.onnx"
                 quantize.quantize(fp32, cand, r, tensors, in_name, cache)
-                g = evaluate.gate(vs, tspec, ref, evaluate.predict(cand, vs, tspec), budget)
+                g = evaluate.gate(vs, tspec, ref, evaluate.predict(cand, vs, tspec, exact), budget)
                 state.update(res=g, path=cand, recipe=r)
-                return (g.drop, g.passed, *sensitivity.quick_latency(fp32, cand, x0), g.to_dict())
+                return (g.drop, g.passed, *sensitivity.quick_latency(fp32, cand, x0, exact_int8=exact), g.to_dict())
 
             more, kept = sensitivity.fallback_loop([e.node for e in errs], attempt, opts.max_fallback, log)
             steps += more
@@ -191,6 +192,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
 
         log(f"measuring latency FP32 vs INT8 side by side ({opts.latency_runs} runs each)")
         lat = report.latency_side_by_side({"fp32": stage / "model.fp32.onnx", "int8": stage / "model.int8.onnx"}, x0,
+                                          exact_int8=not recipe.reduce_range,
                                           runs=opts.latency_runs)
         latency = {"machine": report.machine(), "threads": 2, "runs": opts.latency_runs, "variants": lat,
                    "speedup_int8": round(lat["fp32"]["median_ms"] / lat["int8"]["median_ms"], 3)}

@@ -16,7 +16,7 @@ import numpy as np
 
 
 def latency_side_by_side(models: dict[str, Path], x: np.ndarray, runs: int = 30, threads: int = 2,
-                         warmup: int = 3, block: int = 5) -> dict[str, dict[str, float]]:
+                         warmup: int = 3, block: int = 5, exact_int8: bool = True) -> dict[str, dict[str, float]]:
     """Median latency per model, interleaved in short blocks within one process.
 
     Sessions are configured as the device runs them (`edge.backends.onnxruntime`: intra-op workers do not
@@ -27,13 +27,11 @@ def latency_side_by_side(models: dict[str, Path], x: np.ndarray, runs: int = 30,
     """
     import onnxruntime as ort
 
+    from edge.backends.onnxruntime import session_options
+
     sessions = {}
     for k, p in models.items():
-        o = ort.SessionOptions()
-        o.intra_op_num_threads = threads
-        o.inter_op_num_threads = 1
-        o.log_severity_level = 3
-        o.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        o = session_options(threads, 1, exact_int8=exact_int8)
         sessions[k] = ort.InferenceSession(str(p), o, providers=["CPUExecutionProvider"])
     feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
     for k, s in sessions.items():

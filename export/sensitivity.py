@@ -155,11 +155,11 @@ class FallbackStep:
                 "speedup_vs_fp32": round(self.speedup, 3), "metrics": self.metrics}
 
 
-def quick_latency(fp32: Path, int8: Path, x: np.ndarray, runs: int = 10) -> tuple[float, float]:
+def quick_latency(fp32: Path, int8: Path, x: np.ndarray, runs: int = 10, exact_int8: bool = True) -> tuple[float, float]:
     """INT8 latency and its speed-up over FP32, measured side by side (a step's speed cost)."""
     from .report import latency_side_by_side
 
-    lat = latency_side_by_side({"fp32": fp32, "int8": int8}, x, runs=runs, warmup=2)
+    lat = latency_side_by_side({"fp32": fp32, "int8": int8}, x, runs=runs, warmup=2, exact_int8=exact_int8)
     return lat["int8"]["median_ms"], lat["fp32"]["median_ms"] / lat["int8"]["median_ms"]
 
 

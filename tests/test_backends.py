@@ -89,3 +89,17 @@ def test_corrupt_model_file_names_the_file(tmp_path):
 def test_missing_variant_is_bundle_error(bundle):
     with pytest.raises(BundleError, match="no 'int8' variant"):
         build_backend(bundle, replace(_cfg(bundle), variant="int8"))
+
+
+def test_int8_precision_mode_follows_the_bundle_recipe():
+    """Full-range int8 weights saturate ORT's u8s8 kernels on x86 without VNNI: such bundles run in precision mode;
+    7-bit (reduce_range) bundles keep the fast kernels. The export gate uses the same settings."""
+    from edge.backends.onnxruntime import exact_int8_needed, session_options
+
+    assert exact_int8_needed({"reduce_range": True}) is False
+    assert exact_int8_needed({"reduce_range": False}) is True and exact_int8_needed({}) is True  # older bundles
+    for exact in (True, False):
+        so = session_options(2, exact_int8=exact)
+        assert so.get_session_config_entry("session.x64quantprecision") == ("1" if exact else "0")
+        assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+

@@ -175,6 +175,9 @@ def test_cpu_recipe_is_u8s8_per_channel_and_bundle_loads_signed(ws, cpu_bundle):
     by_out = {o: n for n in q.graph.node for o in n.output}
     w_dq = [by_out[n.input[1]] for n in q.graph.node if n.op_type == "Conv" and n.input[1] in by_out]
     assert w_dq and all(inits[d.input[0]].dtype == np.int8 for d in w_dq)
+    # 7-bit weights: u8 x s8 pairs cannot saturate the 16-bit sums of non-VNNI x86 kernels
+    assert m.variants["int8"].recipe["reduce_range"] is True
+    assert all(np.abs(inits[d.input[0]].astype(np.int32)).max() <= 64 for d in w_dq)
     assert all(inits[d.input[1]].size == inits[d.input[0]].shape[0] > 1 for d in w_dq)  # per output channel
     assert any(inits.get(n.input[0]) is not None and inits[n.input[0]].dtype == np.int32
                for n in q.graph.node if n.op_type == "DequantizeLinear")  # bias quantized (int32) on CPU

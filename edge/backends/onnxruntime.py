@@ -63,6 +63,40 @@ def provider_chain(wanted: list[str], available: list[str], engines_dir: Path, m
     return chain, skipped
 
 
+def exact_int8_needed(recipe: dict | None) -> bool:
+    """Whether ONNX Runtime must run this model's int8 layers in its x64 precision mode.
+
+    On x86 CPUs without VNNI (AVX2, AVX-512 without VNNI) ORT's fast u8s8 kernels add pairs of
+    uint8 x int8 products in 16 bits and saturate: measured here, cxr-opacity's AUROC fell from 0.9975 to
+    0.74 (benchmarks/results/export_matrix.md). Weights quantized with ``reduce_range`` (7 bits) cannot
+    saturate, so those bundles keep the fast kernels; anything else (older bundles, the tensorrt
+    recipe run on a CPU) gets precision mode, which ORT applies only on the CPUs that need it.
+    """
+    return not bool((recipe or {}).get("reduce_range", False))
+
+
+def session_options(intra_op_threads: int, inter_op_threads: int = 1, allow_spinning: bool = False,
+                    exact_int8: bool = True, optimize: bool = True) -> Any:
+    """The CPU session settings the device runs with. Export evaluates and times candidate models with
+    these same settings, so its accuracy gate and latency table describe what the device will run."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = intra_op_threads
+    so.inter_op_num_threads = inter_op_threads
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.log_severity_level = 3
+    # ORT's worker threads busy-wait after each run by default. On a 2-4 core device the pipeline's own
+    # threads (decode, preprocess, post-processing, outbox fsync) need those cycles
+    # (benchmarks/results/pipeline.md compares both).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if allow_spinning else "0")
+    so.add_session_config_entry("session.x64quantprecision", "1" if exact_int8 else "0")
+    return so
+
+
 class OrtBackend:
     name = "onnxruntime"
 
@@ -87,18 +121,9 @@ class OrtBackend:
         if not chain:
             raise BackendUnavailable("onnxruntime: none of " + ", ".join(providers) + " is available (" +
                                      "; ".join(skipped) + ")")
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(model_cfg.intra_op_threads)
-        so.inter_op_num_threads = int(model_cfg.inter_op_threads)
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        # ORT's worker threads busy-wait after each run by default. On a 2-4 core device the pipeline's own
-        # threads (decode, preprocess, post-processing, outbox fsync) need those cycles: measured on the
-        # shared 2-core machine, spinning off roughly doubled both bare and pipeline fps under load
-        # (benchmarks/results/pipeline.md).
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-        so.add_session_config_entry("session.inter_op.allow_spinning", "1" if allow_spinning else "0")
+        variant = bundle.variant(model_cfg.variant)
+        so = session_options(int(model_cfg.intra_op_threads), int(model_cfg.inter_op_threads), allow_spinning,
+                             exact_int8=exact_int8_needed(variant.recipe))
         try:
             sess = ort.InferenceSession(str(path), sess_options=so, providers=chain)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
