@@ -148,7 +148,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
 
         log(f"evaluating FP32 and INT8 on {len(vs.samples)} validation inputs")
         ref = evaluate.predict(fp32, vs, tspec)
-        exact = not recipe.reduce_range  # evaluate and time with the device's session settings for this recipe
+        exact = recipe.exact_int8  # evaluate and time with the device's session settings for this recipe
         res = evaluate.gate(vs, tspec, ref, evaluate.predict(int8, vs, tspec, exact), budget)
         log(f"gate: {res.primary} FP32 {_f(res.fp32[res.primary])} INT8 {_f(res.int8[res.primary])} "
             f"drop {res.drop:.4f} (budget {budget}) -> {'pass' if res.passed else 'fail'}")
@@ -192,8 +192,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
 
         log(f"measuring latency FP32 vs INT8 side by side ({opts.latency_runs} runs each)")
         lat = report.latency_side_by_side({"fp32": stage / "model.fp32.onnx", "int8": stage / "model.int8.onnx"}, x0,
-                                          exact_int8=not recipe.reduce_range,
-                                          runs=opts.latency_runs)
+                                          runs=opts.latency_runs, exact_int8=exact)
         latency = {"machine": report.machine(), "threads": 2, "runs": opts.latency_runs, "variants": lat,
                    "speedup_int8": round(lat["fp32"]["median_ms"] / lat["int8"]["median_ms"], 3)}
         if opts.target == "cpu" and latency["speedup_int8"] < MIN_USEFUL_SPEEDUP:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edge.backends.onnxruntime import exact_int8_needed
 from edge.errors import InputError
 from edge.preprocess import PreprocessSpec
 
@@ -62,6 +63,11 @@ class Recipe:
         d["nodes_to_exclude"] = list(self.nodes_to_exclude)
         d["fallback_nodes"] = list(self.fallback_nodes)
         return d
+
+    @property
+    def exact_int8(self) -> bool:
+        """Whether the device runs this recipe's int8 layers in ORT's precision mode (the device's own rule)."""
+        return exact_int8_needed(self.to_dict())
 
     def with_fallback(self, nodes: Iterable[str]) -> Recipe:
         nodes = tuple(n for n in nodes if n not in self.nodes_to_exclude)

@@ -132,10 +132,9 @@ def node_errors(fp32_path: Path, int8_path: Path, tensors: list[np.ndarray], inp
 def make_session_bytes(model_bytes: bytes):
     import onnxruntime as ort
 
-    o = ort.SessionOptions()
-    o.intra_op_num_threads = 2
-    o.log_severity_level = 3
-    o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # exact QDQ emulation, no fusion
+    from edge.backends.onnxruntime import session_options
+
+    o = session_options(2, optimize=False)  # exact QDQ emulation, no fusion
     return ort.InferenceSession(model_bytes, o, providers=["CPUExecutionProvider"])
 
 

@@ -30,7 +30,7 @@ def choose_narrow_exclusions(fp32: Path, recipe: Q.Recipe, tensors: list[np.ndar
     Q.quantize(fp32, plain, recipe, tensors, input_name, cache)
     Q.quantize(fp32, excl, with_excl, tensors, input_name, cache)
     lat = latency_side_by_side({"plain": plain, "narrow_float": excl}, tensors[0], runs=runs,
-                               exact_int8=not recipe.reduce_range)
+                               exact_int8=recipe.exact_int8)
     a, b = lat["plain"]["median_ms"], lat["narrow_float"]["median_ms"]
     keep = b < a
     decision = {"narrow_convs": narrow, "kept_float": keep, "int8_ms_all_quantized": round(a, 3),
