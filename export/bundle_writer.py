@@ -17,18 +17,13 @@ from typing import Any
 import yaml
 
 from edge.bundle import MANIFEST, SIGNATURE, sha256_file
-from edge.durable_files import fsync_dir, write_atomic
+from edge.durable_files import fsync_dir
 from edge.errors import InputError
 
 
 def fsync_file(path: Path) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
-
-
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Bundle files must be readable by the device's service user, hence 0644 by default."""
-    write_atomic(path, data, mode)
 
 
 @contextmanager

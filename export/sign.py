@@ -7,16 +7,14 @@ never into a bundle; only the public key travels to devices (profile ``trusted_k
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.bundle import MANIFEST, SIGNATURE, Bundle, key_fingerprint, load_bundle
+from edge.durable_files import write_atomic
 from edge.errors import BundleError, InputError
-
-from .bundle_writer import atomic_write_bytes
 
 
 def keygen(private_path: Path, public_path: Path | None = None, force: bool = False) -> tuple[Path, Path, str]:
@@ -31,12 +29,8 @@ def keygen(private_path: Path, public_path: Path | None = None, force: bool = Fa
     pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     private_path.parent.mkdir(parents=True, exist_ok=True)
     public_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(str(private_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(priv)
-        f.flush()
-        os.fsync(f.fileno())
-    atomic_write_bytes(public_path, pub)
+    write_atomic(private_path, priv, mode=0o600)  # never visible half-written or with wider permissions
+    write_atomic(public_path, pub)
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return private_path, public_path, key_fingerprint(raw)
 
@@ -59,7 +53,7 @@ def sign_bundle(root: Path, key_path: Path) -> str:
     load_bundle(root)  # never sign a bundle whose files do not match its manifest
     key = load_private_key(key_path)
     data = (root / MANIFEST).read_bytes()
-    atomic_write_bytes(root / SIGNATURE, key.sign(data))
+    write_atomic(root / SIGNATURE, key.sign(data))
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return key_fingerprint(raw)
 

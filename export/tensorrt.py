@@ -3,8 +3,8 @@
 The engine's file name is the key `edge.engine_key.engine_name` defines (GPU, compute capability,
 TensorRT version, precision, DLA core); the device computes the same key and loads only an exact match,
 so an engine is reused when it matches and rebuilt when any part changed (new JetPack, different
-module). The engines/ folder is a cache outside the bundle's hashed file set. A timing cache next to the engines makes
-rebuilds fast. INT8 comes from the explicit Q/DQ nodes of the `tensorrt` recipe (no calibrator); with
+module). The engines/ folder is a cache outside the bundle's hashed file set. A timing cache next to
+the engines makes rebuilds fast. INT8 comes from the explicit Q/DQ nodes of the `tensorrt` recipe (no calibrator); with
 TensorRT >= 10 the network is built strongly typed, so the Q/DQ placement alone decides precision.
 """
 
@@ -13,10 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge.bundle import load_bundle
-from edge.engine_key import GpuInfo, detect_gpu, engine_name  # noqa: F401  (re-exported: one naming rule)
+from edge.durable_files import write_atomic
+from edge.engine_key import detect_gpu, engine_name
 from edge.errors import BackendUnavailable, BundleError
-
-from .bundle_writer import atomic_write_bytes
 
 
 def import_tensorrt():
@@ -76,6 +75,6 @@ def build_engine(bundle_dir: Path, variant: str | None = None, dla_core: int | N
     if plan is None:
         raise BundleError(f"{model_path}: TensorRT engine build failed (see the TensorRT log above)")
     bundle.engines_dir.mkdir(exist_ok=True)
-    atomic_write_bytes(out, bytes(plan))
-    atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+    write_atomic(out, bytes(plan))  # 0644: the device's service user loads it
+    write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
     return out

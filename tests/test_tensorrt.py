@@ -12,7 +12,8 @@ from edge.errors import BackendUnavailable
 
 
 def _gpu_reason() -> str | None:
-    from export.tensorrt import detect_gpu, import_tensorrt
+    from edge.engine_key import detect_gpu
+    from export.tensorrt import import_tensorrt
 
     try:
         import_tensorrt()
