@@ -18,7 +18,6 @@ Writes benchmarks/results/decode.json and decode.md.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -29,9 +28,8 @@ import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, iter_pixels
 
+from benchmarks.results_io import write_results
 from edge.dicom import DisplayMapper, frames_from_file, read_dicom
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def data_file(name: str) -> Path:
@@ -136,8 +134,6 @@ def main() -> None:
                        "lut_setup_ms": round(statistics.median(r["lut_setup"] for r in rounds_cr), 2)},
     }
     res["cr_display"]["speedup"] = round(res["cr_display"]["pydicom_ms"] / res["cr_display"]["edge_ms"], 2)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "decode.json").write_text(json.dumps(res, indent=2) + "\n")
     c, d = res["cine"], res["cr_display"]
     md = [
         "# DICOM decode to display values (benchmarks/bench_decode.py)",
@@ -155,7 +151,7 @@ def main() -> None:
         f"Cine time to first frame, lazy: {c['first_frame_lazy_ms']} ms; all 120 frames up front: {c['all_120_upfront_ms']} ms.",
         "",
     ]
-    (RESULTS / "decode.md").write_text("\n".join(md))
+    write_results("decode", res, "\n".join(md))
     print("\n".join(md))
 
 

@@ -12,7 +12,6 @@ Writes benchmarks/results/outbox.json and outbox.md (temp file + fsync + rename)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sqlite3
@@ -22,7 +21,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edge.durable_files import write_atomic
+from benchmarks.results_io import write_results
 from edge.findings import Finding, ModelRef
 from edge.outbox import Outbox
 
@@ -120,11 +119,9 @@ def main() -> None:
         f"Target >= 2,000 durable inserts/s: batched (put_many) {'PASS' if out['pass_batched'] else 'FAIL'}, "
         f"one transaction per finding {'PASS' if out['pass_single'] else 'FAIL'}. A single put costs one fsync of "
         "the WAL, so its rate is the disk's fsync rate (compare the bare SQLite row, run side by side); the "
-        "pipeline puts all findings of a frame or DICOM object with one put_many.", "",
+        "pipeline stores all findings of a frame or DICOM object in one transaction (Outbox.store).", "",
     ])
-    a.out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("outbox.json", json.dumps(out, indent=1)), ("outbox.md", md)):
-        write_atomic(a.out / name, text.encode())
+    write_results("outbox", out, md, folder=a.out, indent=1)
     print(md)
 
 

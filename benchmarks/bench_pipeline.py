@@ -26,7 +26,6 @@ Writes benchmarks/results/pipeline.json and pipeline.md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -40,6 +39,7 @@ import numpy as np
 import onnxruntime as ort
 import yaml
 
+from benchmarks.results_io import write_results
 from edge.bundle import load_bundle, sha256_file
 from edge.config import ModelConfig
 from edge.frames import Frame, Region, StudyRef
@@ -275,9 +275,7 @@ def main() -> None:
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "onnxruntime": ort.__version__,
                        "note": "shared 2-core machine; numbers are noisy"},
            "cine": meta, "model": model, "rounds": a.rounds, "results": results}
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "pipeline.json").write_text(json.dumps(out, indent=1))
-    (a.out / "pipeline.md").write_text(markdown(out))
+    write_results("pipeline", out, markdown(out), folder=a.out, indent=1)
     print(markdown(out))
 
 

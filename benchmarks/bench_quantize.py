@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -31,12 +30,12 @@ import numpy as np
 import onnx
 
 from benchmarks.make_models import resnet18, unet
+from benchmarks.results_io import write_results
 from edge.preprocess import Preprocessor, PreprocessSpec
 from export import quantize as Q
 from export.report import latency_side_by_side, machine
 from export.speed import choose_narrow_exclusions
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"resnet18": 3.0, "unet": 1.8}
 
 
@@ -135,8 +134,6 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "quantize", "machine": machine(), "load_avg": list(load0), "threads": 2, "runs": runs, "batch": 1,
               "interleave": "blocks of 5 + 1 untimed", "spinning": False, "rows": rows,
               "passed": all(r["speedup"] >= r["target_speedup"] for r in rows if r["target_speedup"])}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quantize.json").write_text(json.dumps(result, indent=2) + "\n")
     md = [f"# FP32 vs INT8 (cpu recipe), ONNX Runtime {result['machine']['onnxruntime']} CPU, {result['machine']['cpu']} "
           f"({'/'.join(result['machine']['isa']) or 'no AVX2'})",
           "", f"2 intra-op threads, batch 1, median of {runs} runs per model, interleaved in blocks of 5 in one process "
@@ -152,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                "16-bit multiply-add sequences, so int8 gains far less than on the VNNI host the targets were set on "
                "(shared notes: ResNet-18-class 3.2x, U-Net 1.65x there). The recipe is the one that is fastest here "
                "too, as the comparison rows above show (the symmetric S8S8 form TensorRT wants is slower than FP32 here)."]
-    (RESULTS / "quantize.md").write_text("\n".join(md) + "\n")
+    write_results("quantize", result, "\n".join(md))
     print("\n".join(md))
     return 0 if result["passed"] else 1
 

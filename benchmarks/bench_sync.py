@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -30,8 +29,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from benchmarks.results_io import write_results
 from edge.config import load_config
-from edge.durable_files import write_atomic
 from edge.outbox import Outbox
 from edge.sync import SyncClient
 from tests.mqtt_broker import Broker, device_profile
@@ -166,9 +165,7 @@ def main() -> None:
                   f"Target: 100k backlog drained in < 120 s: {'PASS' if out['pass'] else 'FAIL'}."]
     lines += ["", "Receiver: " + "; ".join(rx_summary), ""]
     md = "\n".join(lines)
-    a.out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("sync.json", json.dumps(out, indent=1)), ("sync.md", md)):
-        write_atomic(a.out / name, text.encode())
+    write_results("sync", out, md, folder=a.out, indent=1)
     print(md)
 
 

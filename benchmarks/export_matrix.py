@@ -55,6 +55,8 @@ from onnx import numpy_helper
 
 from benchmarks.bench_quantize import synthetic_images
 from benchmarks.make_models import write_models
+from benchmarks.results_io import write_results
+from edge.backends.onnxruntime import session_options
 from edge.bundle import load_bundle
 from edge.preprocess import Preprocessor, PreprocessSpec
 from export import datasets, evaluate
@@ -65,7 +67,6 @@ from export.report import machine
 from models.build_bundles import CALIB_SEED, MODELS, VAL_SEED, make_set
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = ("cpu", "tensorrt")
 N_REF_CALIB, N_REF_VAL = 64, 120  # models.build_bundles defaults: the demo bundles' data
 N_BENCH_CALIB, N_BENCH_VAL = 32, 48
@@ -266,10 +267,10 @@ def tensorrt_problems(recipe: dict, g: dict) -> list[str]:
     return p
 
 
-KERNEL_MODES = {  # how ONNX Runtime's CPU provider computes the same INT8 QDQ graph
-    "cpu_kernels": (True, {}),  # fused int8 kernels, as export's gate and a CPU device run it
-    "exact_qdq": (False, {}),  # no fusion: dequantize -> float op -> quantize, the arithmetic the QDQ graph specifies
-    "x64quantprecision": (True, {"session.x64quantprecision": "1"}),  # fused kernels, AVX2 precision mode
+KERNEL_MODES = {  # how ONNX Runtime's CPU provider computes the same INT8 QDQ graph: (optimize, exact_int8)
+    "cpu_kernels": (True, False),  # fused int8 kernels, ORT's default
+    "exact_qdq": (False, False),  # no fusion: dequantize -> float op -> quantize, the arithmetic the QDQ graph specifies
+    "x64quantprecision": (True, True),  # fused kernels, AVX2 precision mode
 }
 
 
@@ -296,14 +297,8 @@ def kernel_diagnosis(case: Case, target: str, work: Path) -> dict:
     tspec = evaluate.TaskSpec(task=case.task, labels=tuple(spec["labels"]), threshold=thr)
     primary = evaluate.PRIMARY[case.task]
 
-    def run(path: Path, optimize: bool, cfg: dict) -> tuple[float | None, list[np.ndarray]]:
-        o = ort.SessionOptions()
-        o.intra_op_num_threads = 2
-        o.log_severity_level = 3
-        if not optimize:
-            o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        for k, v in cfg.items():
-            o.add_session_config_entry(k, v)
+    def run(path: Path, optimize: bool, exact_int8: bool) -> tuple[float | None, list[np.ndarray]]:
+        o = session_options(2, optimize=optimize, exact_int8=exact_int8)
         sess = ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
         name, out = sess.get_inputs()[0].name, spec["outputs"][0]["name"]
         ys = [np.asarray(sess.run([out], {name: s.tensor})[0], np.float32) for s in vs.samples]
@@ -314,11 +309,11 @@ def kernel_diagnosis(case: Case, target: str, work: Path) -> dict:
             pred.masks = [_sigmoid(y.reshape(y.shape[-2:])) >= thr for y in ys]
         return evaluate.score(vs, pred, tspec)[primary], ys
 
-    m_fp32, ref = run(fp32, True, {})
+    m_fp32, ref = run(fp32, True, False)
     res = {"recipe": "plain " + target + " recipe (no speed rule, no fallback)", "primary_metric": primary,
            "fp32": m_fp32}
-    for mode, (optimize, cfg) in KERNEL_MODES.items():
-        m, ys = run(int8, optimize, cfg)
+    for mode, (optimize, exact) in KERNEL_MODES.items():
+        m, ys = run(int8, optimize, exact)
         err = np.concatenate([(y - r).reshape(-1) for y, r in zip(ys, ref, strict=True)])
         spread = float(np.concatenate([r.reshape(-1) for r in ref]).std()) or 1.0
         res[mode] = {"metric": m, "output_rms_error_over_fp32_std": round(float(np.sqrt(np.mean(err ** 2))) / spread, 4)}
@@ -536,9 +531,7 @@ def main(argv: list[str] | None = None) -> int:
               "rows": rows, "total_s": round(total, 1), "passed": bool(rows) and all(r["passed"] for r in rows)}
     md = render_md(result)
     if only is None:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "export_matrix.json").write_text(json.dumps(result, indent=2) + "\n")
-        (RESULTS / "export_matrix.md").write_text(md)
+        write_results("export_matrix", result, md)
     print(md)
     return 0 if result["passed"] else 1
 
