@@ -2,12 +2,18 @@
 
 paho-mqtt keeps its session in memory, so a power cut loses whatever it was holding. Every finding is
 therefore committed here (SQLite, WAL, ``synchronous=FULL``: the commit has reached the disk when
-``put`` returns) before anything tries to send it, and it is marked delivered only when the broker's
-PUBACK arrives with a success reason code.
+``put`` returns) before anything tries to send it, and it leaves only when the hospital says its store
+has committed it (the end-to-end acknowledgement, see `edge.sync`). A broker PUBACK only means "the
+broker took it": a broker that restarts without the receivers' shared subscription, or a subscriber
+the ACL then refuses, answers PUBACK and drops the message.
 
-Lifecycle of a row: pending (0) -> in flight (1, leased by the sync thread) -> delivered (2, payload
+Lifecycle of a row: pending (0) -> in flight (1, leased by the sync thread, PUBACK outstanding) -> at
+broker (3, PUBACK received, payload kept) -> acknowledged (2, the hospital committed it; payload
 dropped, id kept so a re-processed DICOM object is recognised as a duplicate). ``requeue`` and
-``retry_all`` move in-flight rows back to pending (ack timeout, broker rejection, restart).
+``retry_all`` move in-flight rows back to pending (PUBACK timeout, broker rejection, restart);
+``resend_overdue`` moves at-broker rows whose acknowledgement is overdue back to pending, with a
+doubling wait per attempt, so receivers that are down for hours do not multiply the broker's queue.
+The hospital's acknowledgement is accepted in any state (it can overtake the PUBACK).
 
 Ordering: urgent first, then routine, then low, oldest first inside a priority. To keep a steady
 stream of urgent findings from starving the rest, ``lease(n)`` reserves a share of each batch for lower
@@ -42,8 +48,9 @@ from .findings import PRIORITIES, Finding
 
 log = logging.getLogger("medge.outbox")
 
-PENDING, IN_FLIGHT, DELIVERED = 0, 1, 2
-STATE_NAMES = {PENDING: "pending", IN_FLIGHT: "in-flight", DELIVERED: "delivered"}
+PENDING, IN_FLIGHT, DELIVERED, AT_BROKER = 0, 1, 2, 3  # DELIVERED: acknowledged by the hospital's store
+STATE_NAMES = {PENDING: "pending", IN_FLIGHT: "in-flight", AT_BROKER: "at-broker", DELIVERED: "acknowledged"}
+SCHEMA_VERSION = 2  # 1: no at-broker state (PUBACK meant delivered); 2: end-to-end acknowledgements
 PRIO_RANK = {p: i for i, p in enumerate(PRIORITIES)}  # urgent=0, routine=1, low=2
 # Fraction of each lease batch kept for lower priorities when they have work waiting: urgent still
 # gets most of the link, but a routine/low backlog always moves.
@@ -51,7 +58,7 @@ RESERVED_SHARE = {"routine": 0.2, "low": 0.05}
 DEFAULT_TTL_S = {"urgent": 30 * 86400.0, "routine": 14 * 86400.0, "low": 3 * 86400.0}
 DELIVERED_KEEP_S = 30 * 86400.0  # how long delivered ids are kept for de-duplication
 COUNTERS = ("dropped_low", "over_quota_accepted", "expired_urgent", "expired_routine", "expired_low",
-            "delivered_total", "pending_bytes")
+            "delivered_total", "pending_bytes", "resent", "hospital_rejected")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS findings (
@@ -64,7 +71,8 @@ CREATE TABLE IF NOT EXISTS findings (
     expires_at   REAL NOT NULL,
     attempts     INTEGER NOT NULL DEFAULT 0,
     leased_at    REAL,
-    delivered_at REAL
+    delivered_at REAL,
+    due_at       REAL
 );
 CREATE INDEX IF NOT EXISTS findings_queue ON findings(state, priority, created_at);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -97,7 +105,7 @@ class OutboxStatus:
     path: str
     pending: dict[str, int]
     in_flight: int
-    delivered: int
+    delivered: int  # acknowledged by the hospital (ids kept for de-duplication)
     oldest_pending_age_s: float | None
     pending_bytes: int
     quota_bytes: int
@@ -106,11 +114,15 @@ class OutboxStatus:
     over_quota_accepted: int
     expired: dict[str, int]
     expired_waiting: int  # past TTL, not yet purged
+    at_broker: int = 0  # the broker took them (PUBACK); the hospital has not acknowledged them yet
+    resent: int = 0  # at-broker findings sent again because their acknowledgement was overdue
+    hospital_rejected: int = 0  # acknowledged by the hospital as rejected (kept in its rejected table)
     counters: dict[str, int] = field(default_factory=dict)
 
     @property
     def depth(self) -> int:
-        return sum(self.pending.values()) + self.in_flight
+        """Findings the hospital does not have yet (pending, in flight or at the broker)."""
+        return sum(self.pending.values()) + self.in_flight + self.at_broker
 
     @property
     def over_quota(self) -> bool:
@@ -129,10 +141,13 @@ class OutboxStatus:
         lines = [
             f"outbox {self.path}",
             f"  pending    urgent {p['urgent']}  routine {p['routine']}  low {p['low']}  in flight {self.in_flight}",
-            f"  oldest     {oldest}",
+            f"  at broker  {self.at_broker} (the broker has them; waiting for the hospital's acknowledgement;"
+            f" resent {self.resent})",
+            f"  oldest     {oldest} (oldest finding the hospital does not have yet)",
             f"  size       {self.pending_bytes / 1e6:.2f} MB of {self.quota_bytes / 1e6:.2f} MB quota"
             f"{'  OVER QUOTA' if self.over_quota else ''} (file {self.file_bytes / 1e6:.2f} MB)",
-            f"  delivered  {self.delivered} kept for de-duplication",
+            f"  acknowledged {self.delivered} by the hospital (ids kept for de-duplication"
+            f"{f'; {self.hospital_rejected} rejected there' if self.hospital_rejected else ''})",
             f"  dropped    {self.dropped_low} low-priority (quota); accepted over quota {self.over_quota_accepted}",
             f"  expired    urgent {self.expired['urgent']}  routine {self.expired['routine']}  low {self.expired['low']}"
             f"  (waiting for purge: {self.expired_waiting})",
@@ -193,9 +208,17 @@ class Outbox:
         self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise OutboxError(f"{self.path}: outbox schema {version} is newer than this medge understands "
+                                  f"({SCHEMA_VERSION}); install the medge version that wrote it")
             for stmt in _SCHEMA.strip().split(";"):
                 if stmt.strip():
                     self._db.execute(stmt)
+            cols = {r[1] for r in self._db.execute("PRAGMA table_info(findings)")}
+            if "due_at" not in cols:  # schema 1 file: add the acknowledgement deadline
+                self._db.execute("ALTER TABLE findings ADD COLUMN due_at REAL")
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._db.executemany("INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", [(c,) for c in COUNTERS])
             self._db.execute("COMMIT")
         except BaseException:
@@ -321,17 +344,45 @@ class Outbox:
                                  [(IN_FLIGHT, now, it.finding_id) for it in items])
         return items
 
-    def mark_delivered(self, finding_id: str) -> bool:
-        """The broker acknowledged it with success: keep only the id (for de-duplication)."""
-        return self.mark_delivered_many([finding_id]) == 1
-
-    def mark_delivered_many(self, finding_ids: Iterable[str]) -> int:
-        """Several acknowledgements in one transaction (one fsync); the sync thread batches PUBACKs."""
-        ids = list(finding_ids)
+    def mark_at_broker_many(self, finding_ids: Iterable[str], ack_wait_s: float, max_wait_s: float) -> int:
+        """PUBACKs: in flight -> at broker. Each row becomes due for a resend ``ack_wait_s * 2**attempts``
+        (at most ``max_wait_s``) from now unless the hospital acknowledges it first."""
+        ids = [(fid,) for fid in finding_ids]
         if not ids:
             return 0
         now = time.time()
-        n = 0
+        with self._tx():
+            cur = self._db.executemany(
+                "UPDATE findings SET state=?, leased_at=NULL, due_at=? + MIN(?, ? * (1 << MIN(attempts, 20)))"
+                " WHERE finding_id=? AND state=?",
+                [(AT_BROKER, now, float(max_wait_s), float(ack_wait_s), fid, IN_FLIGHT) for (fid,) in ids])
+        return cur.rowcount
+
+    def resend_overdue(self, now: float | None = None) -> int:
+        """At-broker rows whose hospital acknowledgement is overdue go back to pending (sent again; the
+        receiver de-duplicates by id and acknowledges again)."""
+        now = time.time() if now is None else now
+        with self._tx():
+            cur = self._db.execute("UPDATE findings SET state=?, attempts=attempts+1, due_at=NULL"
+                                   " WHERE state=? AND due_at<=?", (PENDING, AT_BROKER, now))
+            self._bump("resent", cur.rowcount)
+        return cur.rowcount
+
+    def mark_delivered(self, finding_id: str) -> bool:
+        """The hospital has committed it: keep only the id (for de-duplication)."""
+        return self.mark_delivered_many([finding_id]) == 1
+
+    def mark_delivered_many(self, finding_ids: Iterable[str], rejected: Iterable[str] = ()) -> int:
+        """Several hospital acknowledgements in one transaction (one fsync). Accepted in any state: the
+        acknowledgement can overtake the PUBACK, or arrive after a resend was queued. ``rejected`` ids
+        were acknowledged as refused by the receiver (kept in its rejected table): they leave the
+        outbox too, and are counted."""
+        refused = set(rejected)
+        ids = list(dict.fromkeys([*finding_ids, *refused]))
+        if not ids:
+            return 0
+        now = time.time()
+        n = n_refused = 0
         with self._tx():
             freed = 0
             for fid in ids:
@@ -339,12 +390,14 @@ class Outbox:
                                        (fid, DELIVERED)).fetchone()
                 if not row:
                     continue
-                self._db.execute("UPDATE findings SET state=?, payload=NULL, delivered_at=? WHERE finding_id=?",
-                                 (DELIVERED, now, fid))
+                self._db.execute("UPDATE findings SET state=?, payload=NULL, delivered_at=?, due_at=NULL"
+                                 " WHERE finding_id=?", (DELIVERED, now, fid))
                 freed += int(row[0])
                 n += 1
+                n_refused += fid in refused
             self._bump("pending_bytes", -freed)
             self._bump("delivered_total", n)
+            self._bump("hospital_rejected", n_refused)
         return n
 
     def requeue(self, finding_id: str) -> bool:
@@ -354,10 +407,14 @@ class Outbox:
                                    " WHERE finding_id=? AND state=?", (PENDING, finding_id, IN_FLIGHT))
         return cur.rowcount == 1
 
-    def retry_all(self) -> int:
-        """Every in-flight finding becomes pending again (used at sync start: no lease survives a restart)."""
+    def retry_all(self, at_broker: bool = False) -> int:
+        """Every in-flight finding becomes pending again (used at sync start: no lease survives a restart).
+        At-broker rows keep waiting for their acknowledgement, which the broker holds for the device,
+        unless ``at_broker`` (the operator's ``medge outbox retry``) sends them again now too."""
+        states = (IN_FLIGHT, AT_BROKER) if at_broker else (IN_FLIGHT, IN_FLIGHT)
         with self._tx():
-            cur = self._db.execute("UPDATE findings SET state=?, leased_at=NULL WHERE state=?", (PENDING, IN_FLIGHT))
+            cur = self._db.execute("UPDATE findings SET state=?, leased_at=NULL, due_at=NULL WHERE state IN (?, ?)",
+                                   (PENDING, *states))
         return cur.rowcount
 
     def purge_expired(self) -> int:
@@ -398,6 +455,7 @@ class Outbox:
         for prio, cnt in db.execute("SELECT priority, COUNT(*) FROM findings WHERE state=? GROUP BY priority", (PENDING,)):
             pending[PRIORITIES[prio]] = int(cnt)
         in_flight = int(db.execute("SELECT COUNT(*) FROM findings WHERE state=?", (IN_FLIGHT,)).fetchone()[0])
+        at_broker = int(db.execute("SELECT COUNT(*) FROM findings WHERE state=?", (AT_BROKER,)).fetchone()[0])
         delivered = int(db.execute("SELECT COUNT(*) FROM findings WHERE state=?", (DELIVERED,)).fetchone()[0])
         oldest = db.execute("SELECT MIN(created_at) FROM findings WHERE state<>?", (DELIVERED,)).fetchone()[0]
         waiting = int(db.execute("SELECT COUNT(*) FROM findings WHERE state<>? AND expires_at<=?",
@@ -410,6 +468,7 @@ class Outbox:
             pending_bytes=counters.get("pending_bytes", 0), quota_bytes=self.quota_bytes, file_bytes=file_bytes,
             dropped_low=counters.get("dropped_low", 0), over_quota_accepted=counters.get("over_quota_accepted", 0),
             expired={p: counters.get(f"expired_{p}", 0) for p in PRIORITIES}, expired_waiting=waiting,
+            at_broker=at_broker, resent=counters.get("resent", 0), hospital_rejected=counters.get("hospital_rejected", 0),
             counters=counters)
 
 

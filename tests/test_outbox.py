@@ -203,3 +203,55 @@ def test_cli_outbox_commands(tmp_path):
     assert "f-urgent-000001" in res.output and "in-flight" in res.output
     assert "1 finding(s) re-queued" in r.invoke(app, ["outbox", "retry", "-c", str(prof)]).output
     assert "1 expired finding(s) purged" in r.invoke(app, ["outbox", "purge-expired", "-c", str(prof)]).output
+
+
+def test_end_to_end_states_resend_with_doubling_wait_and_hospital_ack_in_any_state(tmp_path):
+    p = tmp_path / "ob.sqlite3"
+    with Outbox(p) as ob:
+        ob.put_many([mk(i) for i in range(4)])
+        ids = [it.finding_id for it in ob.lease(4)]
+        t0 = time.time()
+        assert ob.mark_at_broker_many(ids[:3], ack_wait_s=10, max_wait_s=25) == 3
+        assert ob.mark_at_broker_many(ids[:1], ack_wait_s=10, max_wait_s=25) == 0  # only from in flight
+        st = ob.status()
+        assert st.at_broker == 3 and st.in_flight == 1 and st.delivered == 0 and st.depth == 4
+        assert ob.get(ids[0]).state == "at-broker" and ob.get(ids[0]).payload is not None  # kept for a resend
+        assert ob.retry_all() == 1  # a restart re-sends the in-flight one; at-broker rows keep waiting
+        assert ob.status().at_broker == 3
+        # the hospital's acknowledgement can overtake the PUBACK: accepted from pending too
+        assert ob.mark_delivered_many([ids[3], ids[2]]) == 2
+        assert ob.get(ids[3]).state == "acknowledged" and ob.get(ids[3]).payload is None
+        assert ob.resend_overdue(now=t0 + 9) == 0
+        assert ob.resend_overdue(now=t0 + 11) == 2  # first wait: ack_wait_s
+        assert ob.status().resent == 2 and ob.get(ids[0]).attempts == 1
+        for attempt, expected_wait in ((1, 20), (2, 25), (3, 25)):  # doubling, capped at max_wait_s
+            t = time.time()
+            assert [it.finding_id for it in ob.lease(10)] == ids[:2]
+            ob.mark_at_broker_many(ids[:2], ack_wait_s=10, max_wait_s=25)
+            assert ob.resend_overdue(now=t + expected_wait - 1) == 0, attempt
+            assert ob.resend_overdue(now=t + expected_wait + 1) == 2, attempt
+        # refused by the receiver (kept in its rejected table): leaves the outbox, counted
+        assert ob.mark_delivered_many([ids[0]], rejected=[ids[1]]) == 2
+        st = ob.status()
+        assert st.depth == 0 and st.delivered == 4 and st.hospital_rejected == 1 and st.pending_bytes == 0
+        assert "acknowledged 4 by the hospital" in st.describe() and "1 rejected there" in st.describe()
+
+
+def test_outbox_from_before_end_to_end_acks_is_upgraded_and_a_newer_one_refused(tmp_path):
+    import sqlite3
+
+    p = tmp_path / "old.sqlite3"
+    with sqlite3.connect(p) as db:  # the schema-1 table, as a device running the previous medge left it
+        db.execute("CREATE TABLE findings (finding_id TEXT PRIMARY KEY, priority INTEGER NOT NULL, state INTEGER NOT"
+                   " NULL DEFAULT 0, payload BLOB, size INTEGER NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT"
+                   " NULL, attempts INTEGER NOT NULL DEFAULT 0, leased_at REAL, delivered_at REAL)")
+        db.execute("INSERT INTO findings VALUES ('old-1', 1, 0, x'7b7d', 2, ?, ?, 0, NULL, NULL)",
+                   (time.time(), time.time() + 3600))
+    with Outbox(p) as ob:
+        (it,) = ob.lease(5)
+        assert it.finding_id == "old-1" and ob.mark_at_broker_many(["old-1"], 5, 5) == 1
+        assert ob._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    with sqlite3.connect(p) as db:
+        db.execute("PRAGMA user_version=99")
+    with pytest.raises(OutboxError, match="outbox schema 99 is newer than this medge understands"):
+        Outbox(p)
