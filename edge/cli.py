@@ -150,6 +150,25 @@ def receive(
         raise fail(str(e)) from None
 
 
+@app.command("broker-config")
+def broker_config(
+    fleet: Path = typer.Argument(..., help="fleet inventory YAML (deploy/mosquitto/fleet.example.yaml)"),
+    out: Path = typer.Option(..., "--out", help="folder to write mosquitto.conf and dynamic-security.json into"),
+) -> None:
+    """Hospital side: render the mosquitto configuration that enforces medge's broker identity rules."""
+    from hospital.broker import load_fleet, write_broker_config
+
+    try:
+        fl, settings = load_fleet(fleet)
+        written = write_broker_config(fl, settings, out)
+    except MedgeError as e:
+        raise fail(str(e)) from None
+    for p in written:
+        typer.echo(f"wrote {p}")
+    typer.echo(f"{len(fl.devices)} device(s), {len(fl.receivers)} receiver(s), {len(fl.monitors)} monitor(s); "
+               "restart mosquitto to apply")
+
+
 def _outbox(config: Path):
     from .config import load_config
     from .outbox import Outbox
@@ -186,10 +205,10 @@ def outbox_list(config: Path = typer.Option(..., "--config", "-c"),
 
 @outbox_app.command("retry")
 def outbox_retry(config: Path = typer.Option(..., "--config", "-c")) -> None:
-    """Make every in-flight or failed finding eligible for sending again now."""
+    """Send again now every finding the hospital has not acknowledged (in flight or at the broker)."""
     try:
         with _outbox(config) as ob:
-            n = ob.retry_all()
+            n = ob.retry_all(at_broker=True)
     except MedgeError as e:
         raise fail(str(e)) from None
     typer.echo(f"{n} finding(s) re-queued")

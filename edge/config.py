@@ -27,6 +27,7 @@ VIDEO_MODALITIES = ("US", "ES", "XA", "OT")
 SOURCE_KINDS = ("video", "dicom-folder", "dicom-store", "replay")
 PROVIDERS = ("tensorrt", "cuda", "cpu", "trt-native")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+ACK_MODES = ("end-to-end", "broker")
 
 
 def _meta(*, exists: str | None = None, choices: tuple | None = None, ge: float | None = None,
@@ -117,11 +118,28 @@ class SyncConfig:
     keepalive_s: int = field(default=30, metadata=_meta(ge=5, le=3600))
     session_expiry_s: int = field(default=7 * 24 * 3600, metadata=_meta(ge=0))
     inflight: int = field(default=32, metadata=_meta(ge=1, le=65535))
-    ack_timeout_s: float = field(default=30.0, metadata=_meta(ge=0.5, le=3600))
+    ack_timeout_s: float = field(default=30.0, metadata=_meta(ge=0.5, le=3600))  # the broker's PUBACK
+    # end-to-end: a finding leaves the outbox when the hospital's receiver says its store committed it;
+    # broker: on the broker's PUBACK (only for a receiver that does not acknowledge; loses findings when
+    # the broker drops a message it accepted)
+    ack_mode: str = field(default="end-to-end", metadata=_meta(choices=ACK_MODES))
+    hospital_ack_timeout_s: float = field(default=120.0, metadata=_meta(ge=1, le=86400))  # first resend after
+    hospital_ack_max_s: float = field(default=3600.0, metadata=_meta(ge=1, le=7 * 86400))  # longest wait between resends
     backoff_min_s: float = field(default=1.0, metadata=_meta(ge=0.01, le=3600))
     backoff_max_s: float = field(default=120.0, metadata=_meta(ge=0.01, le=86400))
     heartbeat_s: float = field(default=60.0, metadata=_meta(ge=1, le=86400))
     topic_prefix: str = "medge"
+
+
+@dataclass(frozen=True)
+class InputLimitsConfig:
+    """What one DICOM object may declare before anything is decoded (frames x rows x columns x samples x
+    bytes per sample). The defaults fit an 8 GB device: the largest CR/DX detector (43 x 43 cm at 100 um,
+    16 bit) is 37 MB a frame, a long colour ultrasound cine about 1.5 GB in all (decoded one frame at a
+    time)."""
+
+    max_frame_mb: float = field(default=64.0, metadata=_meta(ge=0.01, le=65536))
+    max_object_mb: float = field(default=2048.0, metadata=_meta(ge=0.01, le=1_048_576))
 
 
 @dataclass(frozen=True)
@@ -141,6 +159,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    input_limits: InputLimitsConfig = field(default_factory=InputLimitsConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     log_level: str = field(default="info", metadata=_meta(choices=LOG_LEVELS))
     source_file: Path | None = field(default=None, compare=False)
@@ -362,6 +381,11 @@ def _cross_checks(cfg: Config, path: Path, check_files: bool = True) -> None:
             ctx.fail("sync.ca_file", "mqtts:// needs the broker's CA certificate", "set ca_file")
         if sy.backoff_min_s > sy.backoff_max_s:
             ctx.fail("sync.backoff_min_s", "is larger than backoff_max_s")
+        if sy.hospital_ack_timeout_s > sy.hospital_ack_max_s:
+            ctx.fail("sync.hospital_ack_timeout_s", "is larger than hospital_ack_max_s")
+    lim = cfg.input_limits
+    if lim.max_frame_mb > lim.max_object_mb:
+        ctx.fail("input_limits.max_frame_mb", "is larger than max_object_mb")
     p = cfg.pipeline
     if p.metrics_port is not None and p.metrics_port in ports:
         ctx.fail("pipeline.metrics_port", f"port {p.metrics_port} is already used by a dicom-store source")

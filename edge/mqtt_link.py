@@ -42,6 +42,9 @@ def parse_broker_url(url: str) -> BrokerURL:
     return BrokerURL(parts.hostname, port or (8883 if tls else 1883), tls)
 
 
+SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another connection took this client id's session
+
+
 class LinkError(MedgeError):
     """The broker cannot be reached or refused the TLS handshake."""
 

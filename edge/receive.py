@@ -10,9 +10,15 @@ Why it is built this way:
   finding is stored exactly once.
 - Acknowledgements are batched behind one commit per loop turn (group commit) to keep up with a fleet
   draining a multi-day backlog.
+- After the commit, and before the PUBACKs, it publishes (QoS 1) the committed finding ids on each
+  sending device's ack topic (``edge.topics``): only that end-to-end acknowledgement lets the device
+  forget a finding, because a broker PUBACK does not prove a receiver got it. Duplicates are
+  acknowledged again (the device resent because an earlier acknowledgement was lost). A crash between
+  commit and acknowledgement makes the device resend later, which the primary key absorbs.
 - A message that is not a valid finding, or whose device id does not match the topic it arrived on
   (a device can only write under its own topic, so a mismatch is a forgery or a bug), is recorded in
-  a ``rejected`` table with the reason and acknowledged, so it neither blocks the queue nor vanishes.
+  a ``rejected`` table with the reason and acknowledged, so it neither blocks the queue nor vanishes;
+  when it carries a finding id, the device is told it was refused (``rejected`` in the ack).
 """
 
 from __future__ import annotations
@@ -36,8 +42,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .backoff import Backoff
 from .errors import ConfigError
-from .findings import PRIORITIES
-from .mqtt_link import describe_error, new_client, parse_broker_url
+from .mqtt_link import SESSION_TAKEN_OVER, describe_error, new_client, parse_broker_url
+from .topics import DEFAULT_GROUP, ack_payload, findings_filter, parse_finding_topic, shared
 
 log = logging.getLogger("medge.receive")
 
@@ -64,6 +70,7 @@ class Rejected:
     received_at: str
     reason: str
     payload: bytes
+    finding_id: str | None = None  # when the payload names one, the device is told it was refused
 
 
 @dataclass
@@ -73,6 +80,7 @@ class ReceiverStats:
     duplicates: int = 0
     rejected: int = 0
     connects: int = 0
+    acks_published: int = 0  # acknowledgement messages sent to devices
 
 
 class FindingStore(Protocol):
@@ -174,10 +182,9 @@ def _now_iso() -> str:
 def parse_message(topic: str, payload: bytes, props: Any) -> Received | Rejected:
     """Check a message against the topic scheme <prefix>/<site>/<device>/findings/<priority>."""
     now = _now_iso()
-    parts = topic.split("/")
-    if len(parts) != 5 or parts[3] != "findings" or parts[4] not in PRIORITIES:
+    ft = parse_finding_topic(topic)
+    if ft is None:
         return Rejected(topic, now, "topic does not follow <prefix>/<site>/<device>/findings/<priority>", payload)
-    _, site, device, _, priority = parts
     try:
         doc = json.loads(payload)
         fid = doc["finding_id"]
@@ -187,25 +194,42 @@ def parse_message(topic: str, payload: bytes, props: Any) -> Received | Rejected
         return Rejected(topic, now, f"payload is not a finding ({type(e).__name__}: {e})", payload)
     prop_ids = [v for k, v in (getattr(props, "UserProperty", None) or []) if k == "finding_id"]
     if prop_ids and prop_ids[0] != fid:
-        return Rejected(topic, now, f"finding_id property {prop_ids[0]!r} differs from the payload's {fid!r}", payload)
-    if doc.get("device_id") != device:
-        return Rejected(topic, now, f"device_id {doc.get('device_id')!r} does not match the topic's device {device!r}",
-                        payload)
-    if doc.get("priority", "routine") != priority:
-        return Rejected(topic, now, f"priority {doc.get('priority')!r} does not match the topic", payload)
-    return Received(fid, site, device, priority, topic, now, payload.decode())
+        return Rejected(topic, now, f"finding_id property {prop_ids[0]!r} differs from the payload's {fid!r}", payload, fid)
+    if doc.get("device_id") != ft.device:
+        return Rejected(topic, now, f"device_id {doc.get('device_id')!r} does not match the topic's device {ft.device!r}",
+                        payload, fid)
+    if doc.get("priority", "routine") != ft.priority:
+        return Rejected(topic, now, f"priority {doc.get('priority')!r} does not match the topic", payload, fid)
+    return Received(fid, ft.site, ft.device, ft.priority, topic, now, payload.decode())
+
+
+def acknowledgements(batch: list[Received | Rejected]) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Per device ack topic: the committed finding ids and the refused ones (with the reason)."""
+    out: dict[str, tuple[list[str], dict[str, str]]] = {}
+    for m in batch:
+        ft = parse_finding_topic(m.topic)
+        if ft is None:
+            continue  # not a device's findings topic: nobody to tell
+        ids, refused = out.setdefault(ft.device_topics.ack, ([], {}))
+        if isinstance(m, Received):
+            ids.append(m.finding_id)
+        elif m.finding_id is not None:
+            refused[m.finding_id] = m.reason
+    return out
 
 
 class Receiver:
     """One receiver process's connection loop; ``run(stop)`` returns when ``stop`` is set."""
 
-    def __init__(self, broker: str, db: str, group: str = "medge-receivers", topic: str = "medge/+/+/findings/#",
+    def __init__(self, broker: str, db: str, group: str = DEFAULT_GROUP, topic: str = findings_filter(),
                  ca_file: Path | None = None, cert_file: Path | None = None, key_file: Path | None = None,
-                 client_id: str | None = None, backoff_min_s: float = 0.5, backoff_max_s: float = 30.0) -> None:
+                 client_id: str | None = None, backoff_min_s: float = 0.5, backoff_max_s: float = 5.0) -> None:
+        # backoff_max_s is short on purpose: while a receiver is away after a broker restart, its shared
+        # subscription may be missing and devices wait longer for their acknowledgements
         if any(ch in group for ch in "/+#") or not group:
             raise ConfigError(f"--group {group!r}: a shared-subscription group name cannot contain / + #")
         self.url = parse_broker_url(broker)
-        self.filter = f"$share/{group}/{topic}"
+        self.filter = shared(group, topic)
         self.ca_file, self.cert_file, self.key_file = ca_file, cert_file, key_file
         self.client_id = client_id or f"medge-receiver-{socket.gethostname()}"
         self.db = db
@@ -292,6 +316,10 @@ class Receiver:
         self.stats.rejected += len(rejected)
         for r in rejected:
             log.warning("receiver: rejected a message on %s: %s", r.topic, r.reason)
+        # committed: tell each device (end-to-end), then let the broker forget the messages
+        for topic, (ids, refused) in acknowledgements([m for _, _, m in batch]).items():
+            c.publish(topic, ack_payload(ids, refused, self.client_id), qos=1, retain=False)
+            self.stats.acks_published += 1
         for mid, qos, _ in batch:
             c.ack(mid, qos)
 
@@ -314,7 +342,11 @@ class Receiver:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self._connected:
-            log.warning("receiver: disconnected from %s (%s)", self.url, reason_code)
+            if getattr(reason_code, "value", None) == SESSION_TAKEN_OVER:
+                log.warning("receiver: another client connected as %s and took this receiver's session over; give "
+                            "each receiver its own certificate/client id", self.client_id)
+            else:
+                log.warning("receiver: disconnected from %s (%s)", self.url, reason_code)
         self._connected = False
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
@@ -322,7 +354,7 @@ class Receiver:
         self._pending.append((msg.mid, msg.qos, parse_message(msg.topic, msg.payload, msg.properties)))
 
 
-def run_receiver(broker: str, db: str, group: str = "medge-receivers", topic: str = "medge/+/+/findings/#",
+def run_receiver(broker: str, db: str, group: str = DEFAULT_GROUP, topic: str = findings_filter(),
                  ca_file: Path | None = None, cert_file: Path | None = None, key_file: Path | None = None,
                  client_id: str | None = None, max_seconds: float | None = None) -> int:
     """Run until SIGTERM/SIGINT or ``max_seconds``; 0 on a normal stop."""
@@ -339,5 +371,6 @@ def run_receiver(broker: str, db: str, group: str = "medge-receivers", topic: st
         timer.start()
     rx.run(stop)
     s = rx.stats
-    print(f"received {s.received}, stored {s.stored}, duplicates {s.duplicates}, rejected {s.rejected}", flush=True)
+    print(f"received {s.received}, stored {s.stored}, duplicates {s.duplicates}, rejected {s.rejected}, "
+          f"acknowledgements {s.acks_published}", flush=True)
     return 0

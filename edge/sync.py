@@ -1,20 +1,32 @@
-"""SyncClient: drains the outbox to the hospital broker over MQTT 5 (TLS, QoS 1).
+"""SyncClient: drains the outbox to the hospital over MQTT 5 (TLS, QoS 1), until the hospital says it
+has each finding.
 
 Why it is built this way:
 - One thread owns everything: the paho client (its loop runs in our thread via ``loop()``, never
   ``loop_start``), the outbox connection, the in-flight window. No locks around paho, no callbacks
   racing with the outbox.
-- A finding is marked delivered only when its PUBACK carries a success reason code, read in
-  ``on_publish``. A refusal (e.g. 0x87 not authorized: the device publishes outside its ACL) is logged,
-  counted and the finding is held and retried later, never dropped. "No matching subscribers" (0x10) is
-  a success code in MQTT 5 but means the broker discarded the message (no receiver session exists
-  yet), so it is treated like a refusal.
+- End-to-end acknowledgement. A broker PUBACK means "the broker took it", never "the hospital stored
+  it": a restarted mosquitto restores the receivers' queued session but not their ``$share``
+  subscription, and until they re-subscribe it PUBACKs findings that only a monitoring tap receives.
+  So a success PUBACK only moves a finding to *at broker*; it leaves the outbox when the receiver,
+  after its database commit, publishes the finding's id on this device's ack topic
+  (``edge.topics``). An at-broker finding whose acknowledgement is overdue is sent again, with a
+  doubling wait (``sync.hospital_ack_timeout_s`` up to ``hospital_ack_max_s``); the receiver
+  de-duplicates by id and acknowledges duplicates too. The ack subscription lives in the device's
+  persistent session, so acknowledgements published while the device is offline wait at the broker;
+  they are read with manual acknowledgement and PUBACKed only after the outbox commit.
+  ``sync.ack_mode: broker`` restores PUBACK-as-delivered for a receiver that does not acknowledge.
+- PUBACK stays the flow control: the in-flight window counts findings without a PUBACK. A refusal (e.g.
+  0x87 not authorized: the device publishes outside its ACL) is logged, counted and the finding is held
+  and retried later, never dropped. "No matching subscribers" (0x10) is a success code in MQTT 5 but
+  means the broker discarded the message (no receiver session exists yet), so it is treated like a
+  refusal.
 - paho keeps its session in memory and, after a reconnect, re-sends everything it held regardless of
   max_inflight. So each connection gets a fresh paho client; whatever was in flight when a link died
   goes back to pending in the outbox and is sent again on the next connection (the receiver
   de-duplicates by finding id). The broker session itself persists (clean_start false + expiry).
-- Our own window is ``min(sync.inflight, the broker's Receive Maximum)``; PUBACKs are committed in
-  batches (one fsync per loop turn, not per finding).
+- Our own window is ``min(sync.inflight, the broker's Receive Maximum)``; PUBACKs and acknowledgements
+  are committed in batches (one fsync per loop turn, not per finding).
 """
 
 from __future__ import annotations
@@ -40,13 +52,21 @@ from paho.mqtt.properties import Properties
 from .backoff import Backoff
 from .config import Config
 from .errors import ConfigError, MedgeError
-from .mqtt_link import describe_error, new_client, parse_broker_url
+from .mqtt_link import SESSION_TAKEN_OVER, describe_error, new_client, parse_broker_url
 from .outbox import Outbox, OutboxItem
+from .topics import DeviceTopics, device_topics, parse_ack
 
 log = logging.getLogger("medge.sync")
 
 NO_MATCHING_SUBSCRIBERS = 0x10
 PURGE_EVERY_S = 3600.0
+RESEND_CHECK_S = 1.0
+# after (re)subscribing to the ack topic, acknowledgements the broker queued while we were away arrive
+# first; resending before they had a chance would only make duplicates
+ACK_GRACE_S = 5.0
+# two processes with one identity take the session from each other on every reconnect; pause so the
+# log shows the fight instead of a tight loop
+TAKEOVER_PAUSE_S = 5.0
 
 
 @dataclass
@@ -56,7 +76,11 @@ class SyncStats:
     connect_failures: int = 0
     disconnects: int = 0
     published: int = 0
-    delivered: int = 0
+    at_broker: int = 0  # success PUBACKs (the broker took them)
+    delivered: int = 0  # acknowledged by the hospital (end-to-end), or PUBACKs in ack_mode broker
+    hospital_rejected: int = 0  # acknowledged by the receiver as refused (stored in its rejected table)
+    resent: int = 0  # at broker, no acknowledgement in time: sent again
+    ack_messages: int = 0  # acknowledgement messages read from the ack topic
     rejected: int = 0  # PUBACK with a failure reason code (ACL, quota, ...)
     no_subscribers: int = 0
     ack_timeouts: int = 0
@@ -64,6 +88,7 @@ class SyncStats:
     held: int = 0
     last_error: str | None = None
     last_rejection: str | None = None
+    ack_subscription: str | None = None  # "granted", or why the broker refused the ack topic
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,15 +100,9 @@ class _Sent:
     sent_at: float
 
 
-def topics(cfg: Config) -> dict[str, str]:
-    """The topic scheme: <prefix>/<site>/<device>/{findings/<priority>,status,telemetry}."""
-    for label, v in (("device.id", cfg.device.id), ("device.site", cfg.device.site),
-                     ("sync.topic_prefix", cfg.sync.topic_prefix)):
-        if not v or any(ch in v for ch in "+#/\0") or v.startswith("$"):
-            raise ConfigError(f"{cfg.source_file or 'profile'}: {label}: {v!r} cannot be part of an MQTT topic "
-                              "(no /, +, #, leading $)")
-    base = f"{cfg.sync.topic_prefix}/{cfg.device.site}/{cfg.device.id}"
-    return {"findings": f"{base}/findings", "status": f"{base}/status", "telemetry": f"{base}/telemetry"}
+def topics(cfg: Config) -> DeviceTopics:
+    """This device's topics (`edge.topics`); refuses ids that cannot be one topic level."""
+    return device_topics(cfg.sync.topic_prefix, cfg.device.site, cfg.device.id, str(cfg.source_file or "profile"))
 
 
 def _now_iso() -> str:
@@ -99,6 +118,7 @@ class SyncClient:
         self.url = parse_broker_url(self.sc.broker)
         self.topics = topics(cfg)
         self.client_id = self.sc.client_id or f"medge-{cfg.device.id}"
+        self.end_to_end = self.sc.ack_mode == "end-to-end"
         self.telemetry = telemetry
         self._password: str | None = None
         if self.sc.password_file is not None:
@@ -113,16 +133,23 @@ class SyncClient:
         # state owned by the sync thread
         self._inflight: dict[int, _Sent] = {}
         self._held: list[tuple[float, OutboxItem]] = []
-        self._acked: list[str] = []
+        self._pubacked: list[str] = []
+        self._hospital_acks: list[tuple[int, int, list[str], dict[str, str]]] = []  # mid, qos, ids, refused
         self._connected = False
         self._refused: str | None = None
+        self._taken_over = False
         self._recv_max = 65535
+        self._ack_sub_mid: int | None = None
+        self._ack_sub_at: float | None = None  # monotonic time the ack subscription was granted
         self._hold_backoff = Backoff(max(self.sc.backoff_min_s, 0.05), self.sc.backoff_max_s)
 
     # --------------------------------------------------------------------------------- public API
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("SyncClient already started")
+        if not self.end_to_end:
+            log.warning("sync: ack_mode is 'broker': a finding leaves the outbox on the broker's PUBACK, not when the "
+                        "hospital has stored it; a broker that drops an accepted message loses it")
         self._thread = threading.Thread(target=self._run, name="medge-sync", daemon=True)
         self._thread.start()
 
@@ -175,6 +202,8 @@ class SyncClient:
                 if self._stop.is_set():
                     break
                 delay = backoff.next()
+                if self._taken_over:
+                    delay = max(delay, TAKEOVER_PAUSE_S)
                 if ok:
                     log.info("sync: reconnecting in %.1fs", delay)
                 self._stop.wait(delay)
@@ -186,20 +215,25 @@ class SyncClient:
             self._stat(connected=False, in_flight=0, held=0)
 
     def _new_client(self) -> mqtt.Client:
-        c = new_client(self.client_id, self.url, self.sc.ca_file, self.sc.cert_file, self.sc.key_file)
+        # manual_ack: an acknowledgement message is PUBACKed only once the outbox has committed it, so a
+        # crash in between makes the broker deliver it again instead of losing it
+        c = new_client(self.client_id, self.url, self.sc.ca_file, self.sc.cert_file, self.sc.key_file, manual_ack=True)
         if self.sc.username:
             c.username_pw_set(self.sc.username, self._password)
         c.connect_timeout = min(10.0, max(2.0, self.sc.ack_timeout_s))
-        c.will_set(self.topics["status"], json.dumps({"state": "offline", "reason": "connection lost",
-                                                      "client_id": self.client_id}), qos=1, retain=True)
+        c.will_set(self.topics.status, json.dumps({"state": "offline", "reason": "connection lost",
+                                                   "client_id": self.client_id}), qos=1, retain=True)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
+        c.on_message = self._on_message
         return c
 
     def _session(self, ob: Outbox, backoff: Backoff) -> bool:
         """One connection, from connect to loss or stop. Returns True if the broker accepted us."""
-        self._connected, self._refused, self._recv_max = False, None, 65535
+        self._connected, self._refused, self._recv_max, self._taken_over = False, None, 65535, False
+        self._ack_sub_mid = self._ack_sub_at = None
         try:
             client = self._new_client()
             props = Properties(PacketTypes.CONNECT)
@@ -213,12 +247,12 @@ class SyncClient:
         wait_s = client.connect_timeout * 2
         deadline = time.monotonic() + wait_s
         accepted = False
-        next_hb = 0.0
+        next_hb = next_resend = 0.0
         try:
             while not self._stop.is_set():
                 rc = client.loop(timeout=0.02)
-                if self._acked:
-                    self._commit_acks(ob)
+                if self._pubacked or self._hospital_acks:
+                    self._commit_acks(client, ob)
                 if self._refused:
                     self._note_connect_failure(f"broker {self.url} refused the connection: {self._refused}")
                     break
@@ -237,13 +271,19 @@ class SyncClient:
                     backoff.reset()
                     self._count("connects")
                     self._stat(connected=True, last_error=None)
-                    log.info("sync: connected to %s as %s (window %d)", self.url, self.client_id, self._window())
-                    client.publish(self.topics["status"], json.dumps({"state": "online", "at": _now_iso(),
-                                                                      "client_id": self.client_id}), qos=1, retain=True)
+                    log.info("sync: connected to %s as %s (window %d, %s acknowledgement)", self.url, self.client_id,
+                             self._window(), "end-to-end" if self.end_to_end else "broker-only")
+                    client.publish(self.topics.status, json.dumps({"state": "online", "at": _now_iso(),
+                                                                   "client_id": self.client_id}), qos=1, retain=True)
+                    if self.end_to_end:
+                        _, self._ack_sub_mid = client.subscribe(self.topics.ack, qos=1)
                 now = time.monotonic()
                 self._release_held(client, ob, now)
                 self._fill_window(client, ob)
                 self._check_ack_timeouts(ob, now)
+                if now >= next_resend:
+                    self._resend_overdue(ob, now)
+                    next_resend = now + RESEND_CHECK_S
                 if now >= next_hb:
                     self._heartbeat(client, ob)
                     next_hb = now + self.sc.heartbeat_s
@@ -251,8 +291,8 @@ class SyncClient:
             if self._stop.is_set() and self._connected:
                 self._goodbye(client, ob)
         finally:
-            if self._acked:
-                self._commit_acks(ob)
+            if self._pubacked or self._hospital_acks:
+                self._commit_acks(client, ob)
             if accepted:
                 self._count("disconnects")
             self._stat(connected=False)
@@ -270,14 +310,14 @@ class SyncClient:
 
     def _goodbye(self, client: mqtt.Client, ob: Outbox) -> None:
         """Graceful stop: retained offline status (the will only fires on an unclean loss)."""
-        info = client.publish(self.topics["status"], json.dumps({"state": "offline", "reason": "stopped",
-                                                                 "at": _now_iso(), "client_id": self.client_id}),
+        info = client.publish(self.topics.status, json.dumps({"state": "offline", "reason": "stopped",
+                                                              "at": _now_iso(), "client_id": self.client_id}),
                               qos=1, retain=True)
         end = time.monotonic() + 2.0
         while time.monotonic() < end and not info.is_published() and self._connected:
             client.loop(timeout=0.02)
-        if self._acked:
-            self._commit_acks(ob)
+        if self._pubacked or self._hospital_acks:
+            self._commit_acks(client, ob)
 
     # ------------------------------------------------------------------------------- paho callbacks
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -290,10 +330,43 @@ class SyncClient:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self._connected:
-            level = logging.INFO if self._stop.is_set() else logging.WARNING
-            log.log(level, "sync: disconnected from %s (%s); %d finding(s) in flight go back to pending",
-                    self.url, reason_code, len(self._inflight))
+            if getattr(reason_code, "value", None) == SESSION_TAKEN_OVER:
+                self._taken_over = True
+                log.warning("sync: the broker handed this device's session to another connection with the same "
+                            "identity/client id (session taken over); is a second medge running with this "
+                            "certificate? %d finding(s) in flight go back to pending", len(self._inflight))
+            else:
+                level = logging.INFO if self._stop.is_set() else logging.WARNING
+                log.log(level, "sync: disconnected from %s (%s); %d finding(s) in flight go back to pending",
+                        self.url, reason_code, len(self._inflight))
         self._connected = False
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if mid != self._ack_sub_mid:
+            return
+        bad = [str(rc) for rc in reason_codes if rc.is_failure]
+        if bad:
+            msg = (f"broker refused this device's subscription to {self.topics.ack} ({', '.join(bad)}): the hospital's "
+                   "acknowledgements cannot arrive, so findings stay in the outbox and are sent again; allow the "
+                   "device to read its ack topic in the broker ACL (see docs/ARCHITECTURE.md, broker identity)")
+            log.error("sync: %s", msg)
+            self._stat(ack_subscription=msg, last_error=msg)
+            return
+        self._ack_sub_at = time.monotonic()
+        self._stat(ack_subscription="granted")
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic != self.topics.ack:
+            client.ack(msg.mid, msg.qos)  # not ours to keep (no other subscription is made)
+            return
+        self._count("ack_messages")
+        try:
+            ids, refused = parse_ack(msg.payload)
+        except (ValueError, TypeError) as e:
+            log.warning("sync: ignoring a malformed acknowledgement on %s (%s)", msg.topic, e)
+            client.ack(msg.mid, msg.qos)
+            return
+        self._hospital_acks.append((msg.mid, msg.qos, ids, refused))
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         sent = self._inflight.pop(mid, None)
@@ -313,14 +386,14 @@ class SyncClient:
             self._held.append((time.monotonic() + self._hold_backoff.next(), sent.item))
             return
         self._hold_backoff.reset()
-        self._acked.append(sent.item.finding_id)
+        self._pubacked.append(sent.item.finding_id)
 
     # ------------------------------------------------------------------------------------- sending
     def _window(self) -> int:
         return max(1, min(self.sc.inflight, self._recv_max))
 
     def _topic(self, item: OutboxItem) -> str:
-        return f"{self.topics['findings']}/{item.priority}"
+        return self.topics.findings(item.priority)
 
     def _publish(self, client: mqtt.Client, ob: Outbox, item: OutboxItem) -> bool:
         props = Properties(PacketTypes.PUBLISH)
@@ -364,10 +437,42 @@ class SyncClient:
             self._count("ack_timeouts", len(late))
             log.warning("sync: %d finding(s) not acknowledged within %.1fs; re-queued", len(late), self.sc.ack_timeout_s)
 
-    def _commit_acks(self, ob: Outbox) -> None:
-        acked, self._acked = self._acked, []
-        n = ob.mark_delivered_many(acked)
-        self._count("delivered", n)
+    def _resend_overdue(self, ob: Outbox, now: float) -> None:
+        """At-broker findings without the hospital's acknowledgement in time go back to pending. Only
+        while the ack subscription stands (else nothing could have arrived) and after a grace period in
+        which acknowledgements queued at the broker while we were away are delivered."""
+        if not self.end_to_end or self._ack_sub_at is None:
+            return
+        if now - self._ack_sub_at < min(ACK_GRACE_S, self.sc.hospital_ack_timeout_s):
+            return
+        n = ob.resend_overdue()
+        if n:
+            self._count("resent", n)
+            log.info("sync: %d finding(s) at the broker were not acknowledged by the hospital in time; sending "
+                     "them again (the receiver de-duplicates)", n)
+
+    def _commit_acks(self, client: mqtt.Client, ob: Outbox) -> None:
+        """PUBACKs and hospital acknowledgements of one loop turn, one outbox transaction each."""
+        pubacked, self._pubacked = self._pubacked, []
+        if pubacked:
+            if self.end_to_end:
+                n = ob.mark_at_broker_many(pubacked, self.sc.hospital_ack_timeout_s, self.sc.hospital_ack_max_s)
+                self._count("at_broker", n)
+            else:
+                self._count("delivered", ob.mark_delivered_many(pubacked))
+        acks, self._hospital_acks = self._hospital_acks, []
+        if acks:
+            ids = [i for _, _, batch, _ in acks for i in batch]
+            refused = {i: r for _, _, _, rej in acks for i, r in rej.items()}
+            n = ob.mark_delivered_many(ids, rejected=refused)
+            self._count("delivered", n)
+            if refused:
+                self._count("hospital_rejected", len(refused))
+                for fid, reason in list(refused.items())[:5]:
+                    log.error("sync: the hospital refused finding %s (%s); it is kept in the receiver's rejected "
+                              "table, not in the outbox", fid, reason)
+            for mid, qos, _, _ in acks:  # only now is it safe for the broker to forget them
+                client.ack(mid, qos)
 
     def _requeue_all(self, ob: Outbox) -> None:
         """Nothing from a dead connection stays leased: it is sent again on the next one."""
@@ -384,7 +489,7 @@ class SyncClient:
             disk_free_mb = None
         doc: dict[str, Any] = {
             "at": _now_iso(), "device": self.cfg.device.id, "site": self.cfg.device.site,
-            "queue_depth": st.depth, "pending": st.pending,
+            "queue_depth": st.depth, "pending": st.pending, "at_broker": st.at_broker,
             "oldest_pending_age_s": None if st.oldest_pending_age_s is None else round(st.oldest_pending_age_s, 1),
             "outbox_bytes": st.pending_bytes, "quota_bytes": st.quota_bytes, "over_quota": st.over_quota,
             "dropped_low": st.dropped_low, "expired": st.expired, "disk_free_mb": disk_free_mb,
@@ -395,7 +500,7 @@ class SyncClient:
                 doc.update(self.telemetry())  # fps, latency, model from the daemon
             except Exception as e:  # telemetry must never stop findings from flowing
                 doc["telemetry_error"] = f"{type(e).__name__}: {e}"
-        client.publish(self.topics["telemetry"], json.dumps(doc, default=str), qos=0, retain=False)
+        client.publish(self.topics.telemetry, json.dumps(doc, default=str), qos=0, retain=False)
 
 
 # ----------------------------------------------------------------------------- process entry point

@@ -26,8 +26,10 @@ def findings(device: str, n: int, start: int = 0, prefix: str = "f") -> list[Fin
 class ReceiverThread:
     """``medge receive`` in-process: a real Receiver on the real broker, stoppable and restartable."""
 
-    def __init__(self, broker: Broker, db: Path, client_id: str = "rx-1", group: str = "medge-receivers") -> None:
-        self.broker, self.db, self.client_id, self.group = broker, db, client_id, group
+    def __init__(self, broker: Broker, db: Path, identity: str | None = None, group: str = "medge-receivers") -> None:
+        # the broker makes the certificate identity the client id, so each receiver has its own certificate
+        self.identity = identity or broker.receivers[0]
+        self.broker, self.db, self.client_id, self.group = broker, db, self.identity, group
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self.rx: Receiver | None = None
@@ -35,8 +37,8 @@ class ReceiverThread:
     def start(self, wait_ready: bool = True) -> ReceiverThread:
         b = self.broker
         self.stop_event = threading.Event()
-        self.rx = Receiver(b.url, str(self.db), group=self.group, ca_file=b.ca, cert_file=b.cert("receiver"),
-                           key_file=b.key("receiver"), client_id=self.client_id, backoff_min_s=0.05, backoff_max_s=0.5)
+        self.rx = Receiver(b.url, str(self.db), group=self.group, ca_file=b.ca, cert_file=b.cert(self.identity),
+                           key_file=b.key(self.identity), client_id=self.client_id, backoff_min_s=0.05, backoff_max_s=0.5)
         self.thread = threading.Thread(target=self.rx.run, args=(self.stop_event,), daemon=True)
         self.thread.start()
         if wait_ready and not self.rx.ready.wait(15):
@@ -74,3 +76,32 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str, step: float = 
             return
         time.sleep(step)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Monitor:
+    """A ``#`` subscriber with the monitoring identity, as a hospital's dashboard or a debugging tap would
+    run one: it reconnects and re-subscribes after broker restarts. While it is subscribed, a broker
+    that lost the receivers' shared subscription still has a match and answers PUBACK 0x00."""
+
+    def __init__(self, broker: Broker, topic: str = "#", identity: str = "monitor") -> None:
+        from edge.mqtt_link import new_client, parse_broker_url
+
+        url = parse_broker_url(broker.url)
+        self.topics: list[str] = []
+        self.subscribed = threading.Event()
+        self.c = new_client(f"{identity}-tap", url, broker.ca, broker.cert(identity), broker.key(identity))
+        self.c.reconnect_delay_set(0.05, 0.3)
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=0)
+        self.c.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
+        self.c.on_message = lambda c, u, m: self.topics.append(m.topic)
+        self.c.connect_async(url.host, url.port, keepalive=5)
+        self.c.loop_start()
+        if not self.subscribed.wait(15):
+            raise TimeoutError("monitor did not subscribe")
+
+    def findings_seen(self) -> int:
+        return sum("/findings/" in t for t in list(self.topics))
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()

@@ -28,12 +28,13 @@ def broker(tmp_path):
 
 
 class Watcher:
-    """A receiver-identity client reading one device's status and telemetry topics."""
+    """A monitoring identity reading one device's topics (with the identity rule, a watcher sharing the
+    receiver's certificate would take the receiver's session)."""
 
     def __init__(self, b: Broker, topic: str) -> None:
         self.msgs: list[mqtt.MQTTMessage] = []
         url = parse_broker_url(b.url)
-        self.c = new_client("watcher", url, b.ca, b.cert("receiver"), b.key("receiver"))
+        self.c = new_client("watcher", url, b.ca, b.cert("monitor"), b.key("monitor"))
         self.c.on_message = lambda c, u, m: self.msgs.append(m)
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.c.connect(url.host, url.port)
@@ -128,7 +129,11 @@ def test_device_outside_its_acl_is_refused_visibly_and_keeps_its_findings(tmp_pa
     st = sync.stats()
     assert st.delivered == 0 and "Not authorized" in st.last_rejection and "medge/s1/d2/findings/" in st.last_rejection
     assert any("refused finding" in r.message and "Not authorized" in r.message for r in caplog.records)
-    assert "Denied PUBLISH from medge-d2" in broker.log()
+    # the broker names the certificate identity, not the configured client id "medge-d2": the client id
+    # is the identity, so this device could not have taken another's session either
+    assert "Denied PUBLISH from d1 " in broker.log() and "medge-d2" not in broker.log()
+    assert any("refused this device's subscription to medge/s1/d2/ack" in r.message for r in caplog.records)
+    assert st.ack_subscription is not None and "Not authorized" in st.ack_subscription
     assert stored_ids(db) == []
     with Outbox.from_config(cfg) as ob:
         assert ob.depth() == 5  # nothing marked delivered, nothing lost
@@ -230,12 +235,14 @@ def test_sync_process_entry_point_drains_and_exits(tmp_path, broker):
     assert bad.returncode == 2 and "nope.yaml: profile not found" in bad.stderr
 
 
-def test_two_receivers_share_the_load_through_a_shared_subscription(tmp_path, broker):
+def test_two_receivers_share_the_load_through_a_shared_subscription(tmp_path):
+    broker = Broker(tmp_path, devices={"d1": "s1"}, receivers=("rx-a", "rx-b"))
+    broker.start()
     cfg = load_config(device_profile(tmp_path, broker, "d1"))
     with Outbox.from_config(cfg) as ob:
         ob.put_many(findings("d1", 200))
     db = tmp_path / "rx.sqlite3"  # one hospital database, two receiver processes' worth of connections
-    with ReceiverThread(broker, db, client_id="rx-a") as a, ReceiverThread(broker, db, client_id="rx-b") as b:
+    with broker, ReceiverThread(broker, db, "rx-a") as a, ReceiverThread(broker, db, "rx-b") as b:
         sync = SyncClient(cfg)
         sync.start()
         try:

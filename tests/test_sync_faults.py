@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from edge.config import load_config
 from edge.outbox import Outbox
 
 from .mqtt_broker import Broker, device_profile
-from .sync_helpers import ReceiverThread, findings, stored_ids, wait_for
+from .sync_helpers import Monitor, ReceiverThread, findings, stored_ids, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(120)
@@ -172,9 +173,19 @@ def test_receiver_killed_mid_stream_redelivers_without_duplicates(tmp_path, brok
     wait_for(lambda: len(stored_ids(db)) >= 60, 30, "some findings stored")
     os.kill(rx.pid, signal.SIGKILL)
     rx.wait()
-    assert finish(dev) == 0  # the broker keeps acknowledging: it queues for the receiver's session
+    # the broker keeps PUBACKing (it queues for the receiver's session), but without the hospital's
+    # acknowledgement the device keeps every finding the receiver has not committed
+    wait_for(lambda: "produced" in (tmp_path / "dev.log").read_text(), 30, "device produced everything")
+    with Outbox.from_config(load_config(profile)) as ob:
+        wait_for(lambda: ob.status().in_flight == 0 and ob.status().pending == {"urgent": 0, "routine": 0, "low": 0},
+                 30, "everything at the broker")
+        st = ob.status()
+    assert st.at_broker > 0 and st.delivered + st.at_broker == n and st.delivered <= len(stored_ids(db))
+    assert dev.poll() is None  # not drained: it waits for the hospital
     rx = subprocess.Popen(cmd + ["--max-seconds", "30"], cwd=ROOT, stdout=rxlog, stderr=subprocess.STDOUT)
     try:
+        assert finish(dev) == 0
+        assert "drained" in (tmp_path / "dev.log").read_text()
         wait_for(lambda: len(stored_ids(db)) >= n, 30, "all findings after the receiver restart")
     finally:
         rx.send_signal(signal.SIGTERM)
@@ -212,3 +223,95 @@ def test_frozen_broker_ack_timeout_requeues_and_nothing_is_duplicated(tmp_path, 
         finally:
             sync.stop(10)
     assert_exactly_once(db, {f.finding_id for f in findings("d1", n)})
+
+
+def test_broker_restarts_with_a_monitoring_subscriber_and_receiver_down_lose_nothing(tmp_path, broker):
+    """The loss the fault harness measured: a restarted mosquitto restores the receiver's session but not
+    its ``$share`` subscription, a ``#`` monitor still matches, the broker answers PUBACK 0x00 and drops the
+    findings for the receivers. Only the hospital's end-to-end acknowledgement can tell the device."""
+    n = 300
+    profile = device_profile(tmp_path, broker, "d1", hospital_ack_timeout_s=2.0, hospital_ack_max_s=4.0)
+    db = tmp_path / "rx.sqlite3"
+    monitor = Monitor(broker)
+    rx = ReceiverThread(broker, db).start()
+    dev = start_device(profile, n, rate=60, log=tmp_path / "dev.log")
+    try:
+        wait_for(lambda: len(stored_ids(db)) > 20, 20, "traffic")
+        broker.restart()  # 1: receiver reconnects by itself
+        wait_for(lambda: monitor.findings_seen() > 0 and rx.rx.ready.is_set(), 20, "monitor and receiver back")
+        rx.stop()
+        broker.restart()  # 2: with the receiver down across it
+        stored_before = len(stored_ids(db))
+        time.sleep(1.5)  # the device keeps publishing; the broker PUBACKs on the monitor's match
+        rx = ReceiverThread(broker, db).start()
+        broker.restart()  # 3: mid-feed again
+        assert finish(dev, 90) == 0, (tmp_path / "dev.log").read_text()[-3000:]
+        wait_for(lambda: len(stored_ids(db)) >= n, 30, "all findings at the receiver")
+    finally:
+        rx.stop()
+        monitor.close()
+    assert "drained" in (tmp_path / "dev.log").read_text()
+    assert_exactly_once(db, {f.finding_id for f in findings("d1", n)})
+    with Outbox.from_config(load_config(profile)) as ob:
+        st = ob.status()
+    assert st.depth == 0 and st.delivered == n
+    # the receiver was down with the device feeding: nothing reached the database meanwhile, and the
+    # monitor saw findings the whole time
+    assert stored_before < n and monitor.findings_seen() > 0
+    print(f"resent {st.resent} finding(s) after missing hospital acknowledgements; monitor saw "
+          f"{monitor.findings_seen()} findings")
+
+
+def test_identity_rules_keep_a_rogue_device_out_of_the_receivers_session_and_group(tmp_path, broker):
+    """Any valid device certificate tries (1) the receiver's client id with a clean start, which would wipe
+    the receiver's queued session, and (2) joining the receivers' shared group, which would take half the
+    findings. The broker configuration (hospital.broker) makes both fail; no resend is needed."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from edge.mqtt_link import new_client, parse_broker_url
+    from edge.sync import SyncClient
+
+    cfg = load_config(device_profile(tmp_path, broker, "d1", hospital_ack_timeout_s=600.0, hospital_ack_max_s=600.0))
+    db = tmp_path / "rx.sqlite3"
+    with ReceiverThread(broker, db):  # the receiver's persistent session, with its subscription
+        pass
+    with Outbox.from_config(cfg) as ob:
+        ob.put_many(findings("d1", 5))
+    sync = SyncClient(cfg)
+    sync.start()
+    try:
+        with Outbox.from_config(cfg) as ob:
+            wait_for(lambda: ob.status().at_broker == 5, 15, "5 findings queued for the offline receiver")
+        url = parse_broker_url(broker.url)
+        results: dict[str, object] = {}
+
+        def rogue(client_id: str, topic: str | None) -> None:
+            c = new_client(client_id, url, broker.ca, broker.cert("d2"), broker.key("d2"))
+            done = threading.Event()
+            c.on_connect = lambda cl, u, f, rc, p: (cl.subscribe(topic, qos=1) if topic else done.set())
+            c.on_subscribe = lambda cl, u, mid, rcs, p: (results.__setitem__(topic, [str(r) for r in rcs]), done.set())
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 0
+            c.connect(url.host, url.port, clean_start=True, properties=props)
+            c.loop_start()
+            assert done.wait(10)
+            c.disconnect()
+            c.loop_stop()
+
+        rogue(ReceiverThread(broker, db).client_id, None)  # takeover attempt with the receiver's client id
+        rogue("sneaky", "$share/medge-receivers/medge/+/+/findings/#")
+        rogue("sneaky2", "medge/#")
+        assert results == {"$share/medge-receivers/medge/+/+/findings/#": ["Not authorized"],
+                           "medge/#": ["Not authorized"]}
+        with ReceiverThread(broker, db):
+            wait_for(lambda: len(stored_ids(db)) == 5, 15, "the receiver's queued findings")
+            with Outbox.from_config(cfg) as ob:
+                ob.put_many(findings("d1", 45, start=5))
+                wait_for(lambda: ob.depth() == 0, 20, "every finding acknowledged")
+                assert ob.status().resent == 0  # nothing vanished: no resend was ever needed
+    finally:
+        sync.stop(10)
+    assert_exactly_once(db, {f.finding_id for f in findings("d1", 50)})
+    log = broker.log()
+    assert " as d2 " in log and " as sneaky" not in log  # the broker used the identity, not the asked-for id
