@@ -135,6 +135,120 @@ def check_broker(url: str, ca_file: Path | None, timeout: float = 3.0) -> list[C
     return [Check(OK, "broker", f"{host}:{port} reachable")]
 
 
+class _Probe:
+    """One short MQTT connection with the device's own certificate, driven step by step (no threads)."""
+
+    def __init__(self, cfg, client_id: str, clean: bool) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        from .mqtt_link import new_client, parse_broker_url
+
+        self.mqtt = mqtt
+        sc = cfg.sync
+        url = parse_broker_url(sc.broker)
+        # manual_ack and never acking: anything the broker hands this probe (the device's queued
+        # acknowledgements, if it maps the probe onto the device's session) is delivered again later
+        self.c = new_client(client_id, url, sc.ca_file, sc.cert_file, sc.key_file, manual_ack=True)
+        self.connected = self.dropped = False
+        self.suback: list[str] | None = None
+        self.c.on_connect = lambda c, u, f, rc, p: setattr(self, "connected", not rc.is_failure)
+        self.c.on_disconnect = lambda c, u, f, rc, p: setattr(self, "dropped", True)
+        self.c.on_subscribe = lambda c, u, mid, rcs, p: setattr(self, "suback", [str(r) for r in rcs])
+        props = Properties(PacketTypes.CONNECT)
+        # not clean, and the device's own expiry: if the broker maps this probe onto the device's session,
+        # the session (subscriptions, queued acknowledgements) must survive the probe
+        props.SessionExpiryInterval = 0 if clean else int(sc.session_expiry_s)
+        self.c.connect(url.host, url.port, keepalive=10, clean_start=clean, properties=props)
+
+    def run(self, seconds: float, until=None) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not (until and until()):
+            if self.c.loop(timeout=0.05) != self.mqtt.MQTT_ERR_SUCCESS:
+                self.dropped = True
+                return
+
+    def close(self) -> None:
+        try:
+            self.c.disconnect()
+            self.c.loop(timeout=0.05)
+        except Exception:  # already gone
+            pass
+
+
+def check_broker_identity(cfg, timeout: float = 5.0) -> list[Check]:
+    """Does the broker tie client ids and subscriptions to the certificate identity? Tested with this
+    device's own certificate: two probe connections with made-up client ids. If the broker honoured the
+    made-up ids, both stay connected (any certificate could take over the receiver's session); if it
+    maps them onto the certificate identity, the second takes the first's session. Then the probe asks
+    to join the receivers' shared group, which the broker must refuse."""
+    import uuid
+
+    from .topics import DEFAULT_GROUP, findings_filter, shared
+
+    sc = cfg.sync
+    if sc.cert_file is None:
+        return [Check(WARN, "broker identity", "no client certificate in the profile: the broker cannot tie this "
+                      "device's client id and topics to an identity; use mqtts:// with cert_file/key_file")]
+    ids = [f"medge-doctor-{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    probes: list[_Probe] = []
+    try:
+        try:
+            a = _Probe(cfg, ids[0], clean=False)
+            probes.append(a)
+            a.run(timeout, until=lambda: a.connected)
+            if not a.connected:
+                return [Check(WARN, "broker identity", "not checked: the broker did not accept this device's "
+                              "certificate (see the broker line)")]
+            b = _Probe(cfg, ids[1], clean=False)
+            probes.append(b)
+            b.run(timeout, until=lambda: b.connected)
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end and not a.dropped:
+                a.run(0.05)
+                b.run(0.05)
+            out = []
+            if a.dropped and b.connected:
+                out.append(Check(OK, "broker identity", "the broker uses the certificate identity as client id (a "
+                                 "made-up id took this device's own session; the daemon reconnects by itself)"))
+            else:
+                out.append(Check(WARN, "broker identity", f"the broker accepted client id {ids[0]} from this device's "
+                                 "certificate: any certificate holder can take over another client's session, the "
+                                 "receiver's included; set use_identity_as_username and use_username_as_clientid "
+                                 "(medge broker-config renders a broker configuration that does)"))
+            group = shared(DEFAULT_GROUP, findings_filter(sc.topic_prefix))
+            b.c.subscribe(group, qos=1)
+            b.run(timeout, until=lambda: b.suback is not None)
+            if b.suback and all(r == "Not authorized" or "not authorized" in r.lower() for r in b.suback):
+                out.append(Check(OK, "broker ACL", "devices may not join the receivers' shared group"))
+            elif b.suback is None:
+                out.append(Check(WARN, "broker ACL", "no answer to the shared-group subscription probe"))
+            else:
+                b.c.unsubscribe(group)
+                b.run(1.0)
+                out.append(Check(WARN, "broker ACL", f"the broker let this device subscribe to {group}: a device could "
+                                 "take findings meant for the receivers; use an ACL that checks subscriptions (mosquitto: "
+                                 "the dynamic-security plugin, see medge broker-config)"))
+            return out
+        except OSError as e:
+            from .mqtt_link import describe_error
+
+            return [Check(WARN, "broker identity", f"not checked: {describe_error(e)}")]
+    finally:
+        for p in probes:
+            p.close()
+        if probes and not (probes[0].dropped and len(probes) > 1 and probes[1].connected):
+            # the broker kept the made-up ids: remove the probe sessions it created
+            for cid in ids[: len(probes)]:
+                try:
+                    c = _Probe(cfg, cid, clean=True)
+                    c.run(2.0, until=lambda c=c: c.connected)
+                    c.close()
+                except OSError:
+                    pass
+
+
 def check_profile(config_path: Path) -> list[Check]:
     from .config import load_config
     from .modelset import load_model_bundle
@@ -167,6 +281,8 @@ def check_profile(config_path: Path) -> list[Check]:
             out.append(Check(WARN, f"source {s.name}", f"folder {s.path} does not exist yet; it will be created"))
     if cfg.sync.enabled:
         out += check_broker(cfg.sync.broker, cfg.sync.ca_file)
+        if out[-1].status == OK:
+            out += check_broker_identity(cfg)
     else:
         out.append(Check(OK, "broker", "sync disabled in the profile; findings stay in the local outbox"))
     return out

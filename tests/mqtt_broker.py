@@ -1,4 +1,7 @@
-"""A real mosquitto for tests: TLS with client certificates, per-device ACL, persistence, restartable.
+"""A real mosquitto for tests: TLS with client certificates, per-identity ACL, persistence, restartable.
+
+The configuration is the deployable one (`hospital.broker`: identity = certificate CN = client id,
+dynamic-security ACL), rendered with test paths, so the fault matrix runs against what a hospital runs.
 
 Usage::
 
@@ -10,9 +13,9 @@ Usage::
         b.kill()                    # SIGKILL: what a broker crash loses is mosquitto's business
         "Denied PUBLISH" in b.log()
 
-Each device may only publish under ``medge/<site>/<device>/#``; "receiver" may read ``medge/#``
-(including as a shared subscription). Identities come from the certificate CN
-(``use_identity_as_username``); there are no passwords.
+Each device may only publish under ``medge/<site>/<device>/`` and read its own ack topic; receivers
+read findings through the ``$share/medge-receivers`` group and publish acknowledgements; monitors read
+``#`` but may not join a shared group. Identities come from the certificate CN; there are no passwords.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -102,7 +106,10 @@ class Broker:
     """mosquitto on a free 127.0.0.1 port with mTLS, ACL and persistence; restartable on the same port."""
 
     def __init__(self, folder: Path, devices: dict[str, str], receivers: tuple[str, ...] = ("receiver",),
-                 port: int | None = None, verbose: bool = True, max_queued: int = 1_000_000) -> None:
+                 port: int | None = None, verbose: bool = True, max_queued: int = 1_000_000,
+                 monitors: tuple[str, ...] = ("monitor",)) -> None:
+        from hospital.broker import BrokerSettings, Fleet, dynsec_config, mosquitto_conf
+
         self.binary = mosquitto_path()
         self.folder = Path(folder) / "broker"
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -111,40 +118,22 @@ class Broker:
         self.ca_authority = CertAuthority(self.folder / "pki")
         self.server_cert, self.server_key = self.ca_authority.issue("broker", server=True)
         self._certs: dict[str, tuple[Path, Path]] = {}
-        for name in [*self.devices, *receivers]:
+        for name in [*self.devices, *receivers, *monitors]:
             self._certs[name] = self.ca_authority.issue(name)
         self.receivers = receivers
+        self.fleet = Fleet(devices=self.devices, receivers=tuple(receivers), monitors=tuple(monitors))
         (self.folder / "data").mkdir(exist_ok=True)
-        self.acl_file = self.folder / "acl"
-        lines = []
-        for r in receivers:
-            lines += [f"user {r}", "topic read medge/#", "topic read $share/#", ""]
-        for d, site in self.devices.items():
-            lines += [f"user {d}", f"topic write medge/{site}/{d}/#", ""]
-        self.acl_file.write_text("\n".join(lines))
+        self.dynsec_file = self.folder / "dynamic-security.json"
+        self.dynsec_file.write_text(json.dumps(dynsec_config(self.fleet), indent=1))
         self.conf_file = self.folder / "mosquitto.conf"
         self.log_file = self.folder / "mosquitto.log"
-        self.conf_file.write_text("\n".join([
-            "per_listener_settings false",
-            f"user {getpass.getuser()}",  # as root mosquitto would switch to 'mosquitto' and lose our files
-            "allow_anonymous false",
-            f"listener {self.port} 127.0.0.1",
-            f"cafile {self.ca_authority.ca_file}",
-            f"certfile {self.server_cert}",
-            f"keyfile {self.server_key}",
-            "require_certificate true",
-            "use_identity_as_username true",
-            f"acl_file {self.acl_file}",
-            "persistence true",
-            f"persistence_location {self.folder / 'data'}/",
-            "autosave_interval 30",
-            f"max_queued_messages {max_queued}",
-            "max_inflight_messages 100",
-            f"log_dest file {self.log_file}",
-            *(["log_type all"] if verbose else ["log_type error", "log_type warning", "log_type notice"]),
-            "connection_messages true",
-            "",
-        ]))
+        self.settings = BrokerSettings(
+            cafile=str(self.ca_authority.ca_file), certfile=str(self.server_cert), keyfile=str(self.server_key),
+            port=self.port, bind="127.0.0.1", persistence_location=f"{self.folder / 'data'}/",
+            dynsec_file=str(self.dynsec_file), max_queued_messages=max_queued, log_dest=f"file {self.log_file}",
+            log_types=("all",) if verbose else ("error", "warning", "notice"),
+            run_as_user=getpass.getuser())  # as root mosquitto would switch to 'mosquitto' and lose our files
+        self.conf_file.write_text(mosquitto_conf(self.settings))
         self.proc: subprocess.Popen | None = None
 
     # ------------------------------------------------------------------------------------ identity
