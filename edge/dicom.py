@@ -6,14 +6,17 @@ window centre/width, MONOCHROME1 inversion, PALETTE COLOR lookup and YBR -> RGB.
 once per object over every possible stored value and kept as a lookup table, so a frame of a cine costs
 one gather, not a float pipeline; multi-frame objects are decoded lazily, one frame at a time.
 
-Refusals (not an image, no decoder, wrong pixel data length, truncated file) raise `InputError` with one
-line naming the file and the cause, which sources log, count and quarantine.
+Refusals (not an image, no decoder, wrong pixel data length, truncated file, a header `edge.dicom_guard`
+refuses, declared sizes over the profile's limits) raise `InputError` with one line naming the file and
+the cause, which sources log, count and quarantine. Any exception pydicom or a decoder raises on a
+malformed object becomes such a line too: real-world bytes fail in ways no list of exception types covers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -31,7 +34,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, iter_pixels
 from pydicom.uid import UID, JPEGBaseline8Bit
 
-from .errors import InputError
+from .dicom_guard import DEFAULT_LIMITS, DecodeLimits, codestream_refusal, deflate_refusal, size_refusal, value_refusal
+from .errors import InputError, one_line
 from .frames import Frame, Region, StudyRef
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
@@ -77,13 +81,16 @@ class DicomInfo:
 DEFER_BYTES = 8 * 1024 * 1024  # native pixel data above this stays on disk and is read frame by frame
 
 
-def read_dicom(path: Path | str) -> Dataset:
+def read_dicom(path: Path | str, limits: DecodeLimits = DEFAULT_LIMITS) -> Dataset:
     """Read a DICOM file; any failure becomes one `InputError` line naming the file.
 
     Large native (uncompressed) pixel data is not loaded: an uncompressed ultrasound cine can be hundreds
     of MB, and `iter_frames` reads it one frame at a time from the file.
     """
     path = Path(path)
+    why = deflate_refusal(path, limits) if path.is_file() else None
+    if why:
+        raise InputError(f"{path}: {why}")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -92,8 +99,10 @@ def read_dicom(path: Path | str) -> Dataset:
         raise InputError(f"{path}: file not found") from None
     except InvalidDicomError:
         raise InputError(f"{path}: not a DICOM file (no DICM preamble / file meta)") from None
-    except (EOFError, ValueError, OSError, TypeError, KeyError, IndexError) as e:
-        raise InputError(f"{path}: truncated or corrupt DICOM file ({type(e).__name__}: {_short(e)})") from None
+    except MemoryError:
+        raise InputError(f"{path}: too large to read on this device") from None
+    except Exception as e:  # pydicom raises many types on corrupt bytes; each is this object's problem
+        raise InputError(f"{path}: truncated or corrupt DICOM file ({one_line(e)})") from None
     # pydicom reads a file cut short inside an element as a (partly) empty dataset plus a warning
     for w in caught:
         msg = str(w.message)
@@ -104,9 +113,27 @@ def read_dicom(path: Path | str) -> Dataset:
     return ds
 
 
-def _short(e: BaseException) -> str:
+def _short(e: BaseException | str) -> str:
     s = str(e).strip().splitlines()
     return s[0][:160] if s else "no detail"
+
+
+_TAG = re.compile(r"\(([0-9A-Fa-f]{4}),\s?([0-9A-Fa-f]{4})\)")
+_LONG_QUOTED = re.compile(r"'[^']{17,}'|\"[^\"]{17,}\"")  # element values (names, ids) stay out of messages
+
+
+def _header_problem(e: BaseException) -> str:
+    """pydicom's complaint about one element, led by the element it names (its message puts it last)."""
+    msg = _LONG_QUOTED.sub("'<value withheld>'", str(e).strip())
+    m = _TAG.search(msg)
+    first = msg.split(". ")[0].splitlines()[0][:120] if msg else type(e).__name__
+    if m is None:
+        return f"header cannot be read ({type(e).__name__}: {first})"
+    from pydicom.datadict import keyword_for_tag
+
+    tag = int(m.group(1) + m.group(2), 16)
+    name = keyword_for_tag(tag) or "private element"
+    return f"header element ({m.group(1)},{m.group(2)}) {name} cannot be read ({type(e).__name__}: {first})"
 
 
 def _uid_name(uid: str | None) -> str | None:
@@ -119,9 +146,21 @@ def _uid_name(uid: str | None) -> str | None:
 # ---------------------------------------------------------------------------------------- inspection
 
 
-def describe(ds: Dataset, path: Path | str = "<dataset>") -> DicomInfo:
-    """Everything `inspect` shows; `accepted`/`reason` say whether decoding would be attempted."""
-    path = str(path)
+def describe(ds: Dataset, path: Path | str = "<dataset>", limits: DecodeLimits = DEFAULT_LIMITS) -> DicomInfo:
+    """Everything `inspect` shows; `accepted`/`reason` say whether decoding would be attempted.
+
+    Never raises for what is in the object: a header element pydicom cannot convert (an odd length, an
+    unknown VR, text in a number) is the refusal reason, naming the element where pydicom does."""
+    try:
+        with warnings.catch_warnings():
+            # pydicom warns with the raw element value, which may be a patient's name: never let it reach a log
+            warnings.simplefilter("ignore")
+            return _describe(ds, str(path), limits)
+    except Exception as e:  # lazily converted elements raise on first access
+        return DicomInfo(path=str(path), accepted=False, reason=_header_problem(e))
+
+
+def _describe(ds: Dataset, path: str, limits: DecodeLimits) -> DicomInfo:
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     spacing, spacing_src = pixel_spacing(ds)
     rate, rate_src = frame_rate(ds)
@@ -133,7 +172,7 @@ def describe(ds: Dataset, path: Path | str = "<dataset>") -> DicomInfo:
         bits_stored=_int(ds.get("BitsStored")), spacing_mm=spacing, spacing_source=spacing_src, frame_rate=rate,
         frame_rate_source=rate_src, region=us_region(ds)[0], manufacturer=ds.get("Manufacturer"),
     )
-    reason = refusal_reason(ds)
+    reason = refusal_reason(ds, limits)
     return DicomInfo(accepted=reason is None, reason=reason, **info)
 
 
@@ -144,7 +183,7 @@ def _int(v: Any) -> int | None:
         return None
 
 
-def refusal_reason(ds: Dataset) -> str | None:
+def refusal_reason(ds: Dataset, limits: DecodeLimits = DEFAULT_LIMITS) -> str | None:
     """Why this object cannot become frames (None: it can). Checked before any pixel is decoded."""
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
@@ -173,7 +212,13 @@ def refusal_reason(ds: Dataset) -> str | None:
         return f"{spp} sample(s) per pixel does not fit photometric interpretation {pi}"
     if ba not in (1, 8, 16, 32):
         return f"{ba} bits allocated is not supported"
+    why = value_refusal(ds, rows, cols, spp, ba, pi)
+    if why:
+        return why
     nframes = _int(ds.get("NumberOfFrames", 1) or 1) or 1
+    why = size_refusal(rows, cols, spp, ba, nframes, limits) or codestream_refusal(ds, UID(ts), rows, cols, nframes)
+    if why:
+        return why
     if not UID(ts).is_compressed:
         bits = rows * cols * spp * nframes * ba
         expected = (bits + 7) // 8
@@ -202,8 +247,8 @@ def pixel_data_length(ds: Dataset) -> int:
     return length
 
 
-def check(ds: Dataset, path: Path | str) -> DicomInfo:
-    info = describe(ds, path)
+def check(ds: Dataset, path: Path | str, limits: DecodeLimits = DEFAULT_LIMITS) -> DicomInfo:
+    info = describe(ds, path, limits)
     if not info.accepted:
         raise InputError(f"{path}: {info.reason}")
     return info
@@ -483,13 +528,19 @@ def _raw_frames(ds: Dataset, path: Path | None) -> Iterator[np.ndarray]:
         yield from iter_pixels(src)
 
 
-def iter_frames(ds: Dataset, source: str, path: Path | str | None = None, *, check_first: bool = True) -> Iterator[Frame]:
-    """Frames of one object, decoded one at a time. Decoding failures raise `InputError`."""
+def iter_frames(ds: Dataset, source: str, path: Path | str | None = None, *, check_first: bool = True,
+                limits: DecodeLimits = DEFAULT_LIMITS) -> Iterator[Frame]:
+    """Frames of one object, decoded one at a time. Every failure raises `InputError`."""
     where = str(path) if path is not None else "<dataset>"
-    info = check(ds, where) if check_first else describe(ds, where)
+    info = check(ds, where, limits) if check_first else describe(ds, where, limits)
     nframes = info.frames or 1
-    study = study_ref(ds)
-    acquired = acquisition_time(ds) or time.time()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            study = study_ref(ds)
+            acquired = acquisition_time(ds) or time.time()
+    except Exception as e:  # a study element pydicom cannot convert
+        raise InputError(f"{where}: {_header_problem(e)}") from None
     rate = info.frame_rate
     origin = Path(path) if path is not None else None
     mapper: DisplayMapper | None = None
@@ -500,11 +551,16 @@ def iter_frames(ds: Dataset, source: str, path: Path | str | None = None, *, che
             raw = next(it)
         except StopIteration:
             break
+        except MemoryError:
+            raise InputError(f"{where}: frame {index} is too large to decode on this device") from None
         except Exception as e:  # any decoder failure on real-world bytes is an input problem
-            raise InputError(f"{where}: frame {index} cannot be decoded ({type(e).__name__}: {_short(e)})") from None
-        if mapper is None:
-            mapper = DisplayMapper(ds, raw)
-        pixels = mapper(raw)
+            raise InputError(f"{where}: frame {index} cannot be decoded ({one_line(e)})") from None
+        try:
+            if mapper is None:
+                mapper = DisplayMapper(ds, raw)
+            pixels = mapper(raw)
+        except Exception as e:  # the display chain on values the header checks could not foresee
+            raise InputError(f"{where}: frame {index} cannot be shown ({one_line(e)})") from None
         if pixels.ndim == 3 and pixels.shape[2] == 1:
             pixels = pixels[..., 0]
         yield Frame(pixels=pixels, modality=str(info.modality or "OT"), source=source, index=index,
@@ -516,11 +572,11 @@ def iter_frames(ds: Dataset, source: str, path: Path | str | None = None, *, che
         raise InputError(f"{where}: only {index} of {nframes} frames present (truncated pixel data)")
 
 
-def frames_from_file(path: Path | str, source: str = "file") -> Iterator[Frame]:
-    ds = read_dicom(path)
-    yield from iter_frames(ds, source, path)
+def frames_from_file(path: Path | str, source: str = "file", limits: DecodeLimits = DEFAULT_LIMITS) -> Iterator[Frame]:
+    ds = read_dicom(path, limits)
+    yield from iter_frames(ds, source, path, limits=limits)
 
 
-def decode_file(path: Path | str, source: str = "file") -> list[Frame]:
+def decode_file(path: Path | str, source: str = "file", limits: DecodeLimits = DEFAULT_LIMITS) -> list[Frame]:
     """All frames of a file (small objects; use `frames_from_file` for cines)."""
-    return list(frames_from_file(path, source))
+    return list(frames_from_file(path, source, limits))

@@ -25,3 +25,10 @@ class InputError(MedgeError):
 
 class BackendUnavailable(MedgeError):
     """An inference backend (TensorRT, CUDA) is not present on this machine."""
+
+
+def one_line(e: BaseException, limit: int = 160) -> str:
+    """``Type: first line of the message`` - how an unexpected exception from a library is reported
+    inside one of our one-line errors."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:limit]}" if lines else type(e).__name__
