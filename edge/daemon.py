@@ -37,6 +37,9 @@ def setup_logging(level: str) -> logging.Logger:
         logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
     else:
         root.setLevel(level.upper())
+    # pydicom logs malformed elements with their raw value, which can be a patient's name or id; medge
+    # reports the element and the cause itself (edge.dicom), so pydicom's own warnings stay out of the log
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
     return logging.getLogger("medge.daemon")
 
 
@@ -83,24 +86,20 @@ class OutboxPublisher:
             self._all.clear()
 
 
-def build_sources(cfg: Config, stop: threading.Event, pseudonymizer: Any, log: logging.Logger) -> list[Any]:
+def build_sources(cfg: Config, log: logging.Logger) -> list[Any]:
     from . import sources as srcmod
 
-    return [srcmod.build_source(s, _make_ctx(srcmod.SourceContext, cfg, stop, pseudonymizer, log.getChild(s.name)))
-            for s in cfg.sources]
+    return [srcmod.build_source(s, source_context(cfg, log.getChild(s.name))) for s in cfg.sources]
 
 
-def _make_ctx(cls: Any, cfg: Config, stop: threading.Event, pseudonymizer: Any, log: logging.Logger) -> Any:
-    """Fill whatever fields the imaging-inputs SourceContext declares from what the daemon has."""
-    import dataclasses
-    import inspect
+def source_context(cfg: Config, log: logging.Logger) -> Any:
+    """What every source gets from the profile: where to keep files, how large an object may be."""
+    from .dicom_guard import DecodeLimits
+    from .sources import SourceContext
 
-    have = {"config": cfg, "cfg": cfg, "device_id": cfg.device.id, "data_dir": cfg.data_dir,
-            "quarantine_dir": cfg.quarantine_dir, "pseudonymizer": pseudonymizer, "logger": log, "log": log,
-            "stop": stop}
-    names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else \
-        list(inspect.signature(cls).parameters)
-    return cls(**{n: have[n] for n in names if n in have})
+    lim = cfg.input_limits
+    return SourceContext(data_dir=cfg.data_dir, quarantine_dir=cfg.quarantine_dir, logger=log, device_id=cfg.device.id,
+                         limits=DecodeLimits.from_mb(lim.max_frame_mb, lim.max_object_mb))
 
 
 def run_daemon(cfg: Config, max_seconds: float | None = None,
@@ -149,7 +148,9 @@ def run_daemon(cfg: Config, max_seconds: float | None = None,
             sync = SyncClient(cfg, telemetry=metrics.snapshot)
             sync.start()
         metrics.start()
-        sources = build_sources(cfg, stop, pseudonymizer, log.getChild("source"))
+        sources = build_sources(cfg, log.getChild("source"))
+        for src in sources:
+            metrics.attach_source(src.name, src.stats.to_dict)
         p = cfg.pipeline
         settings = PipelineSettings(queue_depth=p.queue_depth, on_frames=p.on_frames, off_frames=p.off_frames,
                                     smoothing_window=p.smoothing_window, opencv_threads=p.opencv_threads)
@@ -173,6 +174,12 @@ def run_daemon(cfg: Config, max_seconds: float | None = None,
             if not pl.join(timeout=pl.settings.drain_timeout_s):
                 log.error("source %s: pipeline did not drain within %.0f s", pl.name, pl.settings.drain_timeout_s)
                 code = code or 1
+        failed = [pl for pl in pipelines if pl.failure is not None]
+        if failed:  # also a crash during the drain: exit non-zero so systemd (Restart=on-failure) restarts us
+            log.error("source %s: pipeline stage failed (%s: %s); exiting with status 1 so the service manager "
+                      "restarts medge; unfinished objects stay in incoming", failed[0].name,
+                      type(failed[0].failure).__name__, failed[0].failure)
+            code = 1
         for src in sources:
             try:
                 src.close()
@@ -204,11 +211,8 @@ def _supervise(pipelines: list[Pipeline], stop: threading.Event, notifier: Notif
     last_done, last_progress, stalled_logged = -1, t0, False
     while not stop.is_set():
         now = time.monotonic()
-        failed = [p for p in pipelines if p.failure is not None]
-        if failed:
-            log.error("source %s: pipeline failed (%s); exiting so the service manager restarts medge",
-                      failed[0].name, failed[0].failure)
-            return 1
+        if any(p.failure is not None for p in pipelines):
+            return 1  # reported with the exit status by run_daemon
         if all(p.finished for p in pipelines):
             log.info("all sources finished")
             return 0

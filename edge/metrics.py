@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -97,11 +98,17 @@ class Metrics:
         self.extra = dict(extra or {})
         self._lock = threading.Lock()
         self._streams: dict[str, StreamStats] = {}
+        self._inputs: dict[str, Callable[[], dict[str, Any]]] = {}
         self._t0 = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._http: ThreadingHTTPServer | None = None
         self._http_thread: threading.Thread | None = None
+
+    def attach_source(self, name: str, counters: Callable[[], dict[str, Any]]) -> None:
+        """A source's own counters (received, quarantined, errors...) to report beside its pipeline's."""
+        with self._lock:
+            self._inputs[name] = counters
 
     # ----------------------------------------------------------------------------- recording (hot path)
     def stream(self, name: str) -> StreamStats:
@@ -146,10 +153,14 @@ class Metrics:
         with self._lock:
             streams = {k: v.to_dict(now) for k, v in self._streams.items()}
             all_lat = [x for v in self._streams.values() for x in v.latencies_ms]
+            inputs = dict(self._inputs)
+        for name, counters in inputs.items():
+            streams.setdefault(name, StreamStats().to_dict(now))["inputs"] = counters()
         total = {
             k: sum(s[k] for s in streams.values())
             for k in ("frames_in", "frames_done", "dropped", "errors", "findings", "duplicates")
         }
+        total["quarantined"] = sum(int(s.get("inputs", {}).get("quarantined", 0)) for s in streams.values())
         total["fps"] = round(sum(s["fps"] for s in streams.values()), 2)
         total["latency_ms"] = percentiles(all_lat)
         return {"time": time.time(), "uptime_s": round(now - self._t0, 1), **self.extra, "total": total,
@@ -165,7 +176,7 @@ class Metrics:
 
         return (f"frames {t['frames_done']}/{t['frames_in']} fps {t['fps']:.1f} latency p50/p95/p99 "
                 f"{f(lat['p50'])}/{f(lat['p95'])}/{f(lat['p99'])} ms dropped {t['dropped']} errors {t['errors']} "
-                f"findings {t['findings']} (+{t['duplicates']} dup)")
+                f"findings {t['findings']} (+{t['duplicates']} dup) quarantined {t.get('quarantined', 0)}")
 
     def write_file(self) -> None:
         if self.file is None:

@@ -108,11 +108,15 @@ class FrameQueue:
         self.maxsize = max(1, maxsize)
         self._q: deque = deque()
         self._cv = threading.Condition()
-        self._closed = False
+        self._aborted = False
 
     def put(self, item: Any, live: bool) -> Any | None:
-        """Add an item; returns the live item it displaced (dropped), if any. Blocks for non-live items."""
+        """Add an item; returns the live item it displaced (dropped), if any. Blocks for non-live items.
+        After `abort` nothing is added and nothing blocks: the stage that would take it is gone, so the
+        frame is abandoned uncompleted (a durable source keeps its input for the next start)."""
         with self._cv:
+            if self._aborted:
+                return None
             if live:
                 for i, old in enumerate(self._q):
                     if old is not _END and old.frame.live:
@@ -120,14 +124,23 @@ class FrameQueue:
                         self._q.append(item)
                         self._cv.notify_all()
                         return old
-            while len(self._q) >= self.maxsize:
+            while len(self._q) >= self.maxsize and not self._aborted:
                 self._cv.wait()
+            if self._aborted:
+                return None
             self._q.append(item)
             self._cv.notify_all()
             return None
 
     def close(self) -> None:
         with self._cv:
+            self._q.append(_END)
+            self._cv.notify_all()
+
+    def abort(self) -> None:
+        """The consuming stage died: wake and refuse producers; what is queued can still be taken."""
+        with self._cv:
+            self._aborted = True
             self._q.append(_END)
             self._cv.notify_all()
 
@@ -198,9 +211,10 @@ class Pipeline:
     def start(self) -> Pipeline:
         if self.settings.opencv_threads is not None:
             cv2.setNumThreads(self.settings.opencv_threads)
-        for fn, nm in ((self._capture, "capture"), (self._preprocess, "preprocess"), (self._infer, "infer"),
-                       (self._post, "post")):
-            t = threading.Thread(target=self._guard, args=(fn,), name=f"{self.name}-{nm}", daemon=True)
+        stages = ((self._capture, "capture", None, self._q_pre), (self._preprocess, "preprocess", self._q_pre, self._q_inf),
+                  (self._infer, "infer", self._q_inf, self._q_post), (self._post, "post", self._q_post, None))
+        for fn, nm, q_in, q_out in stages:
+            t = threading.Thread(target=self._guard, args=(fn, q_in, q_out), name=f"{self.name}-{nm}", daemon=True)
             t.start()
             self._threads.append(t)
         return self
@@ -219,15 +233,20 @@ class Pipeline:
     def finished(self) -> bool:
         return bool(self._threads) and not any(t.is_alive() for t in self._threads)
 
-    def _guard(self, fn: Callable[[], None]) -> None:
+    def _guard(self, fn: Callable[[], None], q_in: FrameQueue | None, q_out: FrameQueue | None) -> None:
+        """A stage crash must neither hang the others nor pass for a normal end: record it (the daemon
+        then exits non-zero so the service manager restarts it), stop admission, let the stages after
+        it drain what they already hold, and stop the stages before it from blocking on it."""
         try:
             fn()
-        except BaseException as e:  # a stage crash must not hang the others: close the chain and record it
+        except BaseException as e:
             self.failure = e
             self.logger.exception("source %s: pipeline stage %s crashed", self.name, threading.current_thread().name)
             self.stop_event.set()
-            for q in (self._q_pre, self._q_inf, self._q_post):
-                q.close()
+            if q_in is not None:
+                q_in.abort()
+            if q_out is not None:
+                q_out.close()
 
     # --------------------------------------------------------------------------------------- stages
     def _admit(self, q: FrameQueue, w: Work) -> None:

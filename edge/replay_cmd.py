@@ -38,7 +38,7 @@ def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: 
         logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
     lm = load_model_dir(Path(bundle), variant, list(trusted_keys or []), log)
     from . import sources as srcmod
-    from .daemon import _make_ctx, pseudonym_fn
+    from .daemon import pseudonym_fn, source_context
     from .deid import Pseudonymizer
 
     with tempfile.TemporaryDirectory(prefix="medge-replay-") as tmp:
@@ -47,7 +47,7 @@ def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: 
         stop = threading.Event()
         scfg = SourceConfig(name=file.name, kind="replay", model=lm.config.name, path=file, realtime=realtime)
         cfg = _replay_config(file, bundle, Path(tmp), scfg, lm.config)
-        source = srcmod.build_source(scfg, _make_ctx(srcmod.SourceContext, cfg, stop, pseudonymizer, log))
+        source = srcmod.build_source(scfg, source_context(cfg, log))
         found: dict[str, Finding] = {}
 
         def publish(findings: list[Finding]) -> list[bool]:

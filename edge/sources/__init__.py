@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..config import SourceConfig
+from ..dicom_guard import DEFAULT_LIMITS, DecodeLimits
 from ..errors import ConfigError
 from ..frames import Frame
 from ..quarantine import Quarantine
@@ -62,12 +63,13 @@ class Source(Protocol):
 
 @dataclass
 class SourceContext:
-    """What a source needs from the daemon: where to keep files and how to report."""
+    """What a source needs from the daemon: where to keep files, how to report, how large an object may be."""
 
     data_dir: Path
     quarantine_dir: Path | None = None  # default: <data_dir>/quarantine
     logger: logging.Logger | None = None
     device_id: str | None = None
+    limits: DecodeLimits = DEFAULT_LIMITS
 
     def log(self, name: str) -> logging.Logger:
         return self.logger or logging.getLogger(f"medge.source.{name}")

@@ -4,13 +4,22 @@ A received object is the only copy of a finding's input until its findings are i
 file stays in the incoming folder until `complete()` has been called for every frame decoded from it;
 then it moves to ``processed/``. A crash before that leaves it in incoming, and the next start
 re-processes it (finding ids are deterministic, so the outbox deduplicates). Bad objects are quarantined
-with their one-line reason. A frame the pipeline could not finish (``ok=False``: outbox full, backend
-error) is retried a few times with backoff before the object is quarantined, so one poisonous object
-cannot loop forever and a transient failure does not lose an object.
+with their one-line reason, whatever exception reading them raised. A frame the pipeline could not
+finish (``ok=False``: outbox full, backend error) is retried a few times with backoff before the object
+is quarantined, so one poisonous object cannot loop forever and a transient failure does not lose an
+object.
+
+An object can also kill the process outright (a decoder's native crash, the kernel's OOM killer), and
+then it would do so again at every restart: a crash loop. So the inbox writes a durable mark before it
+starts on an object (`AttemptJournal`) and removes it when the object is finished one way or another.
+An object found marked by ``POISON_AFTER`` earlier runs that never finished it is quarantined at the
+next start instead of being opened again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -18,13 +27,53 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..dicom import frames_from_file
-from ..durable_files import move_durably
-from ..errors import InputError
+from ..dicom_guard import DEFAULT_LIMITS, DecodeLimits
+from ..durable_files import move_durably, write_atomic
+from ..errors import InputError, one_line
 from ..frames import Frame
 from ..quarantine import Quarantine
 from . import SourceStats
 
 MAX_ATTEMPTS = 3
+POISON_AFTER = 2  # runs that died while processing the same object
+
+
+class AttemptJournal:
+    """One small file per object in progress, holding how many runs have started on it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def _mark(self, path: Path) -> Path:
+        return self.folder / (hashlib.sha256(str(path).encode()).hexdigest()[:32] + ".json")
+
+    def started(self, path: Path) -> int:
+        """Runs that started on ``path`` and never finished it (0: none)."""
+        try:
+            return int(json.loads(self._mark(path).read_text())["attempts"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    def begin(self, path: Path) -> int:
+        """Record a start (durably, before anything is decoded); returns the earlier unfinished starts."""
+        before = self.started(path)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(self._mark(path), json.dumps({"path": str(path), "attempts": before + 1}).encode())
+        return before
+
+    def end(self, path: Path) -> None:
+        self._mark(path).unlink(missing_ok=True)
+
+    def sweep(self) -> None:
+        """Forget marks whose object is gone (finished by a run that died before removing the mark)."""
+        if not self.folder.is_dir():
+            return
+        for m in self.folder.glob("*.json"):
+            try:
+                if not Path(json.loads(m.read_text())["path"]).exists():
+                    m.unlink(missing_ok=True)
+            except (OSError, ValueError, KeyError, TypeError):
+                m.unlink(missing_ok=True)
 
 
 @dataclass
@@ -40,10 +89,13 @@ class _Entry:
 class DurableInbox:
     """Tracks objects from incoming through the pipeline to processed/ or quarantine."""
 
-    def __init__(self, name: str, processed_dir: Path, quarantine: Quarantine, stats: SourceStats, log,
-                 retry_base_s: float = 1.0) -> None:
+    def __init__(self, name: str, processed_dir: Path, quarantine: Quarantine, stats: SourceStats, log, *,
+                 journal_dir: Path, retry_base_s: float = 1.0, limits: DecodeLimits = DEFAULT_LIMITS) -> None:
         self.name = name
         self.processed_dir = Path(processed_dir)
+        self.limits = limits
+        self.journal = AttemptJournal(journal_dir)
+        self.journal.sweep()
         self.quarantine = quarantine
         self.stats = stats
         self.log = log
@@ -69,7 +121,21 @@ class DurableInbox:
         self.stats.bump(received=1)
         read_all = False
         try:
-            for frame in frames_from_file(path, self.name):
+            died = self.journal.begin(path)
+        except OSError as e:  # a data folder that cannot be written fails loudly elsewhere too; keep going
+            died = 0
+            self.log.error("%s: cannot record the processing attempt (%s)", path, e.strerror)
+        if died >= POISON_AFTER:
+            entry.error = (f"{path}: the daemon stopped {died} times while processing this object (crash, out of "
+                           "memory or power loss); quarantined as poison so it cannot stop the device again")
+            self.stats.error(entry.error)
+            self.log.error("%s", entry.error)
+            with self._lock:
+                entry.finished_reading = True
+            self._maybe_finish(path, entry)
+            return
+        try:
+            for frame in frames_from_file(path, self.name, self.limits):
                 with self._lock:
                     entry.yielded += 1
                 self.stats.bump(accepted=1)
@@ -84,6 +150,10 @@ class DurableInbox:
         except OSError as e:
             entry.error = f"{path}: cannot read ({e.strerror})"
             self.stats.error(entry.error)
+        except Exception as e:  # whatever else one malformed object raises stays with that object
+            entry.error = f"{path}: cannot be processed ({one_line(e)})"
+            self.stats.error(entry.error)
+            self.log.error("%s", entry.error)
         finally:
             stopped_early = not read_all and entry.error is None
             with self._lock:
@@ -131,6 +201,7 @@ class DurableInbox:
             msg = f"{path}: cannot move out of incoming ({e.strerror}); it will be re-processed"
             self.stats.error(msg)
             self.log.error("%s", msg)
+        self.journal.end(path)  # finished (moved, quarantined or waiting for a retry): not a crash
 
     def pending(self) -> int:
         with self._lock:

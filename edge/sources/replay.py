@@ -17,7 +17,7 @@ import cv2
 
 from ..config import SourceConfig
 from ..dicom import frames_from_file
-from ..errors import InputError
+from ..errors import InputError, one_line
 from ..frames import Frame
 from . import SourceContext, SourceStats
 from .video import capture_fps, to_rgb
@@ -41,6 +41,7 @@ class ReplaySource:
         self.path = Path(cfg.path)
         self.stats = SourceStats()
         self.log = ctx.log(cfg.name)
+        self.limits = ctx.limits
         self.frame_rate: float | None = None
 
     def _video_frames(self) -> Iterator[Frame]:
@@ -65,7 +66,7 @@ class ReplaySource:
             cap.release()
 
     def _one_pass(self, stop: threading.Event) -> Iterator[Frame]:
-        it = frames_from_file(self.path, self.name) if is_dicom_file(self.path) else self._video_frames()
+        it = frames_from_file(self.path, self.name, self.limits) if is_dicom_file(self.path) else self._video_frames()
         t0 = time.monotonic()
         warned = False
         for i, frame in enumerate(it):
@@ -98,6 +99,11 @@ class ReplaySource:
             except InputError as e:
                 self.stats.error(str(e))
                 self.log.error("%s", e)
+                return
+            except Exception as e:  # a malformed file ends its replay, not the daemon
+                msg = f"{self.path}: cannot be replayed ({one_line(e)})"
+                self.stats.error(msg)
+                self.log.error("%s", msg)
                 return
             if not self.cfg.loop:
                 return

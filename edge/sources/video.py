@@ -18,6 +18,7 @@ from typing import Any
 import cv2
 
 from ..config import SourceConfig
+from ..errors import one_line
 from ..frames import Frame
 from . import SourceContext, SourceStats
 
@@ -111,6 +112,10 @@ class VideoSource:
                     yield Frame(pixels=to_rgb(img), modality=self.cfg.modality, source=self.name, index=index,
                                 frame_rate=self.frame_rate, captured_at=now, live=True)
                     index += 1
+            except Exception as e:  # a frame the capture backend or the conversion chokes on: re-open
+                msg = f"video {self.target}: frame cannot be read ({one_line(e)})"
+                self.stats.error(msg)
+                self.log.error("%s", msg)
             finally:
                 cap.release()
             if stop.is_set():
