@@ -18,7 +18,7 @@ from edge.receive import parse_message
 from edge.sync import SyncClient
 
 from .mqtt_broker import Broker, device_profile
-from .sync_helpers import ReceiverThread, findings, stored_ids, wait_for
+from .sync_helpers import Monitor, ReceiverThread, findings, stored_ids, wait_for
 
 
 @pytest.fixture
@@ -196,23 +196,42 @@ def test_receiver_rejects_forged_and_malformed_messages():
 
 
 def test_receiver_stores_rejections_and_acknowledges_them(tmp_path, broker):
+    """After each commit the receiver tells the device, on the device's ack topic: committed ids (a
+    duplicate again, since its earlier acknowledgement may have been lost) and refused ids with the reason."""
+    from edge.topics import parse_ack
+
     db = tmp_path / "rx.sqlite3"
     url = parse_broker_url(broker.url)
+    tap = Monitor(broker, "medge/s1/d1/ack")
+    payloads: list[bytes] = []
+    tap.c.on_message = lambda c, u, m: payloads.append(m.payload)
     with ReceiverThread(broker, db) as rx:
         c = new_client("raw-d1", url, broker.ca, broker.cert("d1"), broker.key("d1"))
         acks = []
         c.on_publish = lambda cl, u, mid, rc, p: acks.append(rc.value)
         c.connect(url.host, url.port)
         c.loop_start()
+        good = findings("d1", 1)[0]
         c.publish("medge/s1/d1/findings/routine", b"garbage", qos=1)
         c.publish("medge/s1/d1/findings/routine",
                   json.dumps({"finding_id": "forged", "device_id": "d2", "priority": "routine"}), qos=1)
         wait_for(lambda: rx.rx.stats.rejected == 2, 10, "two rejections")
+        for k in (3, 4):  # the same finding twice: stored once, acknowledged twice
+            c.publish(f"medge/s1/d1/findings/{good.priority}", good.to_json(), qos=1)
+            wait_for(lambda k=k: rx.rx.stats.received == k, 10, f"message {k}")
+        wait_for(lambda: rx.rx.stats.duplicates == 1, 10, "the duplicate")
         c.disconnect()
         c.loop_stop()
+    wait_for(lambda: sum(len(parse_ack(p)[0]) for p in payloads) == 2, 10, "acknowledgements")
+    tap.close()
     con = sqlite3.connect(db)
     reasons = [r[0] for r in con.execute("SELECT reason FROM rejected")]
-    assert len(reasons) == 2 and stored_ids(db) == [] and acks == [0, 0]
+    assert len(reasons) == 2 and stored_ids(db) == [good.finding_id] and acks == [0, 0, 0, 0]
+    parsed = [parse_ack(p) for p in payloads]
+    assert [ids for ids, _ in parsed if ids] == [[good.finding_id], [good.finding_id]]
+    refused = {k: v for _, r in parsed for k, v in r.items()}
+    assert list(refused) == ["forged"] and "does not match the topic's device" in refused["forged"]
+    assert all(json.loads(p)["by"] == rx.client_id for p in payloads)
 
 
 def test_sync_process_entry_point_drains_and_exits(tmp_path, broker):
