@@ -124,8 +124,8 @@ _LONG_QUOTED = re.compile(r"'[^']{17,}'|\"[^\"]{17,}\"")  # element values (name
 
 def _header_problem(e: BaseException) -> str:
     """pydicom's complaint about one element, led by the element it names (its message puts it last)."""
+    m = _TAG.search(str(e))
     msg = _LONG_QUOTED.sub("'<value withheld>'", str(e).strip())
-    m = _TAG.search(msg)
     first = msg.split(". ")[0].splitlines()[0][:120] if msg else type(e).__name__
     if m is None:
         return f"header cannot be read ({type(e).__name__}: {first})"

@@ -147,6 +147,16 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def peak_rss_bytes() -> int:
+    """This address space's high-water mark (VmHWM). Not getrusage's ru_maxrss: that survives fork+exec,
+    so a child of a large pytest process would report its parent's size."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def run(count: int, seed: int, keep: Path | None = None) -> dict:
     from edge.quarantine import Quarantine
     from edge.sources import SourceStats
@@ -211,7 +221,7 @@ def run(count: int, seed: int, keep: Path | None = None) -> dict:
                 escaped.append({"mutant": p.name, "error": "reason is not one line"})
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     return {"count": count, "seed": seed, "seeds": len(seeds), **outcomes, "escaped": escaped,
             "seconds": round(time.perf_counter() - t0, 1), "baseline_rss_mb": round(baseline / 2**20, 1),
             "peak_rss_mb": round(peak / 2**20, 1), "peak_growth_mb": round((peak - baseline) / 2**20, 1),
