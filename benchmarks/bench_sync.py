@@ -1,12 +1,18 @@
-"""End-to-end sync throughput through a real mosquitto (mTLS + ACL) to a real `medge receive` process.
+"""End-to-end sync throughput through a real mosquitto (mTLS, identity ACL) to a real `medge receive` process.
 
-Two measurements in one run, same broker, same disk:
+Two acknowledgement modes side by side in one run, same broker, same receiver, same disk:
+  broker      a finding leaves the outbox on the broker's PUBACK (the old behaviour; loses findings when a
+              broker accepts what no receiver gets, see docs/ARCHITECTURE.md)
+  end-to-end  it leaves when the receiver, after its commit, acknowledges it on the device's ack topic
+and two measurements for each:
   live    a producer thread puts findings (batches of 32) while SyncClient drains: findings/s from the
-          first put to the last finding committed at the receiver;
+          first put until the device's outbox is empty (broker mode: all PUBACKed; end-to-end: all
+          acknowledged by the hospital), and until the receiver has committed all;
   backlog N findings (default 100,000) already in the outbox when the link comes up (the ambulance
-          returns to coverage): seconds from SyncClient.start() until the receiver has committed all.
-The receiver runs as a separate process (`python -m edge.cli receive`), the device side in this one.
-Exactly-once is checked at the end of each phase (count == distinct ids == N).
+          returns to coverage): seconds from SyncClient.start() until the outbox is empty / all committed.
+Live runs alternate A B B A to spread machine noise over both modes. The receiver runs as a separate
+process (`python -m edge.cli receive`), the device side in this one. Exactly-once is checked at the end
+of each phase (count == distinct ids == N).
 
     python -m benchmarks.bench_sync [--live 20000] [--backlog 100000] [--inflight 100]
 
@@ -21,6 +27,7 @@ import logging
 import os
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,7 +87,17 @@ def start_receiver(b: Broker, db: Path, log: Path) -> subprocess.Popen:
     return p
 
 
-def live_phase(cfg, db: Path, n: int) -> dict:
+def outbox_empty_at(cfg, timeout: float) -> float:
+    end = time.monotonic() + timeout
+    with Outbox.from_config(cfg) as ob:
+        while time.monotonic() < end:
+            if ob.depth() == 0:
+                return time.monotonic()
+            time.sleep(0.1)
+        raise TimeoutError(f"outbox still holds {ob.depth()} finding(s) after {timeout}s")
+
+
+def live_phase(cfg, db: Path, n: int, prefix: str, already: int) -> dict:
     sync = SyncClient(cfg)
     sync.start()
     t0 = time.monotonic()
@@ -88,36 +105,45 @@ def live_phase(cfg, db: Path, n: int) -> dict:
     def produce():
         with Outbox.from_config(cfg) as ob:
             for i in range(0, n, 32):
-                ob.put_many(findings(cfg.device.id, min(32, n - i), start=i, prefix="live"))
+                ob.put_many(findings(cfg.device.id, min(32, n - i), start=i, prefix=prefix))
 
     th = threading.Thread(target=produce)
     th.start()
     th.join()
     t_put = time.monotonic()
-    t_end = wait_count(db, n, 600)
+    t_rx = wait_count(db, already + n, 600)
+    t_dev = outbox_empty_at(cfg, 600)
     sync.stop(15)
     total, uniq = distinct(db)
+    t_end = max(t_rx, t_dev)
     return {"findings": n, "seconds": round(t_end - t0, 2), "findings_per_s": round(n / (t_end - t0)),
-            "producer_seconds": round(t_put - t0, 2), "receiver_rows": total, "distinct": uniq,
+            "receiver_committed_s": round(t_rx - t0, 2), "outbox_empty_s": round(t_dev - t0, 2),
+            "producer_seconds": round(t_put - t0, 2), "receiver_rows": total - already, "distinct": uniq - already,
             "sync": dataclasses.asdict(sync.stats())}
 
 
-def backlog_phase(cfg, db: Path, n: int, already: int) -> dict:
+def backlog_phase(cfg, db: Path, n: int, prefix: str, already: int) -> dict:
     t = time.monotonic()
     with Outbox.from_config(cfg) as ob:
         for i in range(0, n, 1000):
-            ob.put_many(findings(cfg.device.id, min(1000, n - i), start=i, prefix="backlog"))
+            ob.put_many(findings(cfg.device.id, min(1000, n - i), start=i, prefix=prefix))
         depth = ob.depth()
     fill_s = time.monotonic() - t
     sync = SyncClient(cfg)
     t0 = time.monotonic()
     sync.start()
-    t_end = wait_count(db, already + n, 900)
+    t_rx = wait_count(db, already + n, 900)
+    t_dev = outbox_empty_at(cfg, 900)
     sync.stop(15)
     total, uniq = distinct(db)
+    t_end = max(t_rx, t_dev)
     return {"findings": n, "outbox_depth_before": depth, "fill_seconds": round(fill_s, 1),
-            "drain_seconds": round(t_end - t0, 1), "findings_per_s": round(n / (t_end - t0)),
+            "drain_seconds": round(t_end - t0, 1), "receiver_committed_s": round(t_rx - t0, 1),
+            "outbox_empty_s": round(t_dev - t0, 1), "findings_per_s": round(n / (t_end - t0)),
             "receiver_rows": total - already, "distinct": uniq - already, "sync": dataclasses.asdict(sync.stats())}
+
+
+MODES = ("broker", "end-to-end")
 
 
 def main() -> None:
@@ -127,42 +153,70 @@ def main() -> None:
     ap.add_argument("--inflight", type=int, default=100)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
     a = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.ERROR)
+    live: dict[str, list[dict]] = {m: [] for m in MODES}
+    backlog: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         b = Broker(d, devices={"cart-07": "site-a"}, verbose=False)
         b.start()
         rx = None
         try:
-            cfg = load_config(device_profile(d, b, "cart-07", inflight=a.inflight, heartbeat_s=5.0, ack_timeout_s=30.0))
+            cfgs = {m: load_config(device_profile(d / m, b, "cart-07", inflight=a.inflight, heartbeat_s=5.0,
+                                                  ack_timeout_s=30.0, ack_mode=m, data_dir=d / m / "data"))
+                    for m in MODES}
             db = d / "hospital.sqlite3"
             rx = start_receiver(b, db, d / "rx.log")
-            live = live_phase(cfg, db, a.live) if a.live else None
-            backlog = backlog_phase(cfg, db, a.backlog, a.live) if a.backlog else None
+            done = 0
+            if a.live:
+                for k, m in enumerate((MODES[0], MODES[1], MODES[1], MODES[0])):  # A B B A
+                    live[m].append(live_phase(cfgs[m], db, a.live, f"live{k}-{m}", done))
+                    done += a.live
+            if a.backlog:
+                for m in MODES:
+                    backlog[m] = backlog_phase(cfgs[m], db, a.backlog, f"backlog-{m}", done)
+                    done += a.backlog
         finally:
             if rx is not None:
                 rx.send_signal(signal.SIGTERM)
                 rx.wait(30)
             b.stop()
         rx_summary = [ln for ln in (d / "rx.log").read_text().splitlines() if ln.startswith("received ")]
+
+    def med(rows: list[dict], key: str) -> float:
+        return statistics.median(r[key] for r in rows)
+
     out = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
-           "broker": "mosquitto 2.0.11, TLS 1.3 client certificates, ACL, persistence on", "inflight": a.inflight,
-           "live": live, "backlog": backlog, "receiver": rx_summary,
-           "target_backlog_100k_s": 120,
-           "pass": bool(backlog and backlog["findings"] >= 100_000 and backlog["drain_seconds"] < 120
-                        and backlog["distinct"] == backlog["findings"])}
+           "broker": "mosquitto 2.0.11, TLS 1.3 client certificates, dynamic-security ACL, persistence on",
+           "inflight": a.inflight, "live": live, "backlog": backlog, "receiver": rx_summary,
+           "target_backlog_100k_s": 120}
+    e2e = backlog.get("end-to-end")
+    out["pass"] = bool(e2e and e2e["findings"] >= 100_000 and e2e["drain_seconds"] < 120 and e2e["distinct"] == e2e["findings"])
     lines = ["# Sync benchmark", "",
              f"{out['when']}, {out['cpus']} CPUs (shared with other work; noisy). Device (SyncClient + outbox, this "
-             f"process) -> {out['broker']} -> `medge receive` (separate process, SQLite). Window {a.inflight}.", "",
-             "| phase | findings | seconds | findings/s | at receiver (distinct) |", "| --- | --- | --- | --- | --- |"]
-    if live:
-        lines.append(f"| live (produce while sending) | {live['findings']} | {live['seconds']} | {live['findings_per_s']} | "
-                     f"{live['receiver_rows']} ({live['distinct']}) |")
-    if backlog:
-        lines.append(f"| backlog drain (outbox full, link comes up) | {backlog['findings']} | {backlog['drain_seconds']} | "
-                     f"{backlog['findings_per_s']} | {backlog['receiver_rows']} ({backlog['distinct']}) |")
-        lines += ["", f"Backlog fill (put_many of 1000) took {backlog['fill_seconds']} s. "
-                  f"Target: 100k backlog drained in < 120 s: {'PASS' if out['pass'] else 'FAIL'}."]
+             f"process) -> {out['broker']} -> `medge receive` (separate process, SQLite). Window {a.inflight}.",
+             "A finding counts as done when the receiver has committed it *and* the device's outbox has let it go "
+             "(broker mode: on PUBACK; end-to-end: on the receiver's acknowledgement after its commit).", "",
+             "| phase | ack mode | findings | seconds | findings/s | receiver committed all (s) | outbox empty (s) | "
+             "at receiver (distinct) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for m in MODES:
+        for r in live[m]:
+            lines.append(f"| live (produce while sending) | {m} | {r['findings']} | {r['seconds']} | {r['findings_per_s']} | "
+                         f"{r['receiver_committed_s']} | {r['outbox_empty_s']} | {r['receiver_rows']} ({r['distinct']}) |")
+    for m in MODES:
+        r = backlog.get(m)
+        if r:
+            lines.append(f"| backlog drain (outbox full, link comes up) | {m} | {r['findings']} | {r['drain_seconds']} | "
+                         f"{r['findings_per_s']} | {r['receiver_committed_s']} | {r['outbox_empty_s']} | "
+                         f"{r['receiver_rows']} ({r['distinct']}) |")
+    if live["broker"] and live["end-to-end"]:
+        ratio = med(live["end-to-end"], "findings_per_s") / max(1, med(live["broker"], "findings_per_s"))
+        lines += ["", f"Live: end-to-end acknowledgement runs at {ratio:.2f}x the PUBACK-only throughput "
+                  "(median of two runs each, interleaved)."]
+    if backlog.get("broker") and e2e:
+        ratio = e2e["findings_per_s"] / max(1, backlog["broker"]["findings_per_s"])
+        lines += [f"Backlog: {ratio:.2f}x. Backlog fill (put_many of 1000) took {e2e['fill_seconds']} s. "
+                  f"Target: 100k backlog drained end-to-end in < 120 s: {'PASS' if out['pass'] else 'FAIL'}."]
     lines += ["", "Receiver: " + "; ".join(rx_summary), ""]
     md = "\n".join(lines)
     write_results("sync", out, md, folder=a.out, indent=1)

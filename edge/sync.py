@@ -449,7 +449,8 @@ class SyncClient:
         if n:
             self._count("resent", n)
             log.info("sync: %d finding(s) at the broker were not acknowledged by the hospital in time; sending "
-                     "them again (the receiver de-duplicates)", n)
+                     "them again (the receiver de-duplicates). If this repeats, check that a receiver is running and "
+                     "that the broker lets this device read %s", n, self.topics.ack)
 
     def _commit_acks(self, client: mqtt.Client, ob: Outbox) -> None:
         """PUBACKs and hospital acknowledgements of one loop turn, one outbox transaction each."""

@@ -141,6 +141,31 @@ def signed(tmp_path_factory):
     return write_public_key(tmp / "pub.pem", key), bundle
 
 
+def inbox_source(drop: Path) -> dict:
+    return {"name": "inbox", "kind": "dicom-folder", "path": str(drop), "model": "seg", "settle_s": 0,
+            "poll_interval_s": 0.05}
+
+
+def store_source(port: int) -> dict:
+    return {"name": "xray", "kind": "dicom-store", "model": "seg", "port": port, "allowed_aes": ["XRAY1"],
+            "poll_interval_s": 0.05}
+
+
+def start_listening(prof: Path, data: Path) -> subprocess.Popen:
+    """`medge run` with a dicom-store source, once its C-STORE port is up."""
+    proc = _start(prof)
+    _wait(lambda: (data / "incoming" / "xray").is_dir(), 60, proc)
+    time.sleep(0.3)
+    return proc
+
+
+def drop_file(src: Path, folder: Path) -> None:
+    """Copy then rename, as a console's transfer would finish."""
+    folder.mkdir(exist_ok=True)
+    shutil.copyfile(src, folder / (src.name + ".part"))
+    os.replace(folder / (src.name + ".part"), folder / src.name)
+
+
 def _send_raw(path: Path, port: int) -> int:
     """C-STORE the file's bytes as they are (pynetdicom's chunked sending does not re-encode)."""
     from pynetdicom import AE, _config
@@ -168,20 +193,14 @@ def test_poison_by_drop_and_c_store_is_quarantined_and_the_daemon_keeps_running(
 
     pub, bundle = signed
     drop, port = tmp_path / "drop", free_port()
-    prof = _profile(tmp_path, pub, bundle, [
-        {"name": "inbox", "kind": "dicom-folder", "path": str(drop), "model": "seg", "settle_s": 0, "poll_interval_s": 0.05},
-        {"name": "xray", "kind": "dicom-store", "model": "seg", "port": port, "allowed_aes": ["XRAY1"],
-         "poll_interval_s": 0.05}], metrics_file=str(tmp_path / "metrics.json"))
+    prof = _profile(tmp_path, pub, bundle, [inbox_source(drop), store_source(port)],
+                    metrics_file=str(tmp_path / "metrics.json"))
     poisons = make_poisons(tmp_path / "poison")
-    proc = _start(prof)
     data = tmp_path / "data"
+    proc = start_listening(prof, data)
     try:
-        _wait(lambda: (data / "incoming" / "xray").is_dir(), 60, proc)
-        time.sleep(0.3)
-        drop.mkdir()
         for p in poisons.values():
-            shutil.copyfile(p, drop / (p.name + ".part"))
-            os.replace(drop / (p.name + ".part"), drop / p.name)
+            drop_file(p, drop)
         for p in poisons.values():
             assert _send_raw(p, port) == 0x0000  # durably received; refusing it is medge's business now
         qdir = data / "quarantine"
@@ -207,8 +226,7 @@ def test_an_object_that_kills_the_daemon_twice_is_quarantined_at_the_next_start(
     """SIGKILL while an object is being processed, as a native decoder crash or the OOM killer would."""
     pub, bundle = signed
     drop = tmp_path / "drop"
-    prof = _profile(tmp_path, pub, bundle, [{"name": "inbox", "kind": "dicom-folder", "path": str(drop), "model": "seg",
-                                             "settle_s": 0, "poll_interval_s": 0.05}])
+    prof = _profile(tmp_path, pub, bundle, [inbox_source(drop)])
     _write_studies(drop, 1)
     (victim,) = drop.glob("*.dcm")
     marks = tmp_path / "data" / "attempts" / "inbox"
@@ -243,8 +261,7 @@ def test_a_pipeline_stage_that_dies_makes_the_daemon_exit_non_zero_without_losin
 
     pub, bundle = signed
     drop = tmp_path / "drop"
-    prof = _profile(tmp_path, pub, bundle, [{"name": "inbox", "kind": "dicom-folder", "path": str(drop), "model": "seg",
-                                             "settle_s": 0, "poll_interval_s": 0.05}])
+    prof = _profile(tmp_path, pub, bundle, [inbox_source(drop)])
     _write_studies(drop, 2)
 
     def die(finding, new):  # a defect in the post stage (here: the finding callback), not an input problem
@@ -261,12 +278,12 @@ def test_header_fuzzer_every_mutant_is_decoded_or_quarantined_with_bounded_memor
     """Seeded mutations (wrong VRs, odd lengths, bad enumerated values, absurd dimensions, truncations, byte
     flips) of real CR and ultrasound objects from several vendors, through the durable inbox; its own
     process, so peak RSS is this run's."""
-    r = subprocess.run([sys.executable, "-m", "tests.fuzz_headers", "--count", "2000", "--seed", "20261201"],
+    r = subprocess.run([sys.executable, "-m", "tests.fuzz_headers", "--count", "3000", "--seed", "20261201"],
                        capture_output=True, text=True, timeout=600, cwd=ROOT)
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["escaped"] == [], json.dumps(summary["escaped"][:3], indent=1)
     assert r.returncode == 0
-    assert summary["decoded"] + summary["quarantined"] == 2000
+    assert summary["decoded"] + summary["quarantined"] == 3000
     assert summary["decoded"] > 100 and summary["quarantined"] > 1000  # both ends of the path are exercised
     assert summary["peak_growth_mb"] < 300, summary
     assert "Citizen" not in r.stderr  # pydicom's warnings quote raw values (a patient name in a seed)

@@ -61,9 +61,10 @@ def test_broker_stopped_and_restarted_mid_stream(tmp_path, broker):
     db = tmp_path / "rx.sqlite3"
     with ReceiverThread(broker, db) as rx:
         dev = start_device(profile, n, rate=100, log=tmp_path / "dev.log")
-        for _ in range(3):
-            wait_for(lambda: len(stored_ids(db)) > 0 or dev.poll() is not None, 20, "traffic")
-            time.sleep(0.5)
+        devlog = tmp_path / "dev.log"
+        for k in range(3):  # each restart hits a connected, streaming device
+            wait_for(lambda k=k: devlog.read_text().count("sync: connected to") > k, 20, f"device connection {k + 1}")
+            time.sleep(0.3)
             broker.stop()
             time.sleep(0.7)
             broker.start()
@@ -315,3 +316,82 @@ def test_identity_rules_keep_a_rogue_device_out_of_the_receivers_session_and_gro
     assert_exactly_once(db, {f.finding_id for f in findings("d1", 50)})
     log = broker.log()
     assert " as d2 " in log and " as sneaky" not in log  # the broker used the identity, not the asked-for id
+
+
+def test_daemon_fed_by_drop_and_c_store_with_poison_broker_restarts_monitor_and_receiver_kill(tmp_path):
+    """The fault harness's setup, end to end with the real daemon: studies and poison objects by file drop and
+    C-STORE, a `#` monitor, two broker restarts (one with the receiver down), a receiver SIGKILL. Every
+    finding the daemon stored reaches the hospital exactly once, the poison is quarantined, and the
+    daemon stops cleanly (exit 0)."""
+    import json
+    import sqlite3
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from .mqtt_broker import free_port
+    from .pipeline_fixtures import write_bundle, write_public_key
+    from .test_daemon import _profile, _stop, _wait, _write_studies
+    from .test_poison import _send_raw, drop_file, inbox_source, make_poisons, start_listening, store_source
+
+    key = Ed25519PrivateKey.generate()
+    pub = write_public_key(tmp_path / "pub.pem", key)
+    bundle = write_bundle(tmp_path / "bundle", key=key, postprocess={"min_area_px": 8}, std=0.6)
+    broker = Broker(tmp_path, devices={"test-cart": "lab"}, verbose=False)
+    broker.start()
+    drop, port = tmp_path / "drop", free_port()
+    sync = {"enabled": True, "broker": broker.url, "ca_file": str(broker.ca), "cert_file": str(broker.cert("test-cart")),
+            "key_file": str(broker.key("test-cart")), "backoff_min_s": 0.1, "backoff_max_s": 1.0, "keepalive_s": 5,
+            "heartbeat_s": 1.0, "hospital_ack_timeout_s": 2.0, "hospital_ack_max_s": 4.0}
+    prof = _profile(tmp_path, pub, bundle, [inbox_source(drop), store_source(port)], sync=sync)
+    db = tmp_path / "hospital.sqlite3"
+    rx_cmd = [sys.executable, "-m", "edge.cli", "receive", "--broker", broker.url, "--db", str(db), "--ca-file",
+              str(broker.ca), "--cert-file", str(broker.cert("receiver")), "--key-file", str(broker.key("receiver"))]
+    rxlog = open(tmp_path / "rx.log", "ab")  # noqa: SIM115 - closed below
+    rx = subprocess.Popen(rx_cmd, cwd=ROOT, stdout=rxlog, stderr=subprocess.STDOUT)
+    monitor = Monitor(broker)
+    studies = tmp_path / "studies"
+    _write_studies(studies, 8)
+    poisons = make_poisons(tmp_path / "poison")
+    data = tmp_path / "data"
+    proc = start_listening(prof, data)
+    try:
+        files = sorted(studies.glob("*.dcm"))
+        for i, p in enumerate(files):
+            if i % 2:
+                assert _send_raw(p, port) == 0x0000
+            else:
+                drop_file(p, drop)
+            if i == 2:
+                for q in poisons.values():
+                    drop_file(q, drop)
+                    assert _send_raw(q, port) == 0x0000
+                broker.restart()
+            if i == 4:
+                os.kill(rx.pid, signal.SIGKILL)
+                rx.wait()
+                broker.restart()  # with the receiver down; the monitor reconnects and keeps matching
+                time.sleep(1.0)
+                rx = subprocess.Popen(rx_cmd, cwd=ROOT, stdout=rxlog, stderr=subprocess.STDOUT)
+        _wait(lambda: not list(drop.glob("*.dcm")) and not list((data / "incoming" / "xray").glob("*.dcm")), 120, proc)
+
+        def outbox() -> dict[str, int]:
+            with sqlite3.connect(data / "outbox.sqlite3") as c:
+                return dict(c.execute("SELECT finding_id, state FROM findings").fetchall())
+
+        _wait(lambda: outbox() and all(s == 2 for s in outbox().values()), 90, proc)  # all acknowledged
+        assert proc.poll() is None
+    finally:
+        out = _stop(proc)  # exit status 0 asserted inside
+        rx.send_signal(signal.SIGTERM)
+        rx.wait(15)
+        rxlog.close()
+        monitor.close()
+        broker.stop()
+    device_ids = set(outbox())
+    assert_exactly_once(db, device_ids)
+    reasons = [s.read_text().splitlines()[0] for s in (data / "quarantine").glob("*.reason.txt")]
+    assert len(reasons) == 2 * len(poisons) and "Traceback" not in out
+    assert len(list((data / "processed").rglob("*.dcm"))) == len(files)
+    with sqlite3.connect(db) as c:
+        assert {json.loads(p)["device_id"] for (p,) in c.execute("SELECT payload FROM findings")} == {"test-cart"}
+    assert monitor.findings_seen() > 0

@@ -82,6 +82,10 @@ class DicomStoreSource:
         sop = str(event.request.AffectedSOPInstanceUID or "")
         name = (sop if _SAFE_UID.match(sop) else uuid.uuid4().hex) + ".dcm"
         dest = self.incoming / name
+        if dest.exists():  # the same instance again (a resend, or a different object claiming its UID):
+            # keep both rather than replace one not yet processed; deterministic finding ids absorb a resend
+            dest = dest.with_name(f"{dest.stem}-{uuid.uuid4().hex[:8]}.dcm")
+            name = dest.name
         try:
             write_atomic(dest, event.encoded_dataset(include_meta=True), mode=0o640)
         except OSError as e:
