@@ -33,7 +33,18 @@ from edge.durable_files import write_atomic
 from edge.errors import ConfigError
 from edge.topics import DEFAULT_GROUP, DEFAULT_PREFIX, DeviceTopics, check_level, findings_filter, shared
 
-DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"  # Debian/Ubuntu package path
+DYNSEC_PLUGINS = (  # where Debian/Ubuntu (both architectures) and a source build put the plugin
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+)
+
+
+def find_dynsec_plugin() -> str:
+    """The installed dynamic-security plugin, or the x86-64 Debian path when none is installed here (the
+    configuration may be rendered on another machine than the broker's; set broker.dynsec_plugin then)."""
+    return next((p for p in DYNSEC_PLUGINS if Path(p).is_file()), DYNSEC_PLUGINS[0])
 
 
 @dataclass(frozen=True)
@@ -71,7 +82,7 @@ class BrokerSettings:
     bind: str = "0.0.0.0"
     persistence_location: str = "/var/lib/mosquitto/"
     dynsec_file: str = "/etc/mosquitto/dynamic-security.json"
-    dynsec_plugin: str = DYNSEC_PLUGIN
+    dynsec_plugin: str = field(default_factory=find_dynsec_plugin)
     # a receiver group that is down for hours queues the fleet's findings in its sessions
     max_queued_messages: int = 1_000_000
     max_inflight_messages: int = 100
