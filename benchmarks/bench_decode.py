@@ -1,11 +1,11 @@
-"""DICOM decode to display values: edge.dicom against pydicom's own chain, side by side in one run.
+"""DICOM decode to display values: edge.imaging.dicom against pydicom's own chain, side by side in one run.
 
 * **cine**: the SonoSite 120-frame 480x640 JPEG baseline YBR_FULL_422 cine in pydicom-data, per frame:
-  edge.dicom's lazy frames (OpenCV libjpeg-turbo decode + BGR->RGB) vs pydicom ``iter_pixels`` with its
+  edge.imaging.dicom's lazy frames (OpenCV libjpeg-turbo decode + BGR->RGB) vs pydicom ``iter_pixels`` with its
   default YBR->RGB conversion (what ``pixel_array`` gives). Also time to the first frame, lazy vs
   decoding every frame up front.
 * **CR display**: the Fuji 1760x1760 MONOCHROME1 CR (window 550/1024), stored values -> display [0, 1]:
-  edge.dicom's per-object lookup table (one gather) vs pydicom apply_modality_lut + apply_voi_lut +
+  edge.imaging.dicom's per-object lookup table (one gather) vs pydicom apply_modality_lut + apply_voi_lut +
   normalise + invert on the full image. Decoding is excluded from both (same array in).
 
 The machine is shared, so the variants alternate for ``--rounds`` rounds and medians are reported.
@@ -29,7 +29,7 @@ import pydicom
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, iter_pixels
 
 from benchmarks.results_io import write_results
-from edge.dicom import DisplayMapper, frames_from_file, read_dicom
+from edge.imaging.dicom import DisplayMapper, frames_from_file, read_dicom
 
 
 def data_file(name: str) -> Path:
@@ -140,7 +140,7 @@ def main() -> None:
         "",
         f"Shared 2-core machine, medians over {args.rounds} alternating rounds.",
         "",
-        "| case | edge.dicom | pydicom | ratio |",
+        "| case | edge.imaging.dicom | pydicom | ratio |",
         "| --- | --- | --- | --- |",
         f"| SonoSite cine 480x640 JPEG YBR, per frame (median) | {c['edge_ms_median']} ms "
         f"| {c['pydicom_ms_median']} ms | {c['speedup']}x |",

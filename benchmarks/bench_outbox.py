@@ -23,7 +23,7 @@ from pathlib import Path
 
 from benchmarks.results_io import write_results
 from edge.findings import Finding, ModelRef
-from edge.outbox import Outbox
+from edge.link.outbox import Outbox
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ModelRef(name="us-free-fluid", version="1.0.0", sha256="ab" * 32, variant="int8")

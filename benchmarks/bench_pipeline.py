@@ -40,13 +40,13 @@ import onnxruntime as ort
 import yaml
 
 from benchmarks.results_io import write_results
-from edge.bundle import load_bundle, sha256_file
 from edge.config import ModelConfig
 from edge.frames import Frame, Region, StudyRef
-from edge.loaded_model import assemble
-from edge.metrics import Metrics
-from edge.pipeline import FindingBuilder, Pipeline, PipelineSettings
-from edge.preprocess import PreprocessSpec
+from edge.inference.bundle import load_bundle, sha256_file
+from edge.inference.loaded_model import assemble
+from edge.inference.preprocess import PreprocessSpec
+from edge.runtime.metrics import Metrics
+from edge.runtime.pipeline import FindingBuilder, Pipeline, PipelineSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 CINE = "color3d_jpeg_baseline.dcm"
@@ -56,7 +56,7 @@ def load_cine(path: Path | None = None) -> tuple[list[np.ndarray], dict]:
     """Decode the cine once with the device's own DICOM code (display values, spacing, imaging region)."""
     from pydicom.data import get_testdata_file
 
-    from edge.dicom import frames_from_file, read_dicom
+    from edge.imaging.dicom import frames_from_file, read_dicom
 
     path = path or Path(get_testdata_file(CINE))
     t0 = time.perf_counter()
@@ -81,7 +81,7 @@ def fallback_bundle(root: Path, frames: list[np.ndarray]) -> tuple[Path, str]:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from benchmarks.make_models import unet
-    from edge.preprocess import Preprocessor
+    from edge.inference.preprocess import Preprocessor
 
     ref = yaml.safe_load((ROOT / "models/us_free_fluid/model.yaml").read_text())
     spec = PreprocessSpec.from_dict(ref["preprocess"])

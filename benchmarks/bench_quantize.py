@@ -31,7 +31,7 @@ import onnx
 
 from benchmarks.make_models import resnet18, unet
 from benchmarks.results_io import write_results
-from edge.preprocess import Preprocessor, PreprocessSpec
+from edge.inference.preprocess import Preprocessor, PreprocessSpec
 from export import quantize as Q
 from export.report import latency_side_by_side, machine
 from export.speed import choose_narrow_exclusions

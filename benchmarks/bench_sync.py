@@ -38,8 +38,8 @@ from pathlib import Path
 
 from benchmarks.results_io import write_results
 from edge.config import load_config
-from edge.outbox import Outbox
-from edge.sync import SyncClient
+from edge.link.outbox import Outbox
+from edge.link.sync import SyncClient
 from tests.mqtt_broker import Broker, device_profile
 from tests.sync_helpers import findings
 

@@ -3,7 +3,7 @@
 The claim "every model we ship or benchmark quantizes for both targets" is only worth something when it
 goes through the real export path, so every row here is one `export.make_bundle.run_export` call (prepare
 -> device preprocessing -> calibrate -> target recipe -> accuracy gate with float fallback -> FP16 variant
--> report -> atomic bundle), followed by `edge.bundle.load_bundle` on the published bundle and a look
+-> report -> atomic bundle), followed by `edge.inference.bundle.load_bundle` on the published bundle and a look
 inside its INT8 graph to check the recipe actually landed there (activation type and zero points, bias
 quantization, per-channel weight axes per op type).
 
@@ -14,7 +14,7 @@ Data:
 * benchmark models (benchmarks/make_models.py, random weights): `bench_quantize.synthetic_images`
   saved as PNG (calibration 32, validation 48, disjoint seeds). There is no truth, so validation labels
   are FP32 pseudo-labels computed on the tensors export itself will see (`export.datasets.load_samples`
-  with the spec's `edge.preprocess.Preprocessor`, FP32 model on ONNX Runtime CPU): the gate then measures
+  with the spec's `edge.inference.preprocess.Preprocessor`, FP32 model on ONNX Runtime CPU): the gate then measures
   INT8 agreement with FP32. Classify: label = FP32 probability >= its median over the validation set.
   Segment: the spec threshold (written into a model.yaml next to a copy of the model) is the median FP32
   pixel probability, masks = FP32 probability >= it. Segment images are generated at the model's input
@@ -56,9 +56,9 @@ from onnx import numpy_helper
 from benchmarks.bench_quantize import synthetic_images
 from benchmarks.make_models import write_models
 from benchmarks.results_io import write_results
-from edge.backends.onnxruntime import session_options
-from edge.bundle import load_bundle
-from edge.preprocess import Preprocessor, PreprocessSpec
+from edge.inference.backends.onnxruntime import session_options
+from edge.inference.bundle import load_bundle
+from edge.inference.preprocess import Preprocessor, PreprocessSpec
 from export import datasets, evaluate
 from export import quantize as Q
 from export.evaluate import make_session
@@ -75,7 +75,7 @@ CLASSIFY_IMAGE_HW = (300, 400)  # a frame that is letterboxed and area-resized, 
 NEGATIVE = "normal"  # a negative label name export accepts (export.datasets.NEGATIVE_NAMES)
 PSEUDO_LABELS = (
     "benchmark models have random weights, so their validation labels are FP32 pseudo-labels computed on the tensors "
-    "export itself uses (export.datasets.load_samples + the spec's edge.preprocess.Preprocessor, FP32 model on ONNX "
+    "export itself uses (export.datasets.load_samples + the spec's edge.inference.preprocess.Preprocessor, FP32 model on ONNX "
     "Runtime CPU); the gate measures INT8 agreement with FP32. Classify: label = FP32 probability >= its median over "
     f"the {N_BENCH_VAL} validation images. Segment: spec threshold = median FP32 pixel probability, mask = FP32 "
     "probability >= threshold (~half foreground). Reference models use their labelled synthetic sets.")
@@ -430,7 +430,8 @@ def render_md(result: dict) -> str:
         f"{result['date']}, {m['cpu']} ({isa}), {result['cpus']} CPUs (shared machine), onnxruntime {m['onnxruntime']}, "
         f"python {m['python']}. Load average at start: {result['load_avg'][0]:.2f}. Total {result['total_s']:.0f} s.", "",
         "Each row is one `export.make_bundle.run_export` (default accuracy budget, float fallback allowed, "
-        f"{result['latency_runs']} latency runs) followed by `edge.bundle.load_bundle` on the published bundle and a look "
+        f"{result['latency_runs']} latency runs) followed by `edge.inference.bundle.load_bundle` on the published "
+        "bundle and a look "
         "inside its INT8 graph (last column: activation QuantizeLinear types and zero points, int32 bias "
         "DequantizeLinear, per-channel weight axes by consumer op).", "",
         "Data:",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from .errors import MedgeError
+from edge.errors import MedgeError
 
 app = typer.Typer(
     help="medge: edge inference for portable medical imaging (decision support, not a diagnosis).",
@@ -42,8 +42,8 @@ def config_check(
     ),
 ) -> None:
     """Validate a profile: unknown keys, types, files, values and bundle signatures."""
-    from .config import load_config
-    from .modelset import verify_models
+    from edge.config import load_config
+    from edge.inference.modelset import verify_models
 
     try:
         cfg = load_config(profile, check_files=not structure_only)
@@ -62,8 +62,8 @@ def run(
     max_seconds: float | None = typer.Option(None, help="stop after this many seconds (testing)"),
 ) -> None:
     """Run the on-device daemon until SIGTERM/SIGINT (or until every finite source is exhausted)."""
-    from .config import load_config
-    from .daemon import run_daemon
+    from edge.config import load_config
+    from edge.runtime.daemon import run_daemon
 
     try:
         cfg = load_config(config, data_dir=data_dir)
@@ -78,7 +78,7 @@ def demo(
     data_dir: Path | None = typer.Option(None, help="where the demo keeps its outbox (default: a new temp folder)"),
 ) -> None:
     """Run the built-in demo: both reference models on bundled sample input, CPU only, no broker."""
-    from .demo import run_demo
+    from edge.commands.demo import run_demo
 
     try:
         raise typer.Exit(run_demo(data_dir))
@@ -96,7 +96,7 @@ def replay(
     trusted_key: list[Path] = typer.Option([], "--trusted-key", help="require a signature by this public key"),
 ) -> None:
     """Run the device pipeline offline on one file and print findings and the latency summary."""
-    from .replay_cmd import replay_file
+    from edge.commands.replay import replay_file
 
     try:
         raise typer.Exit(replay_file(file, bundle, variant=variant, realtime=realtime, as_json=as_json,
@@ -111,7 +111,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Show what the daemon would see in a file, and whether it would accept it."""
-    from .inspect_cmd import inspect_file
+    from edge.commands.inspect import inspect_file
 
     try:
         raise typer.Exit(inspect_file(file, as_json=as_json))
@@ -122,7 +122,7 @@ def inspect(
 @app.command()
 def doctor(config: Path | None = typer.Option(None, "--config", "-c", help="firmware profile YAML")) -> None:
     """Check providers, GPU/TensorRT, bundles and signatures, disk, broker and clock; explain problems."""
-    from .doctor import run_doctor
+    from edge.commands.doctor import run_doctor
 
     raise typer.Exit(run_doctor(config))
 
@@ -140,7 +140,7 @@ def receive(
     max_seconds: float | None = typer.Option(None, help="stop after this many seconds (testing)"),
 ) -> None:
     """Hospital-side receiver: store findings exactly once, acknowledging only after commit."""
-    from .receive import run_receiver
+    from hospital.receiver import run_receiver
 
     try:
         raise typer.Exit(run_receiver(broker=broker, db=db, group=group, topic=topic, ca_file=ca_file,
@@ -170,8 +170,8 @@ def broker_config(
 
 
 def _outbox(config: Path):
-    from .config import load_config
-    from .outbox import Outbox
+    from edge.config import load_config
+    from edge.link.outbox import Outbox
 
     cfg = load_config(config)
     return Outbox.from_config(cfg)

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from edge.errors import ConfigError
 
 SCHEMA_VERSION = 1
 VIDEO_MODALITIES = ("US", "ES", "XA", "OT")

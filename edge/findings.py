@@ -2,7 +2,7 @@
 
 Findings are decision support, never a diagnosis: every one names the exact model (name, version,
 SHA-256 of the file that ran), carries its confidence, and sets ``needs_review`` when the model was
-uncertain. Study identifiers are keyed pseudonyms (see `edge.deid`); raw patient identifiers are never
+uncertain. Study identifiers are keyed pseudonyms (see `edge.imaging.deid`); raw patient identifiers are never
 placed in a Finding. The JSON form is described by ``edge/schemas/finding.v1.json``.
 """
 

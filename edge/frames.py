@@ -18,7 +18,7 @@ import numpy as np
 class StudyRef:
     """DICOM identity of the image a frame came from.
 
-    These are the *original* identifiers and never leave the device: `edge.deid` turns them into keyed
+    These are the *original* identifiers and never leave the device: `edge.imaging.deid` turns them into keyed
     pseudonyms before a finding is written to the outbox.
     """
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from edge.bundle import MANIFEST, SIGNATURE, sha256_file
 from edge.durable_files import fsync_dir
 from edge.errors import InputError
+from edge.inference.bundle import MANIFEST, SIGNATURE, sha256_file
 
 
 def fsync_file(path: Path) -> None:

@@ -3,7 +3,7 @@
 INT8 ranges are only as good as the tensors they are measured on: if calibration images were resized,
 windowed or normalised differently from what the device will feed the model, the ranges are wrong and
 accuracy collapses silently on the device. So every image here becomes a `Frame` (display values, the
-same reader the device uses for DICOM) and then a tensor via `edge.preprocess.Preprocessor` built from
+same reader the device uses for DICOM) and then a tensor via `edge.inference.preprocess.Preprocessor` built from
 the exact `PreprocessSpec` that goes into the manifest. There is no other resize/normalise code.
 
 Folder format: images ``*.png *.jpg *.jpeg *.dcm`` and videos ``*.mp4 *.avi`` (every k-th frame).
@@ -24,7 +24,7 @@ import numpy as np
 
 from edge.errors import InputError
 from edge.frames import Frame
-from edge.preprocess import Geometry, Preprocessor
+from edge.inference.preprocess import Geometry, Preprocessor
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".dcm")
 VIDEO_EXTS = (".mp4", ".avi")
@@ -65,7 +65,7 @@ def read_frames(path: Path, video_step: int = 10) -> Iterator[Frame]:
     """Frames of one calibration/validation file; raises InputError naming the file when unreadable."""
     ext = path.suffix.lower()
     if ext == ".dcm":
-        from edge.dicom import frames_from_file  # the device's display chain: same values as on the device
+        from edge.imaging.dicom import frames_from_file  # the device's display chain: same values as on the device
 
         n = 0
         try:

@@ -1,7 +1,7 @@
 """The accuracy gate: FP32 vs INT8 on the labelled validation set, with the task's clinical metrics.
 
 Outputs are decoded in model space with the manifest's own conventions (activation, threshold,
-``postprocess`` box format), mirroring `edge.tasks`, so the gate judges the decisions the device will make,
+``postprocess`` box format), mirroring `edge.inference.tasks`, so the gate judges the decisions the device will make,
 not raw tensors.
 """
 
@@ -44,10 +44,10 @@ class Predictions:
 
 
 def make_session(path: Path | str, threads: int = 2, optimize: bool = True, exact_int8: bool = True):
-    """A CPU session configured exactly as the device configures its own (edge.backends.onnxruntime)."""
+    """A CPU session configured exactly as the device configures its own (edge.inference.backends.onnxruntime)."""
     import onnxruntime as ort
 
-    from edge.backends.onnxruntime import session_options
+    from edge.inference.backends.onnxruntime import session_options
 
     o = session_options(threads, 1, exact_int8=exact_int8, optimize=optimize)
     return ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])

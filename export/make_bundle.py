@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from edge.bundle import SCHEMA_VERSION, TASKS, load_bundle, sha256_file
 from edge.errors import InputError, MedgeError
-from edge.preprocess import Preprocessor, PreprocessSpec
+from edge.inference.bundle import SCHEMA_VERSION, TASKS, load_bundle, sha256_file
+from edge.inference.preprocess import Preprocessor, PreprocessSpec
 
 from . import datasets, evaluate, quantize, report, sensitivity
 from .bundle_writer import finalize_manifest, staging

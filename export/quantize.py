@@ -12,7 +12,7 @@ architecture notes and benchmarks/results/quantize.md):
   cxr-opacity AUROC 0.9975 -> 0.74 on an AVX2 host). 7-bit weights cannot saturate, so the bundle runs
   with ORT's fast kernels on every x86 CPU, VNNI or not, and the device and export agree bit for bit
   with what the accuracy gate measured. A bundle without it runs in ORT's precision mode on the device
-  (`edge.backends.onnxruntime.exact_int8_needed`).
+  (`edge.inference.backends.onnxruntime.exact_int8_needed`).
 * ``tensorrt``: what TensorRT's explicit quantization expects - int8 symmetric activations and weights
   (zero point 0), per-channel weights on the output-channel axis (0 for Conv, 1 for ConvTranspose and
   MatMul), and **no bias quantization** (TensorRT fuses bias in higher precision itself).
@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edge.backends.onnxruntime import exact_int8_needed
 from edge.errors import InputError
-from edge.preprocess import PreprocessSpec
+from edge.inference.backends.onnxruntime import exact_int8_needed
+from edge.inference.preprocess import PreprocessSpec
 
 TARGETS = ("cpu", "tensorrt")
 METHODS = ("minmax", "entropy", "percentile")

@@ -19,7 +19,7 @@ def latency_side_by_side(models: dict[str, Path], x: np.ndarray, runs: int = 30,
                          warmup: int = 3, block: int = 5, exact_int8: bool = True) -> dict[str, dict[str, float]]:
     """Median latency per model, interleaved in short blocks within one process.
 
-    Sessions are configured as the device runs them (`edge.backends.onnxruntime`: intra-op workers do not
+    Sessions are configured as the device runs them (`edge.inference.backends.onnxruntime`: intra-op workers do not
     spin, because the pipeline's stages share the cores). With spinning on, a dozen idle sessions' spinning
     workers in one process would be charged to whichever model runs next. Each block still starts with
     one untimed run; then `block` timed runs. Blocks rotate across models until every model has `runs`
@@ -27,7 +27,7 @@ def latency_side_by_side(models: dict[str, Path], x: np.ndarray, runs: int = 30,
     """
     import onnxruntime as ort
 
-    from edge.backends.onnxruntime import session_options
+    from edge.inference.backends.onnxruntime import session_options
 
     sessions = {}
     for k, p in models.items():

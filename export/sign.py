@@ -12,9 +12,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.bundle import MANIFEST, SIGNATURE, Bundle, key_fingerprint, load_bundle
 from edge.durable_files import write_atomic
 from edge.errors import BundleError, InputError
+from edge.inference.bundle import MANIFEST, SIGNATURE, Bundle, key_fingerprint, load_bundle
 
 
 def keygen(private_path: Path, public_path: Path | None = None, force: bool = False) -> tuple[Path, Path, str]:

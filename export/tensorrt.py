@@ -1,6 +1,6 @@
 """`medge export build-engine`: a TensorRT engine from the bundle's QDQ (or FP16/FP32) ONNX model.
 
-The engine's file name is the key `edge.engine_key.engine_name` defines (GPU, compute capability,
+The engine's file name is the key `edge.inference.backends.engine_key.engine_name` defines (GPU, compute capability,
 TensorRT version, precision, DLA core); the device computes the same key and loads only an exact match,
 so an engine is reused when it matches and rebuilt when any part changed (new JetPack, different
 module). The engines/ folder is a cache outside the bundle's hashed file set. A timing cache next to
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.bundle import load_bundle
 from edge.durable_files import write_atomic
-from edge.engine_key import detect_gpu, engine_name
 from edge.errors import BackendUnavailable, BundleError
+from edge.inference.backends.engine_key import detect_gpu, engine_name
+from edge.inference.bundle import load_bundle
 
 
 def import_tensorrt():

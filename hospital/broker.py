@@ -31,7 +31,7 @@ import yaml
 
 from edge.durable_files import write_atomic
 from edge.errors import ConfigError
-from edge.topics import DEFAULT_GROUP, DEFAULT_PREFIX, DeviceTopics, check_level, findings_filter, shared
+from edge.link.topics import DEFAULT_GROUP, DEFAULT_PREFIX, DeviceTopics, check_level, findings_filter, shared
 
 DYNSEC_PLUGINS = (  # where Debian/Ubuntu (both architectures) and a source build put the plugin
     "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",

@@ -43,7 +43,7 @@ def render(meta: dict[str, Any], result: dict[str, Any], task_text: str, data_te
         "## Input and preprocessing",
         f"- ONNX input `{meta['input']['name']}` float32 {result['input_shape']} (NCHW, batch 1, static); "
         f"output `logits` (apply sigmoid)",
-        f"- `edge.preprocess` spec: size {pre['size']}, {pre['color']}, {pre['resize']}, roi `{pre['roi']}`, "
+        f"- `edge.inference.preprocess` spec: size {pre['size']}, {pre['color']}, {pre['resize']}, roi `{pre['roi']}`, "
         f"{pre['interpolation']} interpolation, window {pre['window']}, mean {pre['mean']}, std {pre['std']}, "
         f"pad {pre['pad_value']}",
         "- frames are display values (after modality/VOI LUT and MONOCHROME1 inversion) in [0, 1] or uint8",
@@ -60,7 +60,7 @@ def render(meta: dict[str, Any], result: dict[str, Any], task_text: str, data_te
         f"- time on the 2-core build machine (shared with other jobs): data {tr['data_seconds']} s, training "
         f"{tr['train_seconds']} s, total {tr['total_seconds']} s wall / {_fmt(tr.get('total_cpu_seconds'))} s CPU",
         "",
-        "## Held-out metrics (FP32 ONNX through edge.preprocess, onnxruntime CPU)",
+        "## Held-out metrics (FP32 ONNX through edge.inference.preprocess, onnxruntime CPU)",
         "| metric | value |",
         "| --- | --- |",
     ]

@@ -5,7 +5,7 @@
 
 Training images are phantoms turned into display values by the same VOI windowing the device's DICOM
 decoder applies (`synth_xray.display`, MONOCHROME1 inverted), wrapped in an `edge.frames.Frame` and
-turned into tensors by `edge.preprocess.Preprocessor` with the spec from model.yaml. Phantoms are
+turned into tensors by `edge.inference.preprocess.Preprocessor` with the spec from model.yaml. Phantoms are
 generated at several matrix sizes so the network does not depend on one detector resolution; the
 held-out set is generated at 512x512 like the demo samples. Fixed steps and seeds: reproducible.
 """
@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from edge.frames import Frame
-from edge.preprocess import Preprocessor
+from edge.inference.preprocess import Preprocessor
 
 from . import model_card
 from . import training as T
@@ -42,7 +42,7 @@ CXR_DATA = (
     "markings, quantum noise; dense lesion of radius 6-13% of the half-width at 0.7-1.3x the "
     "lung-to-soft-tissue contrast) at 320/384/448 px, in pairs that share anatomy and differ by the lesion. "
     "12-bit stored values windowed exactly like the device's DICOM decoder (MONOCHROME1 and 2). Augmented in "
-    "display space (contrast, brightness, gamma, noise, shifts); tensors from `edge.preprocess.Preprocessor`. "
+    "display space (contrast, brightness, gamma, noise, shifts); tensors from `edge.inference.preprocess.Preprocessor`. "
     "The 1/16-scale evidence map is also supervised with the lesion position during training."
 )
 

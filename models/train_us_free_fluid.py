@@ -3,7 +3,7 @@
     python -m models.train_us_free_fluid                 # full run (<= 6 min on 2 cores), writes models/us_free_fluid/
     python -m models.train_us_free_fluid --steps 3 --n-train 8 --n-eval 4 --out SCRATCH_DIR   # smoke run
 
-Every training tensor is produced by `edge.preprocess.Preprocessor` from an `edge.frames.Frame`, with the
+Every training tensor is produced by `edge.inference.preprocess.Preprocessor` from an `edge.frames.Frame`, with the
 preprocess spec read from model.yaml, so the network learns on exactly what the device will feed it.
 Training is a fixed number of steps (not wall time) with fixed seeds: two runs give the same weights.
 Augmentations act on display pixels before preprocessing (gain, gamma, noise, small shifts, mirror),
@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from edge.frames import Frame
-from edge.preprocess import Preprocessor
+from edge.inference.preprocess import Preprocessor
 
 from . import model_card
 from . import training as T
@@ -42,7 +42,7 @@ US_DATA = (
     "- data: `models/synth_ultrasound.py` frames (256x256: fan geometry, speckle from scatterers and a PSF, "
     "log compression, depth attenuation with TGC, hypoechoic organs and acoustic shadows as distractors, 0-3 "
     "anechoic pockets, burned-in text). Augmented in display space (gain, gamma, noise, shifts, mirror) and "
-    "turned into tensors by `edge.preprocess.Preprocessor`; trained on random 64x64 crops of the 128x128 "
+    "turned into tensors by `edge.inference.preprocess.Preprocessor`; trained on random 64x64 crops of the 128x128 "
     "input (fully convolutional), exported at full size."
 )
 

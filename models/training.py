@@ -24,7 +24,7 @@ import torch
 import yaml
 from torch import nn
 
-from edge.preprocess import PreprocessSpec
+from edge.inference.preprocess import PreprocessSpec
 
 from .atomic import write_bytes, write_text
 

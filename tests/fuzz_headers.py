@@ -158,9 +158,9 @@ def peak_rss_bytes() -> int:
 
 
 def run(count: int, seed: int, keep: Path | None = None) -> dict:
-    from edge.quarantine import Quarantine
     from edge.sources import SourceStats
     from edge.sources.durable import DurableInbox
+    from edge.sources.quarantine import Quarantine
     from tests.test_dicom_decode import FILES
 
     by_name = {Path(f).name: Path(f) for f in FILES}
@@ -171,7 +171,7 @@ def run(count: int, seed: int, keep: Path | None = None) -> dict:
     root = Path(tempfile.mkdtemp(prefix="medge-fuzz-"))
     log = logging.getLogger("medge.fuzz")
     log.setLevel(logging.CRITICAL)  # thousands of refusal lines; the summary says what happened
-    logging.getLogger("pydicom").setLevel(logging.ERROR)  # as the daemon does (edge.daemon.setup_logging)
+    logging.getLogger("pydicom").setLevel(logging.ERROR)  # as the daemon does (edge.runtime.daemon.setup_logging)
     stats = SourceStats()
     inbox = DurableInbox("fuzz", root / "processed", Quarantine(root / "quarantine", log), stats, log,
                          journal_dir=root / "attempts")

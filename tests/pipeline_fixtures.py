@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import TensorProto, helper
 
-from edge.bundle import sha256_file
-from edge.preprocess import PreprocessSpec
+from edge.inference.bundle import sha256_file
+from edge.inference.preprocess import PreprocessSpec
 
 
 def _const(name: str, value: float) -> onnx.NodeProto:

@@ -14,8 +14,8 @@ import threading
 import time
 
 from edge.config import load_config
-from edge.outbox import Outbox
-from edge.sync import SyncClient
+from edge.link.outbox import Outbox
+from edge.link.sync import SyncClient
 
 from .sync_helpers import findings
 

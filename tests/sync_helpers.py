@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge.findings import Finding, ModelRef
-from edge.receive import Receiver
+from hospital.receiver import Receiver
 
 from .mqtt_broker import Broker
 
@@ -84,7 +84,7 @@ class Monitor:
     that lost the receivers' shared subscription still has a match and answers PUBACK 0x00."""
 
     def __init__(self, broker: Broker, topic: str = "#", identity: str = "monitor") -> None:
-        from edge.mqtt_link import new_client, parse_broker_url
+        from edge.link.mqtt import new_client, parse_broker_url
 
         url = parse_broker_url(broker.url)
         self.topics: list[str] = []

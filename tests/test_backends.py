@@ -7,11 +7,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge.backends import Backend, build_backend
-from edge.backends.tensorrt import TensorRTBackend
-from edge.bundle import load_bundle
 from edge.config import ModelConfig
 from edge.errors import BackendUnavailable, BundleError
+from edge.inference.backends import Backend, build_backend
+from edge.inference.backends.tensorrt import TensorRTBackend
+from edge.inference.bundle import load_bundle
 from tests.pipeline_fixtures import write_bundle
 
 HAS_GPU = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -94,7 +94,7 @@ def test_missing_variant_is_bundle_error(bundle):
 def test_int8_precision_mode_follows_the_bundle_recipe():
     """Full-range int8 weights saturate ORT's u8s8 kernels on x86 without VNNI: such bundles run in precision mode;
     7-bit (reduce_range) bundles keep the fast kernels. The export gate uses the same settings."""
-    from edge.backends.onnxruntime import exact_int8_needed, session_options
+    from edge.inference.backends.onnxruntime import exact_int8_needed, session_options
 
     assert exact_int8_needed({"reduce_range": True}) is False
     assert exact_int8_needed({"reduce_range": False}) is True and exact_int8_needed({}) is True  # older bundles

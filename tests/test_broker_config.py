@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edge.commands.doctor import check_broker_identity
 from edge.config import load_config
-from edge.doctor import check_broker_identity
 from edge.errors import ConfigError
-from edge.mqtt_link import new_client, parse_broker_url
+from edge.link.mqtt import new_client, parse_broker_url
 from hospital.broker import dynsec_config, load_fleet, mosquitto_conf
 
 from .mqtt_broker import Broker, device_profile

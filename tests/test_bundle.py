@@ -7,9 +7,9 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.bundle import load_bundle, sha256_file
 from edge.errors import BundleError
-from edge.preprocess import PreprocessSpec
+from edge.inference.bundle import load_bundle, sha256_file
+from edge.inference.preprocess import PreprocessSpec
 
 
 def _make_bundle(root: Path, key: Ed25519PrivateKey | None = None) -> Path:

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.doctor import check_broker, run_doctor
-from edge.sdnotify import Notifier
+from edge.commands.doctor import check_broker, run_doctor
+from edge.runtime.sdnotify import Notifier
 from tests.pipeline_fixtures import write_bundle, write_public_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,7 +205,7 @@ def signed_bundle(tmp_path_factory):
 
 
 def test_sigterm_mid_stream_loses_no_accepted_study_and_restart_has_no_duplicates(tmp_path, signed_bundle):
-    from edge.deid import Pseudonymizer
+    from edge.imaging.deid import Pseudonymizer
 
     n = 4
     key_file = tmp_path / "pseudonym.key"
@@ -261,7 +261,7 @@ def test_replay_prints_findings_and_latency_summary(tmp_path, signed_bundle):
 
     from pydicom.data import get_testdata_file
 
-    from edge.replay_cmd import replay_file
+    from edge.commands.replay import replay_file
 
     key, bundle = signed_bundle
     pub = write_public_key(tmp_path / "pub.pem", key)
@@ -284,8 +284,8 @@ def test_replay_prints_findings_and_latency_summary(tmp_path, signed_bundle):
 
 
 def test_replay_bad_inputs_are_one_line_errors(tmp_path, signed_bundle):
+    from edge.commands.replay import replay_file
     from edge.errors import BundleError, InputError
-    from edge.replay_cmd import replay_file
 
     key, bundle = signed_bundle
     with pytest.raises(InputError, match="missing.dcm: file not found"):
@@ -304,8 +304,8 @@ def test_replay_bad_inputs_are_one_line_errors(tmp_path, signed_bundle):
 
 
 def _demo_inputs_missing() -> str | None:
+    from edge.commands.demo import demo_profile
     from edge.config import load_config
-    from edge.demo import demo_profile
     from edge.errors import MedgeError
 
     try:
@@ -320,7 +320,7 @@ def test_demo_runs_by_itself_and_explains_where_findings_went(tmp_path):
     missing = _demo_inputs_missing()
     if missing:
         pytest.skip(missing)
-    from edge.demo import run_demo
+    from edge.commands.demo import run_demo
 
     lines: list[str] = []
     t0 = time.monotonic()
@@ -352,7 +352,7 @@ def test_replay_real_bundles_on_demo_samples_match_truth():
     the right area, an opacity on the opacity radiograph and nothing on the normal one."""
     import json
 
-    from edge.replay_cmd import replay_file
+    from edge.commands.replay import replay_file
 
     samples, bundles = ROOT / "models/samples", ROOT / "models/bundles"
     if not (bundles / "us-free-fluid/manifest.yaml").exists() or not (samples / "truth.json").exists():

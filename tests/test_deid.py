@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from pydicom.uid import UID
 
-from edge.deid import Pseudonymizer, deidentify_dataset, exportable_pixels, mask_outside_region
-from edge.dicom import frames_from_file, read_dicom
 from edge.errors import ConfigError, InputError
 from edge.frames import Frame, Region, StudyRef
-from edge.quarantine import REASON_SUFFIX, Quarantine
+from edge.imaging.deid import Pseudonymizer, deidentify_dataset, exportable_pixels, mask_outside_region
+from edge.imaging.dicom import frames_from_file, read_dicom
+from edge.sources.quarantine import REASON_SUFFIX, Quarantine
 from tests.test_dicom_decode import find
 
 

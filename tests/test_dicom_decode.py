@@ -1,7 +1,7 @@
-"""edge.dicom against pydicom's own display pipeline on every real CR/DX/US object in pydicom-data.
+"""edge.imaging.dicom against pydicom's own display pipeline on every real CR/DX/US object in pydicom-data.
 
 The reference here is computed per frame, on the full image, straight from pydicom's functions
-(apply_modality_lut, apply_voi_lut, apply_color_lut, convert_color_space); edge.dicom instead evaluates
+(apply_modality_lut, apply_voi_lut, apply_color_lut, convert_color_space); edge.imaging.dicom instead evaluates
 the chain once over the stored-value domain and gathers, and decodes JPEG cines with OpenCV, so the two
 are independent paths that must agree.
 """
@@ -19,8 +19,8 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space, pixel_array
 
-from edge.dicom import describe, frames_from_file, read_dicom
 from edge.errors import InputError
+from edge.imaging.dicom import describe, frames_from_file, read_dicom
 
 
 def _data_dirs() -> list[str]:

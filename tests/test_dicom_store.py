@@ -11,9 +11,9 @@ from pynetdicom import AE
 from pynetdicom.sop_class import UltrasoundImageStorage, UltrasoundMultiFrameImageStorage
 
 from edge.config import SourceConfig
-from edge.dicom import read_dicom
-from edge.quarantine import REASON_SUFFIX
+from edge.imaging.dicom import read_dicom
 from edge.sources import SourceContext, build_source
+from edge.sources.quarantine import REASON_SUFFIX
 from tests.test_dicom_decode import find
 from tests.test_sources import Runner
 

@@ -23,9 +23,9 @@ from onnx import TensorProto, helper, numpy_helper
 from pydicom.data import get_testdata_file
 
 from benchmarks.make_models import resnet18, unet
-from edge.bundle import load_bundle
 from edge.errors import BundleError, InputError
-from edge.preprocess import Preprocessor, PreprocessSpec
+from edge.inference.bundle import load_bundle
+from edge.inference.preprocess import Preprocessor, PreprocessSpec
 from export import metrics
 from export.make_bundle import ExportOptions, GateFailed, run_export
 from export.sign import keygen, sign_bundle, verify_bundle

@@ -7,12 +7,12 @@ import jsonschema
 import numpy as np
 import pytest
 
-from edge.bundle import load_bundle
 from edge.findings import Finding, ModelRef
 from edge.frames import Frame, Region, StudyRef
-from edge.pipeline import FindingBuilder, deterministic_id
-from edge.preprocess import Preprocessor
-from edge.tasks import build_task
+from edge.inference.bundle import load_bundle
+from edge.inference.preprocess import Preprocessor
+from edge.inference.tasks import build_task
+from edge.runtime.pipeline import FindingBuilder, deterministic_id
 from tests.pipeline_fixtures import blob_image, write_bundle
 
 

@@ -16,7 +16,7 @@ import yaml
 from pydicom.pixels import apply_voi_lut
 
 from edge.frames import Frame
-from edge.preprocess import Preprocessor, PreprocessSpec
+from edge.inference.preprocess import Preprocessor, PreprocessSpec
 from models import datasets, make_samples, synth_ultrasound, synth_xray
 from models.synth_dicom import CR_IMAGE_STORAGE, US_MULTIFRAME_STORAGE, cr_dataset
 
@@ -299,7 +299,7 @@ def _session_at(folder):
 
 
 def test_device_decoder_sees_exactly_the_display_values_the_models_were_trained_on():
-    from edge.dicom import decode_file
+    from edge.imaging.dicom import decode_file
 
     for name, seed, op, pi in (("cxr_opacity.dcm", make_samples.CXR_OPACITY_SEED, True, "MONOCHROME1"),
                                ("cxr_normal.dcm", make_samples.CXR_NORMAL_SEED, False, "MONOCHROME2")):

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from edge.cli import app
 from edge.findings import Finding, ModelRef
-from edge.outbox import Outbox, OutboxError
+from edge.link.outbox import Outbox, OutboxError
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ModelRef(name="m", version="1", sha256="0" * 64)
@@ -147,7 +147,7 @@ def test_put_survives_sigkill(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         from edge.findings import Finding, ModelRef
-        from edge.outbox import Outbox
+        from edge.link.outbox import Outbox
         m = ModelRef(name="m", version="1", sha256="0" * 64)
         ob = Outbox({str(p)!r})
         i = 0

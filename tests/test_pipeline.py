@@ -11,15 +11,15 @@ import urllib.request
 import numpy as np
 import pytest
 
-from edge.backends import build_backend
-from edge.bundle import load_bundle
 from edge.config import ModelConfig
 from edge.findings import ModelRef
 from edge.frames import Frame, StudyRef
-from edge.metrics import Metrics
-from edge.pipeline import FindingBuilder, Pipeline, PipelineSettings
-from edge.preprocess import Preprocessor
-from edge.tasks import build_task
+from edge.inference.backends import build_backend
+from edge.inference.bundle import load_bundle
+from edge.inference.preprocess import Preprocessor
+from edge.inference.tasks import build_task
+from edge.runtime.metrics import Metrics
+from edge.runtime.pipeline import FindingBuilder, Pipeline, PipelineSettings
 from tests.pipeline_fixtures import blob_image, write_bundle
 
 

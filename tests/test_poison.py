@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.dicom import frames_from_file
-from edge.dicom_guard import DecodeLimits
 from edge.errors import InputError
-from edge.quarantine import REASON_SUFFIX
+from edge.imaging.dicom import frames_from_file
+from edge.imaging.dicom_guard import DecodeLimits
+from edge.sources.quarantine import REASON_SUFFIX
 from tests import dicom_mutations as dm
 from tests.pipeline_fixtures import write_bundle, write_public_key
 from tests.test_daemon import _profile, _start, _stop, _wait, _write_studies
@@ -69,7 +69,7 @@ def test_decompression_bomb_is_refused_before_decoding_with_bounded_memory(tmp_p
     bomb = dm.huge_rle(tmp_path / "bomb.dcm")
     assert bomb.stat().st_size < 400_000
     code = ("import sys, time\n"
-            "from edge.dicom import frames_from_file\n"
+            "from edge.imaging.dicom import frames_from_file\n"
             "from edge.errors import InputError\n"
             "from tests.fuzz_headers import _rss_bytes, peak_rss_bytes\n"
             "before = _rss_bytes(); t = time.perf_counter()\n"
@@ -100,7 +100,7 @@ def test_deflate_bomb_is_refused_before_pydicom_inflates_it(tmp_path):
     assert len(list(frames_from_file(small, "t"))) == 1  # a normal deflated object decodes
     # a bomb: a valid Part 10 header followed by a stream that inflates to 64 MB of zeros, against a
     # device limit of 16 MB an object (+ 16 MB for non-pixel elements)
-    from edge.dicom_guard import _file_meta_end
+    from edge.imaging.dicom_guard import _file_meta_end
 
     offset, ts = _file_meta_end(small)
     assert ts == DeflatedExplicitVRLittleEndian
@@ -257,7 +257,7 @@ def test_an_object_that_kills_the_daemon_twice_is_quarantined_at_the_next_start(
 def test_a_pipeline_stage_that_dies_makes_the_daemon_exit_non_zero_without_losing_the_object(tmp_path, signed):
     """systemd restarts medge only on a non-zero exit (Restart=on-failure)."""
     from edge.config import load_config
-    from edge.daemon import run_daemon
+    from edge.runtime.daemon import run_daemon
 
     pub, bundle = signed
     drop = tmp_path / "drop"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from edge.frames import Frame, Region
-from edge.preprocess import INTERPOLATIONS, Preprocessor, PreprocessSpec
+from edge.inference.preprocess import INTERPOLATIONS, Preprocessor, PreprocessSpec
 
 
 def test_letterbox_geometry_round_trips_points_and_masks():

@@ -1,7 +1,7 @@
 """Flicker test: a noisy per-frame detector must give one finding per event, and none for isolated blips."""
 
-from edge.smoothing import Hysteresis
-from edge.tasks import Detection
+from edge.inference.smoothing import Hysteresis
+from edge.inference.tasks import Detection
 
 
 def _det(conf: float) -> list[Detection]:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from edge.config import SourceConfig
-from edge.quarantine import REASON_SUFFIX
 from edge.sources import SourceContext, build_source
+from edge.sources.quarantine import REASON_SUFFIX
 from tests.test_dicom_decode import find
 
 
@@ -222,7 +222,7 @@ def test_replay_fast_and_video_and_bad_file(tmp_path):
 def test_inspect_video_file(tmp_path):
     import json
 
-    from edge.inspect_cmd import inspect_file
+    from edge.commands.inspect import inspect_file
 
     vid = write_video(tmp_path / "v.avi", n=6, fps=20)
     lines: list[str] = []

@@ -12,10 +12,10 @@ import pytest
 from paho.mqtt.properties import Properties
 
 from edge.config import load_config
-from edge.mqtt_link import new_client, parse_broker_url
-from edge.outbox import Outbox
-from edge.receive import parse_message
-from edge.sync import SyncClient
+from edge.link.mqtt import new_client, parse_broker_url
+from edge.link.outbox import Outbox
+from edge.link.sync import SyncClient
+from hospital.receiver import parse_message
 
 from .mqtt_broker import Broker, device_profile
 from .sync_helpers import Monitor, ReceiverThread, findings, stored_ids, wait_for
@@ -198,7 +198,7 @@ def test_receiver_rejects_forged_and_malformed_messages():
 def test_receiver_stores_rejections_and_acknowledges_them(tmp_path, broker):
     """After each commit the receiver tells the device, on the device's ack topic: committed ids (a
     duplicate again, since its earlier acknowledgement may have been lost) and refused ids with the reason."""
-    from edge.topics import parse_ack
+    from edge.link.topics import parse_ack
 
     db = tmp_path / "rx.sqlite3"
     url = parse_broker_url(broker.url)
@@ -244,12 +244,12 @@ def test_sync_process_entry_point_drains_and_exits(tmp_path, broker):
         ob.put_many(findings("d1", 10))
     db = tmp_path / "rx.sqlite3"
     with ReceiverThread(broker, db):
-        r = subprocess.run([sys.executable, "-m", "edge.sync", "--config", str(profile), "--until-drained",
+        r = subprocess.run([sys.executable, "-m", "edge.link.sync", "--config", str(profile), "--until-drained",
                             "--max-seconds", "30"], cwd=Path(__file__).resolve().parents[1], capture_output=True,
                            text=True, timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
         wait_for(lambda: len(stored_ids(db)) == 10, 10, "10 findings")
-    bad = subprocess.run([sys.executable, "-m", "edge.sync", "--config", str(tmp_path / "nope.yaml")],
+    bad = subprocess.run([sys.executable, "-m", "edge.link.sync", "--config", str(tmp_path / "nope.yaml")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "nope.yaml: profile not found" in bad.stderr
 

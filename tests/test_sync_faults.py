@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from edge.config import load_config
-from edge.outbox import Outbox
+from edge.link.outbox import Outbox
 
 from .mqtt_broker import Broker, device_profile
 from .sync_helpers import Monitor, ReceiverThread, findings, stored_ids, wait_for
@@ -197,7 +197,7 @@ def test_receiver_killed_mid_stream_redelivers_without_duplicates(tmp_path, brok
 
 def test_frozen_broker_ack_timeout_requeues_and_nothing_is_duplicated(tmp_path, broker):
     """SIGSTOP the broker: PUBACKs stop, the ack timeout re-queues, SIGCONT lets everything through once."""
-    from edge.sync import SyncClient
+    from edge.link.sync import SyncClient
 
     n = 200
     cfg = load_config(device_profile(tmp_path, broker, "d1", ack_timeout_s=0.7, keepalive_s=30, inflight=4))
@@ -270,8 +270,8 @@ def test_identity_rules_keep_a_rogue_device_out_of_the_receivers_session_and_gro
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from edge.mqtt_link import new_client, parse_broker_url
-    from edge.sync import SyncClient
+    from edge.link.mqtt import new_client, parse_broker_url
+    from edge.link.sync import SyncClient
 
     cfg = load_config(device_profile(tmp_path, broker, "d1", hospital_ack_timeout_s=600.0, hospital_ack_max_s=600.0))
     db = tmp_path / "rx.sqlite3"

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from edge.backends import build_backend
-from edge.bundle import load_bundle
 from edge.config import ModelConfig
 from edge.frames import Frame, Region
-from edge.preprocess import Preprocessor
-from edge.tasks import Classify, Detect, build_task
+from edge.inference.backends import build_backend
+from edge.inference.bundle import load_bundle
+from edge.inference.preprocess import Preprocessor
+from edge.inference.tasks import Classify, Detect, build_task
 from tests.pipeline_fixtures import blob_image, write_bundle
 
 
@@ -70,7 +70,7 @@ def test_classify_threshold_review_band_priority(tmp_path):
     b = load_bundle(write_bundle(tmp_path / "c", task="classify", size=32, labels=("opacity",), urgent=("opacity",),
                                  threshold=0.5, review_band=(0.3, 0.7)))
     t = Classify(b.manifest)
-    from edge.preprocess import Geometry
+    from edge.inference.preprocess import Geometry
     g = Geometry((32, 32), Region(0, 0, 32, 32), 1, 1, 0, 0, (32, 32), (32, 32))
     f = Frame(pixels=np.zeros((32, 32), np.uint8), modality="CR", source="t")
 
@@ -98,7 +98,7 @@ def test_detect_nms_and_frame_coordinates(tmp_path):
     m = replace(b.manifest, task="detect", outputs=(replace(b.manifest.outputs[0], name="boxes", activation="none"),
                                                     replace(b.manifest.outputs[0], name="scores", activation="none")))
     t = Detect(m)
-    from edge.preprocess import Geometry
+    from edge.inference.preprocess import Geometry
     g = Geometry((64, 64), Region(0, 0, 64, 64), 0.5, 0.5, 0, 0, (32, 32), (32, 32))  # frame is 2x model size
     f = Frame(pixels=np.zeros((64, 64), np.uint8), modality="CR", source="t", spacing_mm=(1.0, 1.0))
     boxes = np.array([[[2, 2, 10, 10], [3, 3, 11, 11], [20, 20, 30, 30], [0, 0, 1, 1]]], np.float32)

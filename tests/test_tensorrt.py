@@ -12,7 +12,7 @@ from edge.errors import BackendUnavailable
 
 
 def _gpu_reason() -> str | None:
-    from edge.engine_key import detect_gpu
+    from edge.inference.backends.engine_key import detect_gpu
     from export.tensorrt import import_tensorrt
 
     try:
@@ -42,7 +42,7 @@ def test_engine_is_built_keyed_and_reused(tmp_path):
     import tensorrt as trt
 
     from benchmarks.make_models import unet
-    from edge.engine_key import detect_gpu, engine_name
+    from edge.inference.backends.engine_key import detect_gpu, engine_name
     from export.make_bundle import ExportOptions, run_export
     from export.tensorrt import build_engine
     from tests.test_export import _images, _quiet, _save, _spec
@@ -67,9 +67,9 @@ def test_engine_is_built_keyed_and_reused(tmp_path):
 
 def test_device_loads_only_the_engine_keyed_for_its_gpu_trt_precision_and_dla(tmp_path):
     """Runs without a GPU: the key rule is shared by export and device, and a foreign engine is refused."""
-    from edge.backends.tensorrt import find_engine
-    from edge.bundle import load_bundle
-    from edge.engine_key import GpuInfo, engine_name
+    from edge.inference.backends.engine_key import GpuInfo, engine_name
+    from edge.inference.backends.tensorrt import find_engine
+    from edge.inference.bundle import load_bundle
 
     root = tmp_path / "b"
     shutil.copytree("models/bundles/us-free-fluid", root)

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..config import SourceConfig
-from ..dicom_guard import DEFAULT_LIMITS, DecodeLimits
-from ..errors import ConfigError
-from ..frames import Frame
-from ..quarantine import Quarantine
+from edge.config import SourceConfig
+from edge.errors import ConfigError
+from edge.frames import Frame
+from edge.imaging.dicom_guard import DEFAULT_LIMITS, DecodeLimits
+from edge.sources.quarantine import Quarantine
 
 
 @dataclass
@@ -81,19 +81,19 @@ class SourceContext:
 def build_source(cfg: SourceConfig, ctx: SourceContext) -> Source:
     """The source for one profile entry. Nothing is opened or bound until `frames()` (or `start()`)."""
     if cfg.kind == "video":
-        from .video import VideoSource
+        from edge.sources.video import VideoSource
 
         return VideoSource(cfg, ctx)
     if cfg.kind == "dicom-folder":
-        from .dicom_folder import DicomFolderSource
+        from edge.sources.dicom_folder import DicomFolderSource
 
         return DicomFolderSource(cfg, ctx)
     if cfg.kind == "dicom-store":
-        from .dicom_store import DicomStoreSource
+        from edge.sources.dicom_store import DicomStoreSource
 
         return DicomStoreSource(cfg, ctx)
     if cfg.kind == "replay":
-        from .replay import ReplaySource
+        from edge.sources.replay import ReplaySource
 
         return ReplaySource(cfg, ctx)
     raise ConfigError(f"source {cfg.name!r}: unknown kind {cfg.kind!r}")

@@ -12,10 +12,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..config import SourceConfig
-from ..frames import Frame
-from . import SourceContext, SourceStats
-from .durable import DurableInbox
+from edge.config import SourceConfig
+from edge.frames import Frame
+from edge.sources import SourceContext, SourceStats
+from edge.sources.durable import DurableInbox
 
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".filepart", ".crdownload", ".lock")
 

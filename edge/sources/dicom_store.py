@@ -22,12 +22,12 @@ from typing import Any
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
-from ..config import SourceConfig
-from ..durable_files import write_atomic
-from ..errors import ConfigError
-from ..frames import Frame
-from . import SourceContext, SourceStats
-from .durable import DurableInbox
+from edge.config import SourceConfig
+from edge.durable_files import write_atomic
+from edge.errors import ConfigError
+from edge.frames import Frame
+from edge.sources import SourceContext, SourceStats
+from edge.sources.durable import DurableInbox
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700

@@ -26,13 +26,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..dicom import frames_from_file
-from ..dicom_guard import DEFAULT_LIMITS, DecodeLimits
-from ..durable_files import move_durably, write_atomic
-from ..errors import InputError, one_line
-from ..frames import Frame
-from ..quarantine import Quarantine
-from . import SourceStats
+from edge.durable_files import move_durably, write_atomic
+from edge.errors import InputError, one_line
+from edge.frames import Frame
+from edge.imaging.dicom import frames_from_file
+from edge.imaging.dicom_guard import DEFAULT_LIMITS, DecodeLimits
+from edge.sources import SourceStats
+from edge.sources.quarantine import Quarantine
 
 MAX_ATTEMPTS = 3
 POISON_AFTER = 2  # runs that died while processing the same object

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import cv2
 
-from ..config import SourceConfig
-from ..dicom import frames_from_file
-from ..errors import InputError, one_line
-from ..frames import Frame
-from . import SourceContext, SourceStats
-from .video import capture_fps, to_rgb
+from edge.config import SourceConfig
+from edge.errors import InputError, one_line
+from edge.frames import Frame
+from edge.imaging.dicom import frames_from_file
+from edge.sources import SourceContext, SourceStats
+from edge.sources.video import capture_fps, to_rgb
 
 
 def is_dicom_file(path: Path) -> bool:

@@ -17,10 +17,10 @@ from typing import Any
 
 import cv2
 
-from ..config import SourceConfig
-from ..errors import one_line
-from ..frames import Frame
-from . import SourceContext, SourceStats
+from edge.config import SourceConfig
+from edge.errors import one_line
+from edge.frames import Frame
+from edge.sources import SourceContext, SourceStats
 
 BACKOFF_MIN_S = 0.5
 NET_TIMEOUT_MS = 5000

@@ -6,7 +6,7 @@ window centre/width, MONOCHROME1 inversion, PALETTE COLOR lookup and YBR -> RGB.
 once per object over every possible stored value and kept as a lookup table, so a frame of a cine costs
 one gather, not a float pipeline; multi-frame objects are decoded lazily, one frame at a time.
 
-Refusals (not an image, no decoder, wrong pixel data length, truncated file, a header `edge.dicom_guard`
+Refusals (not an image, no decoder, wrong pixel data length, truncated file, a header `edge.imaging.dicom_guard`
 refuses, declared sizes over the profile's limits) raise `InputError` with one line naming the file and
 the cause, which sources log, count and quarantine. Any exception pydicom or a decoder raises on a
 malformed object becomes such a line too: real-world bytes fail in ways no list of exception types covers.
@@ -34,9 +34,16 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, iter_pixels
 from pydicom.uid import UID, JPEGBaseline8Bit
 
-from .dicom_guard import DEFAULT_LIMITS, DecodeLimits, codestream_refusal, deflate_refusal, size_refusal, value_refusal
-from .errors import InputError, one_line
-from .frames import Frame, Region, StudyRef
+from edge.errors import InputError, one_line
+from edge.frames import Frame, Region, StudyRef
+from edge.imaging.dicom_guard import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    codestream_refusal,
+    deflate_refusal,
+    size_refusal,
+    value_refusal,
+)
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 YBR = ("YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_422", "YBR_PARTIAL_420")
@@ -296,7 +303,7 @@ def _pair(v: Any, scale: float = 1.0) -> tuple[float, float] | None:
 def us_region(ds: Dataset) -> tuple[Region | None, Dataset | None]:
     """The ultrasound imaging region: the largest 2D region (else the largest region of any format).
 
-    Everything outside it may carry burned-in patient text, so `edge.deid.mask_outside_region` uses it.
+    Everything outside it may carry burned-in patient text, so `edge.imaging.deid.mask_outside_region` uses it.
     """
     seq = ds.get("SequenceOfUltrasoundRegions")
     if not seq:

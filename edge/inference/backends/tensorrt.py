@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import Bundle
-from ..config import ModelConfig
-from ..engine_key import GpuInfo, detect_gpu, engine_name
-from ..errors import BackendUnavailable
+from edge.config import ModelConfig
+from edge.errors import BackendUnavailable
+from edge.inference.backends.engine_key import GpuInfo, detect_gpu, engine_name
+from edge.inference.bundle import Bundle
 
 
 def _import_cudart() -> Any:

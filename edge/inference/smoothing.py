@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from .tasks import Detection
+from edge.inference.tasks import Detection
 
 
 @dataclass

@@ -14,16 +14,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import ConfigError
-from .findings import Finding
-from .report_lines import finding_line
+from edge.commands.report_lines import finding_line
+from edge.errors import ConfigError
+from edge.findings import Finding
 
 DEMO_MAX_SECONDS = 55.0
 
 
 def demo_profile() -> Path:
     """The demo runs from a source checkout: the profile, bundles and samples live next to `edge/`."""
-    p = Path(__file__).resolve().parents[1] / "firmware_configs" / "demo.yaml"
+    import edge
+
+    p = Path(edge.__file__).resolve().parents[1] / "firmware_configs" / "demo.yaml"
     if not p.is_file():
         raise ConfigError(f"{p}: demo profile not found; run 'medge demo' from a medge source checkout "
                           "(pip install -e .)")
@@ -31,8 +33,8 @@ def demo_profile() -> Path:
 
 
 def run_demo(data_dir: Path | None = None, echo=print) -> int:
-    from .config import load_config
-    from .daemon import LOG_FORMAT, run_daemon
+    from edge.config import load_config
+    from edge.runtime.daemon import LOG_FORMAT, run_daemon
 
     profile = demo_profile()
     tmp = None

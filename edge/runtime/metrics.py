@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .durable_files import write_atomic
+from edge.durable_files import write_atomic
 
 
 def percentiles(values: Any, qs: tuple[float, ...] = (50, 95, 99)) -> dict[str, float | None]:

@@ -14,10 +14,10 @@ from typing import Any
 
 import cv2
 
-from .dicom import describe, iter_frames, read_dicom
-from .errors import InputError
-from .sources.replay import is_dicom_file
-from .sources.video import capture_fps
+from edge.errors import InputError
+from edge.imaging.dicom import describe, iter_frames, read_dicom
+from edge.sources.replay import is_dicom_file
+from edge.sources.video import capture_fps
 
 EXIT_ACCEPTED = 0
 EXIT_REFUSED = 1

@@ -19,8 +19,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
-from .findings import PRIORITIES
+from edge.errors import ConfigError
+from edge.findings import PRIORITIES
 
 DEFAULT_PREFIX = "medge"
 DEFAULT_GROUP = "medge-receivers"

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .durable_files import move_durably, write_atomic
+from edge.durable_files import move_durably, write_atomic
 
 REASON_SUFFIX = ".reason.txt"
 

@@ -3,7 +3,7 @@
 paho-mqtt keeps its session in memory, so a power cut loses whatever it was holding. Every finding is
 therefore committed here (SQLite, WAL, ``synchronous=FULL``: the commit has reached the disk when
 ``put`` returns) before anything tries to send it, and it leaves only when the hospital says its store
-has committed it (the end-to-end acknowledgement, see `edge.sync`). A broker PUBACK only means "the
+has committed it (the end-to-end acknowledgement, see `edge.link.sync`). A broker PUBACK only means "the
 broker took it": a broker that restarts without the receivers' shared subscription, or a subscriber
 the ACL then refuses, answers PUBACK and drops the message.
 
@@ -43,8 +43,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import MedgeError
-from .findings import PRIORITIES, Finding
+from edge.errors import MedgeError
+from edge.findings import PRIORITIES, Finding
 
 log = logging.getLogger("medge.outbox")
 

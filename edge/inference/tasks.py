@@ -24,9 +24,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .bundle import Manifest
-from .frames import Frame
-from .preprocess import Geometry
+from edge.frames import Frame
+from edge.inference.bundle import Manifest
+from edge.inference.preprocess import Geometry
 
 DEFAULT_BACKGROUND = ("background", "normal", "none", "bg", "negative")
 

@@ -14,9 +14,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..bundle import Bundle
-from ..config import ModelConfig
-from ..errors import BackendUnavailable
+from edge.config import ModelConfig
+from edge.errors import BackendUnavailable
+from edge.inference.bundle import Bundle
 
 
 @runtime_checkable
@@ -45,7 +45,7 @@ def build_backend(bundle: Bundle, model_cfg: ModelConfig, logger: logging.Logger
     while i < len(providers):
         p = providers[i]
         if p == "trt-native":
-            from .tensorrt import TensorRTBackend
+            from edge.inference.backends.tensorrt import TensorRTBackend
 
             try:
                 return TensorRTBackend.from_bundle(bundle, model_cfg, log)
@@ -57,7 +57,7 @@ def build_backend(bundle: Bundle, model_cfg: ModelConfig, logger: logging.Logger
         j = i
         while j < len(providers) and providers[j] != "trt-native":
             j += 1
-        from .onnxruntime import OrtBackend
+        from edge.inference.backends.onnxruntime import OrtBackend
 
         try:
             return OrtBackend.from_bundle(bundle, model_cfg, providers[i:j], log, allow_spinning)

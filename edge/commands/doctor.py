@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import MedgeError
+from edge.errors import MedgeError
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
@@ -143,7 +143,7 @@ class _Probe:
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        from .mqtt_link import new_client, parse_broker_url
+        from edge.link.mqtt import new_client, parse_broker_url
 
         self.mqtt = mqtt
         sc = cfg.sync
@@ -185,7 +185,7 @@ def check_broker_identity(cfg, timeout: float = 5.0) -> list[Check]:
     to join the receivers' shared group, which the broker must refuse."""
     import uuid
 
-    from .topics import DEFAULT_GROUP, findings_filter, shared
+    from edge.link.topics import DEFAULT_GROUP, findings_filter, shared
 
     sc = cfg.sync
     if sc.cert_file is None:
@@ -232,7 +232,7 @@ def check_broker_identity(cfg, timeout: float = 5.0) -> list[Check]:
                                  "the dynamic-security plugin, see medge broker-config)"))
             return out
         except OSError as e:
-            from .mqtt_link import describe_error
+            from edge.link.mqtt import describe_error
 
             return [Check(WARN, "broker identity", f"not checked: {describe_error(e)}")]
     finally:
@@ -250,8 +250,8 @@ def check_broker_identity(cfg, timeout: float = 5.0) -> list[Check]:
 
 
 def check_profile(config_path: Path) -> list[Check]:
-    from .config import load_config
-    from .modelset import load_model_bundle
+    from edge.config import load_config
+    from edge.inference.modelset import load_model_bundle
 
     try:
         cfg = load_config(config_path)

@@ -18,13 +18,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import SourceConfig
-from .errors import InputError
-from .findings import Finding
-from .loaded_model import load_model_dir
-from .metrics import Metrics
-from .pipeline import FindingBuilder, Pipeline, PipelineSettings
-from .report_lines import finding_line, summary_line
+from edge.commands.report_lines import finding_line, summary_line
+from edge.config import SourceConfig
+from edge.errors import InputError
+from edge.findings import Finding
+from edge.inference.loaded_model import load_model_dir
+from edge.runtime.metrics import Metrics
+from edge.runtime.pipeline import FindingBuilder, Pipeline, PipelineSettings
 
 
 def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: bool = True, as_json: bool = False,
@@ -37,9 +37,9 @@ def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: 
     if not logging.getLogger().handlers:
         logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
     lm = load_model_dir(Path(bundle), variant, list(trusted_keys or []), log)
-    from . import sources as srcmod
-    from .daemon import pseudonym_fn, source_context
-    from .deid import Pseudonymizer
+    from edge import sources as srcmod
+    from edge.imaging.deid import Pseudonymizer
+    from edge.runtime.daemon import pseudonym_fn, source_context
 
     with tempfile.TemporaryDirectory(prefix="medge-replay-") as tmp:
         key = Path(tmp) / "pseudonym.key"
@@ -94,7 +94,7 @@ def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: 
 
 def _replay_config(file: Path, bundle: Path, data_dir: Path, scfg: SourceConfig, mcfg):
     """A minimal in-memory profile for source contexts that want one (never written to disk)."""
-    from .config import Config, DeviceConfig
+    from edge.config import Config, DeviceConfig
 
     return Config(device=DeviceConfig(id="replay", site="offline"), models=(mcfg,), sources=(scfg,),
                   data_dir=data_dir, trusted_keys=())

@@ -32,14 +32,14 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from .backends import Backend
-from .errors import MedgeError
-from .findings import Finding, ModelRef
-from .frames import Frame, StudyRef
-from .metrics import Metrics
-from .preprocess import Geometry, Preprocessor
-from .smoothing import Hysteresis
-from .tasks import Detection, Task
+from edge.errors import MedgeError
+from edge.findings import Finding, ModelRef
+from edge.frames import Frame, StudyRef
+from edge.inference.backends import Backend
+from edge.inference.preprocess import Geometry, Preprocessor
+from edge.inference.smoothing import Hysteresis
+from edge.inference.tasks import Detection, Task
+from edge.runtime.metrics import Metrics
 
 FINDING_NAMESPACE = uuid.UUID("6f1d7c2e-4b1a-5e8f-9c3d-2a7b8e9f0a1b")  # fixed forever: ids must be reproducible
 

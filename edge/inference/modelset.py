@@ -6,9 +6,9 @@ the daemon will at start, without starting anything.
 
 from __future__ import annotations
 
-from .bundle import Bundle, load_bundle
-from .config import Config, ModelConfig
-from .errors import BundleError
+from edge.config import Config, ModelConfig
+from edge.errors import BundleError
+from edge.inference.bundle import Bundle, load_bundle
 
 
 def load_model_bundle(cfg: Config, m: ModelConfig) -> Bundle:

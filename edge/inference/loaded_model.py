@@ -10,13 +10,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backends import Backend, build_backend
-from .bundle import Bundle, load_bundle
-from .config import Config, ModelConfig
-from .findings import ModelRef
-from .modelset import load_model_bundle
-from .preprocess import Preprocessor
-from .tasks import Task, build_task
+from edge.config import Config, ModelConfig
+from edge.findings import ModelRef
+from edge.inference.backends import Backend, build_backend
+from edge.inference.bundle import Bundle, load_bundle
+from edge.inference.modelset import load_model_bundle
+from edge.inference.preprocess import Preprocessor
+from edge.inference.tasks import Task, build_task
 
 
 @dataclass

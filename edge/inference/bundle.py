@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from .errors import BundleError
-from .preprocess import PreprocessSpec
+from edge.errors import BundleError
+from edge.inference.preprocess import PreprocessSpec
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.yaml"

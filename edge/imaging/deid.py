@@ -28,8 +28,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
-from .errors import ConfigError, InputError
-from .frames import Frame, Region, StudyRef
+from edge.errors import ConfigError, InputError
+from edge.frames import Frame, Region, StudyRef
 
 KEY_BYTES = 32
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def _is_standard_uid(v: str) -> bool:
 
 
 def _mask_dataset_pixels(ds: Dataset) -> None:
-    from .dicom import us_region
+    from edge.imaging.dicom import us_region
 
     region, _ = us_region(ds)
     if region is None:

@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .frames import Frame, Region
+from edge.frames import Frame, Region
 
 RESIZE_MODES = ("stretch", "letterbox")
 ROI_MODES = ("full", "us_region")

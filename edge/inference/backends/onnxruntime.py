@@ -1,7 +1,7 @@
 """ONNX Runtime backend with an ordered execution-provider list.
 
 TensorRT's engine cache lives in the bundle's ``engines/`` folder (an unhashed device cache, see
-`edge.bundle`) so the slow first engine build happens once per device and model, not once per start.
+`edge.inference.bundle`) so the slow first engine build happens once per device and model, not once per start.
 Providers ORT does not have on this machine are dropped before the session is built, each with a logged
 reason; after the session exists we log which providers ORT actually assigned, because ORT itself falls
 back silently when, say, the TensorRT libraries are missing at load time.
@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import Bundle
-from ..config import ModelConfig
-from ..errors import BackendUnavailable, BundleError
+from edge.config import ModelConfig
+from edge.errors import BackendUnavailable, BundleError
+from edge.inference.bundle import Bundle
 
 ORT_NAMES = {
     "tensorrt": "TensorrtExecutionProvider",

@@ -19,14 +19,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .config import Config
-from .errors import MedgeError
-from .findings import Finding
-from .frames import StudyRef
-from .loaded_model import LoadedModel, load_model
-from .metrics import Metrics
-from .pipeline import FindingBuilder, Pipeline, PipelineSettings
-from .sdnotify import Notifier
+from edge.config import Config
+from edge.errors import MedgeError
+from edge.findings import Finding
+from edge.frames import StudyRef
+from edge.inference.loaded_model import LoadedModel, load_model
+from edge.runtime.metrics import Metrics
+from edge.runtime.pipeline import FindingBuilder, Pipeline, PipelineSettings
+from edge.runtime.sdnotify import Notifier
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -38,13 +38,13 @@ def setup_logging(level: str) -> logging.Logger:
     else:
         root.setLevel(level.upper())
     # pydicom logs malformed elements with their raw value, which can be a patient's name or id; medge
-    # reports the element and the cause itself (edge.dicom), so pydicom's own warnings stay out of the log
+    # reports the element and the cause itself (edge.imaging.dicom), so pydicom's own warnings stay out of the log
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     return logging.getLogger("medge.daemon")
 
 
 def pseudonym_fn(pseudonymizer: Any) -> Callable[[StudyRef], tuple[str | None, str | None, str | None]]:
-    """Adapt `edge.deid.Pseudonymizer` to the (study, series, instance) triple findings carry."""
+    """Adapt `edge.imaging.deid.Pseudonymizer` to the (study, series, instance) triple findings carry."""
     if hasattr(pseudonymizer, "study_ids"):
         return pseudonymizer.study_ids
     fn = getattr(pseudonymizer, "pseudonymize_uid", None) or getattr(pseudonymizer, "uid", None) or \
@@ -68,7 +68,7 @@ class OutboxPublisher:
     def handle(self) -> Any:
         ob = getattr(self._local, "outbox", None)
         if ob is None:
-            from .outbox import Outbox
+            from edge.link.outbox import Outbox
 
             ob = self._local.outbox = Outbox.from_config(self.cfg)
             with self._lock:
@@ -87,15 +87,15 @@ class OutboxPublisher:
 
 
 def build_sources(cfg: Config, log: logging.Logger) -> list[Any]:
-    from . import sources as srcmod
+    from edge import sources as srcmod
 
     return [srcmod.build_source(s, source_context(cfg, log.getChild(s.name))) for s in cfg.sources]
 
 
 def source_context(cfg: Config, log: logging.Logger) -> Any:
     """What every source gets from the profile: where to keep files, how large an object may be."""
-    from .dicom_guard import DecodeLimits
-    from .sources import SourceContext
+    from edge.imaging.dicom_guard import DecodeLimits
+    from edge.sources import SourceContext
 
     lim = cfg.input_limits
     return SourceContext(data_dir=cfg.data_dir, quarantine_dir=cfg.quarantine_dir, logger=log, device_id=cfg.device.id,
@@ -138,12 +138,12 @@ def run_daemon(cfg: Config, max_seconds: float | None = None,
         for m in cfg.models:
             models[m.name] = load_model(cfg, m, log.getChild("backend"))
             log.info("model %s", models[m.name].describe())
-        from .deid import Pseudonymizer
+        from edge.imaging.deid import Pseudonymizer
 
         pseudonymizer = Pseudonymizer.load_or_create(cfg.pseudonym_key_path)
         publisher.handle()  # open (and if needed create) the outbox now: a bad path fails the start
         if cfg.sync.enabled:
-            from .sync import SyncClient
+            from edge.link.sync import SyncClient
 
             sync = SyncClient(cfg, telemetry=metrics.snapshot)
             sync.start()

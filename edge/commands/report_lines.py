@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .findings import Finding
+from edge.findings import Finding
 
 
 def finding_line(f: Finding, new: bool = True) -> str:

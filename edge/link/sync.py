@@ -10,7 +10,7 @@ Why it is built this way:
   subscription, and until they re-subscribe it PUBACKs findings that only a monitoring tap receives.
   So a success PUBACK only moves a finding to *at broker*; it leaves the outbox when the receiver,
   after its database commit, publishes the finding's id on this device's ack topic
-  (``edge.topics``). An at-broker finding whose acknowledgement is overdue is sent again, with a
+  (``edge.link.topics``). An at-broker finding whose acknowledgement is overdue is sent again, with a
   doubling wait (``sync.hospital_ack_timeout_s`` up to ``hospital_ack_max_s``); the receiver
   de-duplicates by id and acknowledges duplicates too. The ack subscription lives in the device's
   persistent session, so acknowledgements published while the device is offline wait at the broker;
@@ -49,12 +49,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .backoff import Backoff
-from .config import Config
-from .errors import ConfigError, MedgeError
-from .mqtt_link import SESSION_TAKEN_OVER, describe_error, new_client, parse_broker_url
-from .outbox import Outbox, OutboxItem
-from .topics import DeviceTopics, device_topics, parse_ack
+from edge.config import Config
+from edge.errors import ConfigError, MedgeError
+from edge.link.backoff import Backoff
+from edge.link.mqtt import SESSION_TAKEN_OVER, describe_error, new_client, parse_broker_url
+from edge.link.outbox import Outbox, OutboxItem
+from edge.link.topics import DeviceTopics, device_topics, parse_ack
 
 log = logging.getLogger("medge.sync")
 
@@ -101,7 +101,7 @@ class _Sent:
 
 
 def topics(cfg: Config) -> DeviceTopics:
-    """This device's topics (`edge.topics`); refuses ids that cannot be one topic level."""
+    """This device's topics (`edge.link.topics`); refuses ids that cannot be one topic level."""
     return device_topics(cfg.sync.topic_prefix, cfg.device.site, cfg.device.id, str(cfg.source_file or "profile"))
 
 
@@ -506,10 +506,10 @@ class SyncClient:
 
 # ----------------------------------------------------------------------------- process entry point
 def main(argv: list[str] | None = None) -> int:
-    """``python -m edge.sync --config X``: a sync-only process (tests kill it; field tools drain with it)."""
-    from .config import load_config
+    """``python -m edge.link.sync --config X``: a sync-only process (tests kill it; field tools drain with it)."""
+    from edge.config import load_config
 
-    ap = argparse.ArgumentParser(prog="python -m edge.sync")
+    ap = argparse.ArgumentParser(prog="python -m edge.link.sync")
     ap.add_argument("--config", required=True)
     ap.add_argument("--data-dir")
     ap.add_argument("--max-seconds", type=float)

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
-from .errors import ConfigError, MedgeError
+from edge.errors import ConfigError, MedgeError
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BackendUnavailable
+from edge.errors import BackendUnavailable
 
 
 @dataclass(frozen=True)

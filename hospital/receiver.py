@@ -11,7 +11,7 @@ Why it is built this way:
 - Acknowledgements are batched behind one commit per loop turn (group commit) to keep up with a fleet
   draining a multi-day backlog.
 - After the commit, and before the PUBACKs, it publishes (QoS 1) the committed finding ids on each
-  sending device's ack topic (``edge.topics``): only that end-to-end acknowledgement lets the device
+  sending device's ack topic (``edge.link.topics``): only that end-to-end acknowledgement lets the device
   forget a finding, because a broker PUBACK does not prove a receiver got it. Duplicates are
   acknowledged again (the device resent because an earlier acknowledgement was lost). A crash between
   commit and acknowledgement makes the device resend later, which the primary key absorbs.
@@ -40,10 +40,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from .backoff import Backoff
-from .errors import ConfigError
-from .mqtt_link import SESSION_TAKEN_OVER, describe_error, new_client, parse_broker_url
-from .topics import DEFAULT_GROUP, ack_payload, findings_filter, parse_finding_topic, shared
+from edge.errors import ConfigError
+from edge.link.backoff import Backoff
+from edge.link.mqtt import SESSION_TAKEN_OVER, describe_error, new_client, parse_broker_url
+from edge.link.topics import DEFAULT_GROUP, ack_payload, findings_filter, parse_finding_topic, shared
 
 log = logging.getLogger("medge.receive")
 

@@ -1,0 +1,1 @@
+"""What `medge` subcommands do beyond the daemon: demo, doctor, inspect, replay, and how they print."""
