@@ -56,13 +56,14 @@ from onnx import numpy_helper
 from benchmarks.bench_quantize import synthetic_images
 from benchmarks.make_models import write_models
 from benchmarks.results_io import write_results
-from edge.inference.backends.onnxruntime import session_options
+from edge.inference.backends.onnxruntime import cpu_session
 from edge.inference.bundle import load_bundle
 from edge.inference.preprocess import Preprocessor, PreprocessSpec
+from edge.inference.tasks import TASK_KINDS, build_task
 from export import datasets, evaluate
 from export import quantize as Q
 from export.evaluate import make_session
-from export.make_bundle import ExportOptions, GateFailed, run_export
+from export.make_bundle import ExportOptions, GateFailed, run_export, task_config
 from export.report import machine
 from models.build_bundles import CALIB_SEED, MODELS, VAL_SEED, make_set
 
@@ -72,7 +73,7 @@ N_REF_CALIB, N_REF_VAL = 64, 120  # models.build_bundles defaults: the demo bund
 N_BENCH_CALIB, N_BENCH_VAL = 32, 48
 BENCH_CALIB_SEED, BENCH_VAL_SEED = 303, 404
 CLASSIFY_IMAGE_HW = (300, 400)  # a frame that is letterboxed and area-resized, as on the device
-NEGATIVE = "normal"  # a negative label name export accepts (export.datasets.NEGATIVE_NAMES)
+NEGATIVE = "normal"  # a negative label name export accepts (edge.inference.tasks.classify.NEGATIVE_NAMES)
 PSEUDO_LABELS = (
     "benchmark models have random weights, so their validation labels are FP32 pseudo-labels computed on the tensors "
     "export itself uses (export.datasets.load_samples + the spec's edge.inference.preprocess.Preprocessor, FP32 model on ONNX "
@@ -96,7 +97,7 @@ class Case:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))  # as export.evaluate decodes a sigmoid output (float32 in, float32 out)
+    return 1.0 / (1.0 + np.exp(-x))  # as the task decoders apply a sigmoid output (float32 in, float32 out)
 
 
 def write_pngs(folder: Path, images: list[np.ndarray], prefix: str) -> None:
@@ -133,7 +134,7 @@ def pseudo_label_classify(model: Path, val: Path) -> dict:
     # what export will read back must be exactly these labels
     vs = datasets.load_validation(val, "classify", Preprocessor(PreprocessSpec.from_dict(dict(spec["preprocess"]))),
                                   tuple(spec["labels"]))
-    if not np.array_equal(vs.labels, labels):
+    if not np.array_equal(np.asarray(vs.truth), labels):
         raise RuntimeError(f"{spec['name']}: labels.csv does not read back as the pseudo-labels")
     return {"median_fp32_probability": median, "positives": int(labels.sum()), "n": len(labels),
             "fp32_logit_range": [round(float(min(o.min() for o in outs)), 4), round(float(max(o.max() for o in outs)), 4)]}
@@ -157,7 +158,7 @@ def pseudo_label_segment(model: Path, val: Path) -> dict:
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     vs = datasets.load_validation(val, "segment", Preprocessor(PreprocessSpec.from_dict(dict(spec["preprocess"]))),
                                   tuple(spec["labels"]))
-    if not all(np.array_equal(a, b) for a, b in zip(vs.masks, masks, strict=True)):
+    if not all(np.array_equal(a, b) for a, b in zip(vs.truth, masks, strict=True)):
         raise RuntimeError(f"{spec['name']}: masks do not read back as the pseudo-labels")
     fg = float(np.mean([m.mean() for m in masks]))
     return {"threshold": thr, "foreground_fraction": round(fg, 4), "n": len(masks)}
@@ -281,7 +282,6 @@ def kernel_diagnosis(case: Case, target: str, work: Path) -> dict:
     exact QDQ arithmetic (and TensorRT) do not. If the metric recovers without fusion, the loss is the
     host's kernels, not the INT8 representation.
     """
-    import onnxruntime as ort
 
     d = work / "diagnosis" / f"{case.name}-{target}"
     d.mkdir(parents=True, exist_ok=True)
@@ -293,21 +293,15 @@ def kernel_diagnosis(case: Case, target: str, work: Path) -> dict:
     calib = [s.tensor for s in datasets.load_samples(case.calib, pre, "calibration")]
     vs = datasets.load_validation(case.val, case.task, pre, tuple(spec["labels"]))
     Q.quantize(fp32, int8, Q.recipe_for(target), calib, io["input"]["name"], d / "calibration.json")
-    thr = float(spec.get("threshold", 0.5))
-    tspec = evaluate.TaskSpec(task=case.task, labels=tuple(spec["labels"]), threshold=thr)
-    primary = evaluate.PRIMARY[case.task]
+    task = build_task(task_config(spec, tuple(spec["labels"]), spec["outputs"]))
+    primary = TASK_KINDS[case.task].primary_metric
 
     def run(path: Path, optimize: bool, exact_int8: bool) -> tuple[float | None, list[np.ndarray]]:
-        o = session_options(2, optimize=optimize, exact_int8=exact_int8)
-        sess = ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
-        name, out = sess.get_inputs()[0].name, spec["outputs"][0]["name"]
-        ys = [np.asarray(sess.run([out], {name: s.tensor})[0], np.float32) for s in vs.samples]
-        pred = evaluate.Predictions()
-        if case.task == "classify":
-            pred.scores = np.array([float(_sigmoid(y.reshape(-1))[-1]) for y in ys])
-        else:
-            pred.masks = [_sigmoid(y.reshape(y.shape[-2:])) >= thr for y in ys]
-        return evaluate.score(vs, pred, tspec)[primary], ys
+        sess = cpu_session(path, 2, exact_int8=exact_int8, optimize=optimize)
+        name, outs = sess.get_inputs()[0].name, [o.name for o in sess.get_outputs()]
+        res = [dict(zip(outs, sess.run(None, {name: s.tensor}), strict=True)) for s in vs.samples]
+        pred = evaluate.predictions(task, vs, res)  # decoded by the device's task code, as the gate does
+        return evaluate.score(vs, pred, task)[primary], [np.asarray(r[spec["outputs"][0]["name"]], np.float32) for r in res]
 
     m_fp32, ref = run(fp32, True, False)
     res = {"recipe": "plain " + target + " recipe (no speed rule, no fallback)", "primary_metric": primary,

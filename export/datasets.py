@@ -7,17 +7,17 @@ same reader the device uses for DICOM) and then a tensor via `edge.inference.pre
 the exact `PreprocessSpec` that goes into the manifest. There is no other resize/normalise code.
 
 Folder format: images ``*.png *.jpg *.jpeg *.dcm`` and videos ``*.mp4 *.avi`` (every k-th frame).
-Validation labels: ``labels.csv`` (file,label) for classify; ``masks/<file name>.png`` for segment;
-``boxes.json`` ({file: [[x0, y0, x1, y1, label], ...]}, image pixels) for detect.
+Validation labels are what each task kind reads (`edge.inference.tasks.TASK_KINDS`, ``truth``):
+``labels.csv`` (file,label) for classify; ``masks/<file name>.png`` for segment; ``boxes.json``
+({file: [[x0, y0, x1, y1, label], ...]}, image pixels) for detect.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -25,10 +25,10 @@ import numpy as np
 from edge.errors import InputError
 from edge.frames import Frame
 from edge.inference.preprocess import Geometry, Preprocessor
+from edge.inference.tasks import task_kind
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".dcm")
 VIDEO_EXTS = (".mp4", ".avi")
-NEGATIVE_NAMES = ("0", "negative", "normal", "none", "background", "bg", "false", "no")
 
 
 @dataclass
@@ -38,17 +38,21 @@ class Sample:
     key: str  # file name, plus "#frame" for video frames
     tensor: np.ndarray  # (1, C, H, W) float32
     geometry: Geometry
+    spacing_mm: tuple[float, float] | None = None  # the frame's pixel spacing (DICOM), as the device sees it
+
+    @property
+    def file(self) -> str:
+        return self.key.split("#", 1)[0]
 
 
 @dataclass
 class ValidationSet:
-    """Preprocessed validation inputs with their ground truth in model space."""
+    """Preprocessed validation inputs with their ground truth in model space (per sample, in the form the
+    task kind's ``read_truth`` gives: a class index, a mask, an array of boxes)."""
 
     task: str
     samples: list[Sample]
-    labels: np.ndarray | None = None  # classify: (N,) int class index (binary: 0/1)
-    masks: list[np.ndarray] = field(default_factory=list)  # segment: (H, W) bool, model space
-    boxes: list[np.ndarray] = field(default_factory=list)  # detect: (M, 5) x0 y0 x1 y1 label, model space
+    truth: list[Any] = field(default_factory=list)
 
 
 def list_inputs(folder: Path, what: str) -> list[Path]:
@@ -131,118 +135,23 @@ def load_samples(folder: Path, pre: Preprocessor, what: str, video_step: int = 1
         for fr in frames:
             t, g = pre.apply(fr)
             key = p.name if len(frames) == 1 and p.suffix.lower() not in VIDEO_EXTS else f"{p.name}#{fr.index}"
-            samples.append(Sample(key=key, tensor=t, geometry=g))
+            samples.append(Sample(key=key, tensor=t, geometry=g, spacing_mm=fr.spacing_mm))
         if progress:
             progress(1)
     return samples
 
 
-def _file_of(key: str) -> str:
-    return key.split("#", 1)[0]
-
-
-def _label_index(raw: str, labels: tuple[str, ...], where: str) -> int:
-    raw = raw.strip()
-    if len(labels) <= 1 or (len(labels) == 2 and labels[0].lower() in NEGATIVE_NAMES):
-        if raw in ("0", "1"):
-            return int(raw)
-        if raw in labels:
-            return 1 if raw == labels[-1] else 0
-        if raw.lower() in NEGATIVE_NAMES:
-            return 0
-        raise InputError(f"{where}: label {raw!r} is neither 0/1 nor one of the model's labels {list(labels)}")
-    if raw.isdigit() and int(raw) < len(labels):
-        return int(raw)
-    if raw in labels:
-        return labels.index(raw)
-    raise InputError(f"{where}: label {raw!r} is not one of the model's labels {list(labels)}")
-
-
 def load_validation(folder: Path, task: str, pre: Preprocessor, labels: tuple[str, ...], video_step: int = 10,
                     progress: Callable[[int], None] | None = None) -> ValidationSet:
+    """Validation inputs and their ground truth, read by the task kind (checked before any image is read)."""
     folder = Path(folder)
-    files = list_inputs(folder, "validation")
-    if task == "classify":
-        src = folder / "labels.csv"
-        if not src.is_file():
-            raise InputError(f"{src}: labels missing from the validation set (classify needs labels.csv with file,label)")
-        table: dict[str, int] = {}
-        with open(src, newline="") as f:
-            for i, row in enumerate(csv.reader(f)):
-                if not row or (i == 0 and row[0].strip().lower() == "file"):
-                    continue
-                if len(row) < 2:
-                    raise InputError(f"{src}:{i + 1}: expected 'file,label'")
-                table[row[0].strip()] = _label_index(row[1], labels, f"{src}:{i + 1}")
-        missing = [p.name for p in files if p.name not in table]
-        if missing:
-            raise InputError(f"{src}: labels missing for {len(missing)} validation file(s), e.g. {missing[0]}")
-    elif task == "segment":
-        mdir = folder / "masks"
-        missing = [p.name for p in files if not (mdir / (p.name + ".png")).is_file() and not (mdir / (p.stem + ".png")).is_file()]
-        if missing:
-            raise InputError(f"{mdir}: labels missing from the validation set: no mask for {len(missing)} file(s), "
-                             f"e.g. masks/{missing[0]}.png")
-    elif task == "detect":
-        src = folder / "boxes.json"
-        if not src.is_file():
-            raise InputError(f"{src}: labels missing from the validation set (detect needs boxes.json)")
-        try:
-            boxes_json = json.loads(src.read_text())
-        except json.JSONDecodeError as e:
-            raise InputError(f"{src}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        missing = [p.name for p in files if p.name not in boxes_json]
-        if missing:
-            raise InputError(f"{src}: labels missing for {len(missing)} validation file(s), e.g. {missing[0]}")
-    else:
-        raise InputError(f"task {task!r} is not one of classify, segment, detect")
-
+    try:
+        kind = task_kind(task).load()
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    kind.check_truth(folder, list_inputs(folder, "validation"), labels)
     samples = load_samples(folder, pre, "validation", video_step, progress)
-    vs = ValidationSet(task=task, samples=samples)
-    if task == "classify":
-        vs.labels = np.array([table[_file_of(s.key)] for s in samples], np.int64)
-    elif task == "segment":
-        for s in samples:
-            name = _file_of(s.key)
-            mp = mdir / (name + ".png")
-            mp = mp if mp.is_file() else mdir / (Path(name).stem + ".png")
-            m = cv2.imread(str(mp), cv2.IMREAD_GRAYSCALE)
-            if m is None:
-                raise InputError(f"{mp}: unreadable mask image")
-            vs.masks.append(mask_to_model(m > 0, s.geometry))
-    else:
-        for s in samples:
-            rows = boxes_json[_file_of(s.key)]
-            vs.boxes.append(boxes_to_model(rows, s.geometry, labels, f"{src}[{_file_of(s.key)}]"))
-    return vs
-
-
-def mask_to_model(mask: np.ndarray, g: Geometry) -> np.ndarray:
-    """Ground-truth mask (frame pixels) -> model space with the image's own crop/resize/letterbox."""
-    if mask.shape[:2] != g.frame_size:
-        raise InputError(f"mask size {mask.shape[:2]} differs from its image {g.frame_size}")
-    roi = mask[g.roi.y0:g.roi.y1, g.roi.x0:g.roi.x1].astype(np.uint8)
-    ch, cw = g.content_size
-    roi = cv2.resize(roi, (cw, ch), interpolation=cv2.INTER_NEAREST)
-    out = np.zeros(g.model_size, bool)
-    out[g.pad_top:g.pad_top + ch, g.pad_left:g.pad_left + cw] = roi > 0
-    return out
-
-
-def boxes_to_model(rows: list, g: Geometry, labels: tuple[str, ...], where: str) -> np.ndarray:
-    out = []
-    for r in rows:
-        if len(r) != 5:
-            raise InputError(f"{where}: each box must be [x0, y0, x1, y1, label], got {r!r}")
-        x0, y0, x1, y1 = (float(v) for v in r[:4])
-        lab = r[4]
-        li = labels.index(lab) if isinstance(lab, str) and lab in labels else int(lab) if str(lab).isdigit() else None
-        if li is None:
-            raise InputError(f"{where}: box label {lab!r} is not one of {list(labels)}")
-        mx = lambda x: (x - g.roi.x0) * g.scale_x + g.pad_left  # noqa: E731
-        my = lambda y: (y - g.roi.y0) * g.scale_y + g.pad_top  # noqa: E731
-        out.append([mx(x0), my(y0), mx(x1), my(y1), li])
-    return np.array(out, np.float32).reshape(-1, 5)
+    return ValidationSet(task=task, samples=samples, truth=kind.read_truth(folder, samples, labels))
 
 
 def calibration_summary(samples: list[Sample], min_samples: int = 32) -> tuple[dict, list[str]]:

@@ -20,8 +20,9 @@ from typing import Any
 import yaml
 
 from edge.errors import InputError, MedgeError
-from edge.inference.bundle import SCHEMA_VERSION, TASKS, load_bundle, sha256_file
+from edge.inference.bundle import SCHEMA_VERSION, load_bundle, sha256_file
 from edge.inference.preprocess import Preprocessor, PreprocessSpec
+from edge.inference.tasks import TASK_KINDS, Output, TaskConfig, build_task
 
 from . import datasets, evaluate, quantize, report, sensitivity
 from .bundle_writer import finalize_manifest, staging
@@ -85,11 +86,21 @@ def load_spec(opts: ExportOptions) -> tuple[dict[str, Any], Path]:
     for k in ("name", "version", "task", "labels", "preprocess"):
         if k not in spec:
             raise InputError(f"{path}: required key {k!r} is missing")
-    if spec["task"] not in TASKS:
-        raise InputError(f"{path}: task {spec['task']!r} is not one of {', '.join(TASKS)}")
+    if spec["task"] not in TASK_KINDS:
+        raise InputError(f"{path}: task {spec['task']!r} is not one of {', '.join(TASK_KINDS)}")
     if not isinstance(spec["labels"], list) or not spec["labels"]:
         raise InputError(f"{path}: labels must be a non-empty list")
     return spec, path
+
+
+def task_config(spec: dict[str, Any], labels: tuple[str, ...], out_specs: list[dict[str, Any]]) -> TaskConfig:
+    """The decisions the manifest will describe, so the gate decodes with the device's task code."""
+    rb = spec.get("review_band", [0.4, 0.6])
+    return TaskConfig(task=spec["task"], labels=labels,
+                      outputs=tuple(Output(str(o["name"]), str(o.get("activation", "none"))) for o in out_specs),
+                      threshold=float(spec.get("threshold", 0.5)), review_band=(float(rb[0]), float(rb[1])),
+                      urgent_labels=tuple(str(x) for x in spec.get("urgent_labels") or ()),
+                      postprocess=dict(spec.get("postprocess") or {}))
 
 
 def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
@@ -102,7 +113,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
     task = spec["task"]
     labels = tuple(str(x) for x in spec["labels"])
     recipe = quantize.recipe_for(opts.target, opts.method)
-    budget = float(opts.max_drop if opts.max_drop is not None else evaluate.DEFAULT_MAX_DROP[task])
+    budget = float(opts.max_drop if opts.max_drop is not None else TASK_KINDS[task].default_max_drop)
     input_shape = quantize.parse_shape(opts.input_shape)
     for what, folder in (("calibration", opts.calib), ("validation", opts.val)):
         datasets.list_inputs(folder, what)  # fail fast, before any heavy work
@@ -128,9 +139,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
         vs = datasets.load_validation(opts.val, task, pre, labels, opts.video_step,
                                       progress("validation", len(datasets.list_inputs(opts.val, "validation")))
                                       if progress else None)
-        tspec = evaluate.TaskSpec(task=task, labels=labels, threshold=float(spec.get("threshold", 0.5)),
-                                  activation=out_specs[0].get("activation", "none"), output=out_specs[0]["name"],
-                                  postprocess=dict(spec.get("postprocess") or {}))
+        tspec = build_task(task_config(spec, labels, out_specs))
 
         tensors = [s.tensor for s in calib]
         in_name = io["input"]["name"]

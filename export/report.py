@@ -25,14 +25,9 @@ def latency_side_by_side(models: dict[str, Path], x: np.ndarray, runs: int = 30,
     one untimed run; then `block` timed runs. Blocks rotate across models until every model has `runs`
     timed runs.
     """
-    import onnxruntime as ort
+    from edge.inference.backends.onnxruntime import cpu_session
 
-    from edge.inference.backends.onnxruntime import session_options
-
-    sessions = {}
-    for k, p in models.items():
-        o = session_options(threads, 1, exact_int8=exact_int8)
-        sessions[k] = ort.InferenceSession(str(p), o, providers=["CPUExecutionProvider"])
+    sessions = {k: cpu_session(p, threads, exact_int8=exact_int8) for k, p in models.items()}
     feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
     for k, s in sessions.items():
         for _ in range(warmup):

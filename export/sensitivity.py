@@ -130,12 +130,9 @@ def node_errors(fp32_path: Path, int8_path: Path, tensors: list[np.ndarray], inp
 
 
 def make_session_bytes(model_bytes: bytes):
-    import onnxruntime as ort
+    from edge.inference.backends.onnxruntime import cpu_session
 
-    from edge.inference.backends.onnxruntime import session_options
-
-    o = session_options(2, optimize=False)  # exact QDQ emulation, no fusion
-    return ort.InferenceSession(model_bytes, o, providers=["CPUExecutionProvider"])
+    return cpu_session(model_bytes, 2, optimize=False)  # exact QDQ emulation, no fusion
 
 
 @dataclass

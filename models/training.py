@@ -77,7 +77,6 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, chec
     import copy
 
     import onnx
-    import onnxruntime as ort
 
     model = model.eval()
     folded = fold_batchnorm(copy.deepcopy(model))
@@ -95,9 +94,9 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, chec
     ops = sorted({n.op_type for n in proto.graph.node})
     if "BatchNormalization" in ops:
         raise RuntimeError("BatchNormalization survived folding")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    from edge.inference.backends.onnxruntime import cpu_session
+
+    sess = cpu_session(data, 2)
     max_err = 0.0
     with torch.no_grad():
         for x in check_inputs:
@@ -114,11 +113,9 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, chec
 
 
 def ort_session(path: Path):
-    import onnxruntime as ort
+    from edge.inference.backends.onnxruntime import cpu_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return cpu_session(path, 2)
 
 
 def cosine_lr(step: int, total: int, base: float, warmup: int = 20) -> float:

@@ -24,9 +24,9 @@ from pydicom.data import get_testdata_file
 
 from benchmarks.make_models import resnet18, unet
 from edge.errors import BundleError, InputError
+from edge.inference import metrics
 from edge.inference.bundle import load_bundle
 from edge.inference.preprocess import Preprocessor, PreprocessSpec
-from export import metrics
 from export.make_bundle import ExportOptions, GateFailed, run_export
 from export.sign import keygen, sign_bundle, verify_bundle
 

@@ -8,7 +8,9 @@ from edge.frames import Frame, Region
 from edge.inference.backends import build_backend
 from edge.inference.bundle import load_bundle
 from edge.inference.preprocess import Preprocessor
-from edge.inference.tasks import Classify, Detect, build_task
+from edge.inference.tasks import build_task
+from edge.inference.tasks.classify import Classify
+from edge.inference.tasks.detect import Detect
 from tests.pipeline_fixtures import blob_image, write_bundle
 
 

@@ -25,12 +25,12 @@ import yaml
 
 from edge.errors import BundleError
 from edge.inference.preprocess import PreprocessSpec
+from edge.inference.tasks import TASK_KINDS, Output, TaskConfig
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.yaml"
 SIGNATURE = "manifest.sig"
 CACHE_DIRS = ("engines",)  # device-side caches, deliberately outside the hashed file set
-TASKS = ("classify", "segment", "detect")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -96,8 +96,8 @@ class Manifest:
                     f"(expects {SCHEMA_VERSION}); re-export the bundle or update medge"
                 )
             task = str(d["task"])
-            if task not in TASKS:
-                raise BundleError(f"{where}: task {task!r} is not one of {TASKS}")
+            if task not in TASK_KINDS:
+                raise BundleError(f"{where}: task {task!r} is not one of {', '.join(TASK_KINDS)}")
             pre = PreprocessSpec.from_dict(d["preprocess"])
             want = d.get("preprocess_sha256")
             if want and want != pre.sha256():
@@ -148,6 +148,12 @@ class Manifest:
             raise BundleError(f"{where}: required key {e.args[0]!r} is missing; re-export the bundle") from None
         except (TypeError, ValueError) as e:
             raise BundleError(f"{where}: {e}") from None
+
+    def task_config(self) -> TaskConfig:
+        return TaskConfig(task=self.task, labels=self.labels,
+                          outputs=tuple(Output(o.name, o.activation) for o in self.outputs), threshold=self.threshold,
+                          review_band=self.review_band, urgent_labels=self.urgent_labels,
+                          postprocess=dict(self.postprocess))
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,36 @@ class Geometry:
         out[:, 1] = self.roi.y0 + (xy[:, 1] - self.pad_top) / self.scale_y
         return out
 
+    def points_to_model(self, xy: np.ndarray) -> np.ndarray:
+        """Map Nx2 frame (x, y) points into model space (the inverse of `points_to_frame`)."""
+        xy = np.asarray(xy, dtype=np.float64)
+        out = np.empty_like(xy)
+        out[:, 0] = (xy[:, 0] - self.roi.x0) * self.scale_x + self.pad_left
+        out[:, 1] = (xy[:, 1] - self.roi.y0) * self.scale_y + self.pad_top
+        return out
+
+    def mask_to_model(self, mask: np.ndarray) -> np.ndarray:
+        """A frame-sized mask in model space with the frame's own crop/resize/letterbox (nearest neighbour)."""
+        if mask.shape[:2] != self.frame_size:
+            raise ValueError(f"mask size {mask.shape[:2]} differs from its image {self.frame_size}")
+        roi = mask[self.roi.y0:self.roi.y1, self.roi.x0:self.roi.x1].astype(np.uint8)
+        ch, cw = self.content_size
+        roi = cv2.resize(roi, (cw, ch), interpolation=cv2.INTER_NEAREST)
+        out = np.zeros(self.model_size, bool)
+        out[self.pad_top:self.pad_top + ch, self.pad_left:self.pad_left + cw] = roi > 0
+        return out
+
+    def content(self, model_map: np.ndarray) -> np.ndarray:
+        """The part of a model-space map that is image, not letterbox padding (a view)."""
+        ch, cw = self.content_size
+        return model_map[self.pad_top:self.pad_top + ch, self.pad_left:self.pad_left + cw]
+
+    def content_to_model(self, content: np.ndarray) -> np.ndarray:
+        """A content-sized map back into the full model input, padding zero."""
+        out = np.zeros(self.model_size, content.dtype)
+        self.content(out)[...] = content
+        return out
+
 
 class Preprocessor:
     """Turns a `Frame` into the model's input tensor according to a `PreprocessSpec`."""

@@ -97,6 +97,16 @@ def session_options(intra_op_threads: int, inter_op_threads: int = 1, allow_spin
     return so
 
 
+def cpu_session(model: Path | str | bytes, threads: int = 2, exact_int8: bool = True, optimize: bool = True) -> Any:
+    """A CPU `InferenceSession` with the device's settings: the one way export, benchmarks and the
+    reference-model tooling build a session, so what they measure is what the device runs."""
+    import onnxruntime as ort
+
+    so = session_options(threads, 1, exact_int8=exact_int8, optimize=optimize)
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
+                                providers=["CPUExecutionProvider"])
+
+
 class OrtBackend:
     name = "onnxruntime"
 

@@ -1,4 +1,4 @@
-"""Clinical accuracy metrics in plain numpy (no sklearn on the workstation path).
+"""Clinical accuracy metrics in plain numpy (no sklearn anywhere).
 
 The accuracy gate compares FP32 and INT8 with the numbers a clinical reviewer reads: AUROC and
 sensitivity/specificity at the manifest threshold for classifiers, Dice/IoU/area error for segmentation,
@@ -9,6 +9,14 @@ operating point that AUROC alone would hide.
 from __future__ import annotations
 
 import numpy as np
+
+LOWER_IS_BETTER = frozenset({"area_error"})
+
+
+def mean(vals: list) -> float | None:
+    """Mean of the values that exist (metrics are None where undefined, e.g. AUROC with one class)."""
+    v = [x for x in vals if x is not None]
+    return float(np.mean(v)) if v else None
 
 
 def auroc(y: np.ndarray, score: np.ndarray) -> float | None:

@@ -1,0 +1,124 @@
+"""What every task kind shares: the `Detection` it emits, activations, threshold / review-band / priority.
+
+Each task reads what it needs from the bundle manifest (labels, threshold, needs-review band, urgent
+labels, ``postprocess`` options) so a re-exported model with a new threshold needs no device code change.
+A frame's result is a list of `Detection` in *frame* coordinates and physical units: the model's
+letterbox/resize is undone with the frame's `Geometry`, and areas use the frame's pixel spacing, because
+a clinician reads "312 mm²" and a contour on the image they see, never model pixels.
+
+``postprocess`` keys understood (all optional):
+  background_labels  labels that never produce a finding (default: background, normal, none, bg, negative)
+  mask_threshold               segmentation: per-pixel threshold (default: the manifest threshold)
+  min_area_mm2 / min_area_px   segmentation components smaller than this are noise (default 0 mm², 16 px)
+  max_contour_points           polygon simplification budget per contour (default 64)
+  max_regions                  contours reported per finding (default 5)
+  box_format                   detection: xyxy | cxcywh (default xyxy); boxes_normalized: true if 0..1
+  nms_iou                      detection NMS IoU (default 0.45); max_detections (default 50)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from edge.frames import Frame
+    from edge.inference.preprocess import Geometry
+
+DEFAULT_BACKGROUND = ("background", "normal", "none", "bg", "negative")
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    activation: str = "none"  # sigmoid | softmax | none (already probabilities)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The slice of a manifest (or, during export, of the model spec) that turns outputs into decisions."""
+
+    task: str
+    labels: tuple[str, ...]
+    outputs: tuple[Output, ...] = ()
+    threshold: float = 0.5
+    review_band: tuple[float, float] = (0.4, 0.6)
+    urgent_labels: tuple[str, ...] = ()
+    postprocess: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Detection:
+    """One label's evidence in one frame, before temporal smoothing and before it becomes a Finding."""
+
+    label: str
+    confidence: float
+    positive: bool  # confidence >= the manifest threshold
+    needs_review: bool  # confidence inside the manifest's review band
+    priority: str = "routine"
+    measurements: dict[str, float] = field(default_factory=dict)
+    geometry: dict[str, Any] = field(default_factory=dict)
+    overlay_png_b64: str | None = None
+
+
+def apply_activation(x: np.ndarray, activation: str, axis: int) -> np.ndarray:
+    """The manifest's output activation. A softmax over a single channel is identically 1, so such an
+    output is read as already holding probabilities (as a 1-channel "none")."""
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-x))
+    if activation == "softmax" and x.shape[axis] > 1:
+        e = np.exp(x - x.max(axis=axis, keepdims=True))
+        return e / e.sum(axis=axis, keepdims=True)
+    return x
+
+
+class Task:
+    """Base: shared threshold / review-band / priority rules.
+
+    ``model_space(outputs, geom)`` turns raw outputs into the kind's decisions in model coordinates; the
+    device's ``decode`` and the export gate both start from it.
+    """
+
+    def __init__(self, config: TaskConfig | Any, overlays: bool = False) -> None:
+        """``config``: a `TaskConfig`, or anything with ``task_config()`` (a bundle's `Manifest`)."""
+        manifest = self.m = config if isinstance(config, TaskConfig) else config.task_config()
+        pp = manifest.postprocess
+        self.labels = tuple(manifest.labels)
+        self.background = tuple(pp.get("background_labels", DEFAULT_BACKGROUND))
+        self.threshold = float(manifest.threshold)
+        self.band = manifest.review_band
+        self.urgent = set(manifest.urgent_labels)
+        self.overlays = overlays
+        self.output_name = manifest.outputs[0].name if manifest.outputs else None
+        self.activation = manifest.outputs[0].activation if manifest.outputs else "none"
+
+    def judge(self, label: str, conf: float) -> tuple[bool, bool, str] | None:
+        """(positive, needs_review, priority) for a confidence, or None when it is a clear negative.
+
+        Below-threshold confidences inside the review band still produce a (low-priority, needs-review)
+        detection: the band exists so that uncertain cases reach a human in both directions.
+        """
+        lo, hi = self.band
+        positive = conf >= self.threshold
+        review = lo <= conf <= hi
+        if not positive and not review:
+            return None
+        prio = ("urgent" if label in self.urgent and not review else "routine") if positive else "low"
+        return positive, review, prio
+
+    def first_output(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        if self.output_name in outputs:
+            return outputs[self.output_name]
+        return next(iter(outputs.values()))
+
+    def model_space(self, outputs: dict[str, np.ndarray], geom: Geometry) -> Any:
+        raise NotImplementedError
+
+    def decode(self, outputs: dict[str, np.ndarray], geom: Geometry, frame: Frame) -> list[Detection]:
+        raise NotImplementedError
+
+
+def clip01(v: float) -> float:
+    return min(1.0, max(0.0, float(v)))

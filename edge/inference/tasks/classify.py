@@ -1,0 +1,122 @@
+"""Classification: one probability per label, thresholded; a softmax head yields only its winner."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edge.errors import InputError
+from edge.inference import metrics as M
+from edge.inference.tasks.base import Detection, Task, apply_activation, clip01
+
+if TYPE_CHECKING:
+    from edge.frames import Frame
+    from edge.inference.preprocess import Geometry
+
+NEGATIVE_NAMES = ("0", "negative", "normal", "none", "background", "bg", "false", "no")
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """Model-space result: a probability for each label (after the manifest's activation, 0..1)."""
+
+    labels: tuple[str, ...]
+    probs: np.ndarray
+    candidates: tuple[tuple[str, float], ...]  # what can become a finding: non-background, softmax winner only
+
+
+class Classify(Task):
+    def model_space(self, outputs: dict[str, np.ndarray], geom: Geometry | None = None) -> ClassScores:
+        y = np.asarray(self.first_output(outputs), np.float32).reshape(-1)
+        p = np.clip(apply_activation(y, self.activation, 0), 0.0, 1.0)
+        labels = self.labels
+        # a single logit is the probability of the (last) positive label
+        names = (labels[-1],) if len(p) == 1 and len(labels) >= 1 else tuple(labels[: len(p)])
+        pairs = [(n, clip01(v)) for n, v in zip(names, p, strict=False)]
+        if self.activation == "softmax" and len(pairs) > 1:  # mutually exclusive classes: only the winner
+            pairs = [max(pairs, key=lambda t: t[1])]
+        return ClassScores(names, p[: len(names)], tuple((n, c) for n, c in pairs if n not in self.background))
+
+    def decode(self, outputs: dict[str, np.ndarray], geom: Geometry, frame: Frame) -> list[Detection]:
+        out = []
+        for label, conf in self.model_space(outputs, geom).candidates:
+            j = self.judge(label, conf)
+            if j is None:
+                continue
+            out.append(Detection(label, conf, j[0], j[1], j[2], measurements={"probability": round(conf, 4)}))
+        return out
+
+
+TASK = Classify
+
+
+# ------------------------------------------------------------------------------ the accuracy gate's side
+
+
+def gate_prediction(task: Classify, outputs: dict[str, np.ndarray], geom: Geometry,
+                    spacing_mm: tuple[float, float] | None = None) -> ClassScores:
+    return task.model_space(outputs, geom)
+
+
+def decision(task: Classify, pred: ClassScores) -> bool:
+    """The device files a positive finding for this sample."""
+    return any(c >= task.threshold for _, c in pred.candidates)
+
+
+def score(truth: list[int], preds: list[ClassScores], task: Classify) -> dict[str, float | None]:
+    """AUROC, sensitivity, specificity, accuracy: binary on the positive label's probability, else the mean
+    of one-vs-rest per label."""
+    y = np.asarray(truth)
+    arr = np.stack([p.probs for p in preds])
+    if arr.shape[1] in (1, 2):
+        return M.classification(y, arr[:, -1], task.threshold)
+    per = [M.classification(y == k, arr[:, k], task.threshold) for k in range(arr.shape[1])]
+    return {k: M.mean([p[k] for p in per]) for k in per[0]}
+
+
+def label_index(raw: str, labels: tuple[str, ...], where: str) -> int:
+    raw = raw.strip()
+    if len(labels) <= 1 or (len(labels) == 2 and labels[0].lower() in NEGATIVE_NAMES):
+        if raw in ("0", "1"):
+            return int(raw)
+        if raw in labels:
+            return 1 if raw == labels[-1] else 0
+        if raw.lower() in NEGATIVE_NAMES:
+            return 0
+        raise InputError(f"{where}: label {raw!r} is neither 0/1 nor one of the model's labels {list(labels)}")
+    if raw.isdigit() and int(raw) < len(labels):
+        return int(raw)
+    if raw in labels:
+        return labels.index(raw)
+    raise InputError(f"{where}: label {raw!r} is not one of the model's labels {list(labels)}")
+
+
+def _table(folder: Path, labels: tuple[str, ...]) -> dict[str, int]:
+    src = folder / "labels.csv"
+    if not src.is_file():
+        raise InputError(f"{src}: labels missing from the validation set (classify needs labels.csv with file,label)")
+    table: dict[str, int] = {}
+    with open(src, newline="") as f:
+        for i, row in enumerate(csv.reader(f)):
+            if not row or (i == 0 and row[0].strip().lower() == "file"):
+                continue
+            if len(row) < 2:
+                raise InputError(f"{src}:{i + 1}: expected 'file,label'")
+            table[row[0].strip()] = label_index(row[1], labels, f"{src}:{i + 1}")
+    return table
+
+
+def check_truth(folder: Path, files: list[Path], labels: tuple[str, ...]) -> None:
+    table = _table(folder, labels)
+    missing = [p.name for p in files if p.name not in table]
+    if missing:
+        raise InputError(f"{folder / 'labels.csv'}: labels missing for {len(missing)} validation file(s), e.g. {missing[0]}")
+
+
+def read_truth(folder: Path, samples: list, labels: tuple[str, ...]) -> list[int]:
+    table = _table(folder, labels)
+    return [table[s.file] for s in samples]
