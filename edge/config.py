@@ -24,8 +24,6 @@ from edge.errors import ConfigError
 
 SCHEMA_VERSION = 1
 VIDEO_MODALITIES = ("US", "ES", "XA", "OT")
-SOURCE_KINDS = ("video", "dicom-folder", "dicom-store", "replay")
-PROVIDERS = ("tensorrt", "cuda", "cpu", "trt-native")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ACK_MODES = ("end-to-end", "broker")
 
@@ -59,7 +57,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class SourceConfig:
     name: str
-    kind: str = field(metadata=_meta(choices=SOURCE_KINDS))
+    kind: str = field(metadata=_meta(help="a source kind (edge.sources.SOURCE_KINDS)"))
     model: str = field(metadata=_meta(help="name of an entry under models"))
     path: Path | None = None  # replay file, dicom-folder folder, or video file
     device: int | None = field(default=None, metadata=_meta(ge=0))  # video capture device index
@@ -334,6 +332,9 @@ def _cross_checks(cfg: Config, path: Path, check_files: bool = True) -> None:
         ctx.fail("models", "at least one model is required")
     if not cfg.sources:
         ctx.fail("sources", "at least one source is required")
+    from edge.inference.backends import PROVIDERS  # registries import this module: import them late
+    from edge.sources import SOURCE_KINDS
+
     names = [m.name for m in cfg.models]
     for i, m in enumerate(cfg.models):
         if names.count(m.name) > 1:
@@ -353,21 +354,14 @@ def _cross_checks(cfg: Config, path: Path, check_files: bool = True) -> None:
         key = f"sources[{i}]"
         if snames.count(s.name) > 1:
             ctx.fail(f"{key}.name", f"duplicate source name {s.name!r}")
+        kind = SOURCE_KINDS.get(s.kind)
+        if kind is None:
+            ctx.fail(f"{key}.kind", f"{s.kind!r} is not allowed", "use one of " + ", ".join(SOURCE_KINDS))
         if s.model not in names:
             ctx.fail(f"{key}.model", f"no model named {s.model!r}", "use one of " + ", ".join(names))
-        if s.kind == "replay" and (s.path is None or (check_files and not s.path.is_file())):
-            ctx.fail(f"{key}.path", "replay needs an existing file" if s.path else "replay needs a path",
-                     "point it at a multi-frame DICOM or a video file")
-        if s.kind == "dicom-folder" and s.path is None:
-            ctx.fail(f"{key}.path", "dicom-folder needs a folder to watch")
-        if s.kind == "video" and s.device is None and s.url is None and s.path is None:
-            ctx.fail(key, "video needs one of device, url or path")
-        if s.kind == "dicom-store":
-            if not s.allowed_aes:
-                ctx.fail(f"{key}.allowed_aes", "is empty: the C-STORE receiver would accept nobody",
-                         "list the AE titles of the modalities allowed to send")
-            if not 1 <= len(s.ae_title) <= 16:
-                ctx.fail(f"{key}.ae_title", "must be 1-16 characters (DICOM AE title)")
+        for sub, problem, fix in kind.check(s, check_files):
+            ctx.fail(f"{key}.{sub}" if sub else key, problem, fix)
+        if kind.listens:
             if s.port in ports:
                 ctx.fail(f"{key}.port", f"port {s.port} is already used by source {ports[s.port]!r}")
             ports[s.port] = s.name
@@ -388,4 +382,4 @@ def _cross_checks(cfg: Config, path: Path, check_files: bool = True) -> None:
         ctx.fail("input_limits.max_frame_mb", "is larger than max_object_mb")
     p = cfg.pipeline
     if p.metrics_port is not None and p.metrics_port in ports:
-        ctx.fail("pipeline.metrics_port", f"port {p.metrics_port} is already used by a dicom-store source")
+        ctx.fail("pipeline.metrics_port", f"port {p.metrics_port} is already used by source {ports[p.metrics_port]!r}")

@@ -64,7 +64,7 @@ def test_trt_native_absent_is_backend_unavailable(bundle):
     except ImportError:
         pass
     with pytest.raises(BackendUnavailable, match="TensorRT is not installed"):
-        TensorRTBackend.from_bundle(bundle, _cfg(bundle, providers=("trt-native",)), logging.getLogger("t"))
+        TensorRTBackend.from_bundle(bundle, _cfg(bundle, providers=("trt-native",)), ["trt-native"], logging.getLogger("t"))
     # and the chain moves on to the CPU
     assert build_backend(bundle, _cfg(bundle, providers=("trt-native", "cpu"))).provider == "cpu"
 

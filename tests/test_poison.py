@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.errors import InputError
 from edge.imaging.dicom import frames_from_file
-from edge.imaging.dicom_guard import DecodeLimits
+from edge.imaging.limits import DecodeLimits
 from edge.sources.quarantine import REASON_SUFFIX
 from tests import dicom_mutations as dm
 from tests.pipeline_fixtures import write_bundle, write_public_key

@@ -33,22 +33,28 @@ class Check:
 
 
 def check_providers(wanted: set[str]) -> list[Check]:
+    from edge.inference.backends import PROVIDERS
+
     try:
         import onnxruntime as ort
     except ImportError:
         return [Check(FAIL, "onnxruntime", "not installed; reinstall medge (pip install medge)")]
     avail = ort.get_available_providers()
     out = [Check(OK, "onnxruntime", f"{ort.__version__}, providers: {', '.join(avail)}")]
-    for p, name in (("tensorrt", "TensorrtExecutionProvider"), ("cuda", "CUDAExecutionProvider")):
-        if p in wanted and name not in avail:
-            out.append(Check(WARN, f"provider {p}", "the profile asks for it but this onnxruntime build lacks it; "
+    for name in sorted(wanted):
+        p = PROVIDERS.get(name)
+        if p is not None and p.ort_name and p.gpu and p.ort_name not in avail:
+            out.append(Check(WARN, f"provider {name}", "the profile asks for it but this onnxruntime build lacks it; "
                              "models will fall back to the next provider (install onnxruntime-gpu for GPU speed)"))
     return out
 
 
 def check_gpu(wanted: set[str]) -> list[Check]:
+    from edge.inference.backends import PROVIDERS
+
     gpu = Path("/dev/nvidia0").exists() or Path("/dev/nvhost-ctrl").exists() or Path("/etc/nv_tegra_release").exists()
-    needs = bool(wanted & {"tensorrt", "cuda", "trt-native"})
+    needs = any(PROVIDERS[p].gpu for p in wanted if p in PROVIDERS)
+    native = sorted(p for p in wanted if p in PROVIDERS and PROVIDERS[p].loader == "tensorrt")
     if gpu:
         out = [Check(OK, "GPU", "NVIDIA GPU device present")]
     else:
@@ -60,8 +66,8 @@ def check_gpu(wanted: set[str]) -> list[Check]:
 
         out.append(Check(OK, "TensorRT", f"version {tensorrt.__version__}"))
     except ImportError:
-        out.append(Check(WARN if "trt-native" in wanted else OK, "TensorRT",
-                         "not installed" + ("; trt-native models will fall back" if "trt-native" in wanted else "")))
+        out.append(Check(WARN if native else OK, "TensorRT",
+                         "not installed" + (f"; {', '.join(native)} models will fall back" if native else "")))
     return out
 
 
@@ -273,12 +279,10 @@ def check_profile(config_path: Path) -> list[Check]:
         except MedgeError as e:
             out.append(Check(FAIL, f"model {m.name}", str(e)))
     out += check_writable(cfg.data_dir) + check_disk(cfg.data_dir, cfg.outbox.quota_mb)
+    from edge.sources import SOURCE_KINDS
+
     for s in cfg.sources:
-        if s.kind == "video" and s.device is not None and not Path(f"/dev/video{s.device}").exists():
-            out.append(Check(WARN, f"source {s.name}", f"/dev/video{s.device} not present; is the frame grabber "
-                             "plugged in? medge will keep retrying"))
-        if s.kind == "dicom-folder" and s.path is not None and not s.path.is_dir():
-            out.append(Check(WARN, f"source {s.name}", f"folder {s.path} does not exist yet; it will be created"))
+        out += [Check(WARN, f"source {s.name}", w) for w in SOURCE_KINDS[s.kind].preflight(s)]
     if cfg.sync.enabled:
         out += check_broker(cfg.sync.broker, cfg.sync.ca_file)
         if out[-1].status == OK:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,9 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-MB = 1024 * 1024
+from edge.imaging.limits import DEFAULT_LIMITS, MB, DecodeLimits
+
+__all__ = ["DEFAULT_LIMITS", "DecodeLimits", "codestream_refusal", "deflate_refusal", "size_refusal", "value_refusal"]
 VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 HEADER_SLACK_BYTES = 16 * MB  # what a data set may hold beside its pixels (overlays, private tags)
 _CODESTREAM_PEEK = 64 * 1024  # the size declarations sit in the first bytes of a frame
@@ -37,21 +38,6 @@ _JPEG_STANDALONE = {0x01, 0xD8, *range(0xD0, 0xD8)}
 _CODESTREAMS = {**{f"1.2.840.10008.1.2.4.{n}": "JPEG" for n in (50, 51, 57, 70, 80, 81)},  # incl. JPEG-LS
                 **{f"1.2.840.10008.1.2.4.{n}": "JPEG 2000" for n in (90, 91, 92, 93, 201, 202, 203)}}
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OW", b"OV", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-
-
-@dataclass(frozen=True)
-class DecodeLimits:
-    """The most one object may declare, decoded (profile ``input_limits``)."""
-
-    max_frame_bytes: int = 64 * MB
-    max_object_bytes: int = 2048 * MB
-
-    @classmethod
-    def from_mb(cls, frame_mb: float, object_mb: float) -> DecodeLimits:
-        return cls(int(frame_mb * MB), int(object_mb * MB))
-
-
-DEFAULT_LIMITS = DecodeLimits()
 
 
 def _mb(n: float) -> str:

@@ -94,7 +94,7 @@ def build_sources(cfg: Config, log: logging.Logger) -> list[Any]:
 
 def source_context(cfg: Config, log: logging.Logger) -> Any:
     """What every source gets from the profile: where to keep files, how large an object may be."""
-    from edge.imaging.dicom_guard import DecodeLimits
+    from edge.imaging.limits import DecodeLimits
     from edge.sources import SourceContext
 
     lim = cfg.input_limits

@@ -3,13 +3,18 @@
 Every source has the same small surface (`Source`) so the pipeline does not care which one it runs.
 Sources never stop on bad input: a refused object is logged in one line, counted in `SourceStats` and
 quarantined, and the next one is read.
+
+Kinds are registered once, in `SOURCE_KINDS`: the module and class that implement the kind (imported
+only when a profile uses it), its profile checks (run by `medge config check` and at start) and what
+`medge doctor` looks at on the device. Adding a source: one entry here and one module.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,7 +22,7 @@ from typing import Any, Protocol
 from edge.config import SourceConfig
 from edge.errors import ConfigError
 from edge.frames import Frame
-from edge.imaging.dicom_guard import DEFAULT_LIMITS, DecodeLimits
+from edge.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 from edge.sources.quarantine import Quarantine
 
 
@@ -78,22 +83,74 @@ class SourceContext:
         return Quarantine(self.quarantine_dir or Path(self.data_dir) / "quarantine", self.log(name))
 
 
+Problem = tuple[str, str, str]  # (key below the source entry, what is wrong, what to do)
+
+
+def _none(*_: Any) -> list:
+    return []
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    name: str
+    module: str  # implements the kind
+    cls: str
+    check: Callable[[SourceConfig, bool], list[Problem]] = _none  # (source, files exist?) -> profile problems
+    preflight: Callable[[SourceConfig], list[str]] = _none  # what doctor warns about on this device
+    listens: bool = False  # binds ``port`` (no two sources, nor the metrics endpoint, may share one)
+
+    def load(self) -> type:
+        return getattr(importlib.import_module(self.module), self.cls)
+
+
+def _check_video(s: SourceConfig, check_files: bool) -> list[Problem]:
+    return [] if (s.device is not None or s.url or s.path) else [("", "video needs one of device, url or path", "")]
+
+
+def _preflight_video(s: SourceConfig) -> list[str]:
+    if s.device is not None and not Path(f"/dev/video{s.device}").exists():
+        return [f"/dev/video{s.device} not present; is the frame grabber plugged in? medge will keep retrying"]
+    return []
+
+
+def _check_folder(s: SourceConfig, check_files: bool) -> list[Problem]:
+    return [] if s.path is not None else [("path", "dicom-folder needs a folder to watch", "")]
+
+
+def _preflight_folder(s: SourceConfig) -> list[str]:
+    if s.path is not None and not s.path.is_dir():
+        return [f"folder {s.path} does not exist yet; medge waits for it"]
+    return []
+
+
+def _check_store(s: SourceConfig, check_files: bool) -> list[Problem]:
+    out: list[Problem] = []
+    if not s.allowed_aes:
+        out.append(("allowed_aes", "is empty: the C-STORE receiver would accept nobody",
+                    "list the AE titles of the modalities allowed to send"))
+    if not 1 <= len(s.ae_title) <= 16:
+        out.append(("ae_title", "must be 1-16 characters (DICOM AE title)", ""))
+    return out
+
+
+def _check_replay(s: SourceConfig, check_files: bool) -> list[Problem]:
+    if s.path is None or (check_files and not s.path.is_file()):
+        return [("path", "replay needs an existing file" if s.path else "replay needs a path",
+                 "point it at a multi-frame DICOM or a video file")]
+    return []
+
+
+SOURCE_KINDS: dict[str, SourceKind] = {k.name: k for k in (
+    SourceKind("video", "edge.sources.video", "VideoSource", _check_video, _preflight_video),
+    SourceKind("dicom-folder", "edge.sources.dicom_folder", "DicomFolderSource", _check_folder, _preflight_folder),
+    SourceKind("dicom-store", "edge.sources.dicom_store", "DicomStoreSource", _check_store, listens=True),
+    SourceKind("replay", "edge.sources.replay", "ReplaySource", _check_replay),
+)}
+
+
 def build_source(cfg: SourceConfig, ctx: SourceContext) -> Source:
     """The source for one profile entry. Nothing is opened or bound until `frames()` (or `start()`)."""
-    if cfg.kind == "video":
-        from edge.sources.video import VideoSource
-
-        return VideoSource(cfg, ctx)
-    if cfg.kind == "dicom-folder":
-        from edge.sources.dicom_folder import DicomFolderSource
-
-        return DicomFolderSource(cfg, ctx)
-    if cfg.kind == "dicom-store":
-        from edge.sources.dicom_store import DicomStoreSource
-
-        return DicomStoreSource(cfg, ctx)
-    if cfg.kind == "replay":
-        from edge.sources.replay import ReplaySource
-
-        return ReplaySource(cfg, ctx)
-    raise ConfigError(f"source {cfg.name!r}: unknown kind {cfg.kind!r}")
+    kind = SOURCE_KINDS.get(cfg.kind)
+    if kind is None:
+        raise ConfigError(f"source {cfg.name!r}: unknown kind {cfg.kind!r}; use one of {', '.join(SOURCE_KINDS)}")
+    return kind.load()(cfg, ctx)

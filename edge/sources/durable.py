@@ -30,7 +30,7 @@ from edge.durable_files import move_durably, write_atomic
 from edge.errors import InputError, one_line
 from edge.frames import Frame
 from edge.imaging.dicom import frames_from_file
-from edge.imaging.dicom_guard import DEFAULT_LIMITS, DecodeLimits
+from edge.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 from edge.sources import SourceStats
 from edge.sources.quarantine import Quarantine
 

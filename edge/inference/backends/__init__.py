@@ -9,14 +9,18 @@ because a device that falls back to CPU still helps; only when nothing at all wo
 
 from __future__ import annotations
 
+import importlib
 import logging
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-from edge.config import ModelConfig
 from edge.errors import BackendUnavailable
-from edge.inference.bundle import Bundle
+
+if TYPE_CHECKING:
+    from edge.config import ModelConfig
+    from edge.inference.bundle import Bundle
 
 
 @runtime_checkable
@@ -30,41 +34,67 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Loader:
+    """A backend implementation (Polygraphy's loader): ``from_bundle(bundle, model_cfg, providers, log,
+    allow_spinning)`` returns a warmed-up `Backend` or raises `BackendUnavailable` with the reason."""
+
+    module: str
+    cls: str
+
+    def load(self):
+        return getattr(importlib.import_module(self.module), self.cls)
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A name a profile may list under ``models[].providers``."""
+
+    name: str
+    loader: str  # key in LOADERS; consecutive providers of one loader are tried together
+    gpu: bool  # needs an NVIDIA GPU (doctor warns when there is none)
+    ort_name: str | None = None  # the ONNX Runtime execution provider, for the onnxruntime loader
+    unavailable: str = "not available in this onnxruntime build"  # what to tell the operator
+
+
+LOADERS = {
+    "onnxruntime": Loader("edge.inference.backends.onnxruntime", "OrtBackend"),
+    "tensorrt": Loader("edge.inference.backends.tensorrt", "TensorRTBackend"),
+}
+PROVIDERS: dict[str, Provider] = {p.name: p for p in (
+    Provider("tensorrt", "onnxruntime", True, "TensorrtExecutionProvider",
+             "this onnxruntime build has no TensorRT execution provider (needs onnxruntime-gpu and TensorRT libraries)"),
+    Provider("cuda", "onnxruntime", True, "CUDAExecutionProvider",
+             "this onnxruntime build has no CUDA execution provider (needs onnxruntime-gpu and a CUDA GPU)"),
+    Provider("cpu", "onnxruntime", False, "CPUExecutionProvider"),
+    Provider("trt-native", "tensorrt", True),
+)}
+
+
 def build_backend(bundle: Bundle, model_cfg: ModelConfig, logger: logging.Logger | None = None,
                   allow_spinning: bool = False) -> Backend:
-    """Try the profile's providers in order; the first that loads and warms up wins.
+    """Try the profile's providers in order; the first loader that loads and warms up wins.
 
-    ``trt-native`` is handled by the native TensorRT runner; every other provider name is an ONNX
-    Runtime execution provider, tried together as one ordered list so ORT can assign nodes the preferred
-    provider cannot run to the next one.
+    Consecutive providers served by the same loader are handed to it together (ONNX Runtime takes one
+    ordered list, so it can assign nodes the preferred provider cannot run to the next one).
     """
     log = logger or logging.getLogger("medge.backend")
     providers = list(model_cfg.providers) or ["cpu"]
+    groups: list[tuple[str, list[str]]] = []
+    for p in providers:
+        loader = PROVIDERS[p].loader
+        if groups and groups[-1][0] == loader:
+            groups[-1][1].append(p)
+        else:
+            groups.append((loader, [p]))
     reasons: list[str] = []
-    i = 0
-    while i < len(providers):
-        p = providers[i]
-        if p == "trt-native":
-            from edge.inference.backends.tensorrt import TensorRTBackend
-
-            try:
-                return TensorRTBackend.from_bundle(bundle, model_cfg, log)
-            except BackendUnavailable as e:
-                log.warning("model %s: trt-native skipped: %s", model_cfg.name, e)
-                reasons.append(f"trt-native: {e}")
-            i += 1
-            continue
-        j = i
-        while j < len(providers) and providers[j] != "trt-native":
-            j += 1
-        from edge.inference.backends.onnxruntime import OrtBackend
-
+    for loader, names in groups:
         try:
-            return OrtBackend.from_bundle(bundle, model_cfg, providers[i:j], log, allow_spinning)
+            return LOADERS[loader].load().from_bundle(bundle, model_cfg, names, log, allow_spinning)
         except BackendUnavailable as e:
-            reasons.append(str(e))
-        i = j
+            log.warning("model %s: %s skipped: %s", model_cfg.name, ", ".join(names), e)
+            reasons.append(f"{', '.join(names)}: {e}")
     raise BackendUnavailable(f"model {model_cfg.name!r}: no usable inference provider ({'; '.join(reasons)})")
 
 
-__all__ = ["Backend", "build_backend"]
+__all__ = ["LOADERS", "PROVIDERS", "Backend", "Loader", "Provider", "build_backend"]

@@ -20,11 +20,14 @@ from edge.config import ModelConfig
 from edge.errors import BackendUnavailable, BundleError
 from edge.inference.bundle import Bundle
 
-ORT_NAMES = {
-    "tensorrt": "TensorrtExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-}
+
+def _ort_names() -> dict[str, str]:
+    from edge.inference.backends import PROVIDERS
+
+    return {p.name: p.ort_name for p in PROVIDERS.values() if p.ort_name}
+
+
+ORT_NAMES = _ort_names()
 SHORT = {v: k for k, v in ORT_NAMES.items()}
 
 
@@ -39,10 +42,9 @@ def provider_chain(wanted: list[str], available: list[str], engines_dir: Path, m
             skipped.append(f"{p}: not an ONNX Runtime provider")
             continue
         if ort_name not in available:
-            why = {"tensorrt": "this onnxruntime build has no TensorRT execution provider (needs onnxruntime-gpu "
-                               "and TensorRT libraries)",
-                   "cuda": "this onnxruntime build has no CUDA execution provider (needs onnxruntime-gpu and a "
-                           "CUDA GPU)"}.get(p, "not available in this onnxruntime build")
+            from edge.inference.backends import PROVIDERS
+
+            why = PROVIDERS[p].unavailable
             log.warning("model %s: provider %s skipped: %s", model_cfg.name, p, why)
             skipped.append(f"{p}: {why}")
             continue

@@ -102,7 +102,8 @@ class TensorRTBackend:
         log.info("TensorRT engine %s loaded (inputs %s, outputs %s)", engine_path.name, self.inputs, self.outputs)
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, model_cfg: ModelConfig, log: logging.Logger) -> TensorRTBackend:
+    def from_bundle(cls, bundle: Bundle, model_cfg: ModelConfig, providers: list[str], log: logging.Logger,
+                    allow_spinning: bool = False) -> TensorRTBackend:
         try:
             import tensorrt as trt
         except ImportError:
