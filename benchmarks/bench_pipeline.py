@@ -46,7 +46,7 @@ from edge.inference.bundle import load_bundle, sha256_file
 from edge.inference.loaded_model import assemble
 from edge.inference.preprocess import PreprocessSpec
 from edge.runtime.metrics import Metrics
-from edge.runtime.pipeline import FindingBuilder, Pipeline, PipelineSettings
+from edge.runtime.pipeline import PipelineSettings, build_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 CINE = "color3d_jpeg_baseline.dcm"
@@ -159,17 +159,22 @@ def run_bare(session, input_name: str, tensors: list[np.ndarray]) -> float:
     return len(tensors) / (time.perf_counter() - t0)
 
 
-def run_pipeline(lm, source: MemorySource, depth: int, opencv_threads: int | None = 1) -> tuple[float, dict, int]:
-    metrics = Metrics()
-    n_findings = [0]
+class CountingSink:
+    """Counts findings; the outbox is benchmarked on its own (bench_outbox)."""
 
-    def publish(findings):
-        n_findings[0] += len(findings)
+    def __init__(self) -> None:
+        self.n = 0
+
+    def store(self, findings: list) -> list[bool]:
+        self.n += len(findings)
         return [True] * len(findings)
 
-    pl = Pipeline(source=source, preprocessor=lm.preprocessor, backend=lm.backend, task=lm.task,
-                  builder=FindingBuilder("bench", lm.ref, lambda s: ("s", "s", "i")), publish=publish, metrics=metrics,
-                  settings=PipelineSettings(queue_depth=depth, opencv_threads=opencv_threads))
+
+def run_pipeline(lm, source: MemorySource, depth: int, opencv_threads: int | None = 1) -> tuple[float, dict, int]:
+    metrics = Metrics()
+    sink = CountingSink()
+    pl = build_pipeline(source, lm, "bench", lambda s: ("s", "s", "i"), sink, metrics,
+                        PipelineSettings(queue_depth=depth, opencv_threads=opencv_threads))
     t0 = time.perf_counter()
     pl.start()
     pl.join()
@@ -177,7 +182,7 @@ def run_pipeline(lm, source: MemorySource, depth: int, opencv_threads: int | Non
     if pl.failure:
         raise pl.failure
     snap = metrics.snapshot()
-    return snap["total"]["frames_done"] / wall, snap, n_findings[0]
+    return snap["total"]["frames_done"] / wall, snap, sink.n
 
 
 def side_by_side(lm, pixels, meta, rounds: int, repeat: int, opencv_threads: int | None = 1) -> dict:

@@ -1,9 +1,9 @@
 """The `medge` command.
 
-Each command is a thin wrapper: parse arguments, call one function in the module named for the job,
-turn a `MedgeError` into one line on stderr and a non-zero exit. Heavy modules are imported inside the
-commands so `medge --help` is instant and a device without the export extra still runs everything but
-`medge export`.
+Each command is a thin wrapper: parse arguments, call one function in the module named for the job. A
+`MedgeError` from any command (and from `medge export`) becomes one line on stderr and exit status 2, in
+one place (`Commands.invoke`). Heavy modules are imported inside the commands so `medge --help` is
+instant and a device without the export extra still runs everything but `medge export`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,25 @@ import sys
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
 
 from edge.errors import MedgeError
+from edge.link.topics import DEFAULT_GROUP, findings_filter
+
+
+class Commands(TyperGroup):
+    """Every subcommand runs inside `invoke`: the one place a `MedgeError` becomes the error line."""
+
+    def invoke(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        try:
+            return super().invoke(ctx)
+        except MedgeError as e:
+            typer.echo(f"medge: error: {e}", err=True)
+            raise typer.Exit(2) from None
+
 
 app = typer.Typer(
+    cls=Commands,
     help="medge: edge inference for portable medical imaging (decision support, not a diagnosis).",
     no_args_is_help=True,
     add_completion=False,
@@ -45,11 +60,8 @@ def config_check(
     from edge.config import load_config
     from edge.inference.modelset import verify_models
 
-    try:
-        cfg = load_config(profile, check_files=not structure_only)
-        verified = [] if structure_only else verify_models(cfg)
-    except MedgeError as e:
-        raise fail(str(e)) from None
+    cfg = load_config(profile, check_files=not structure_only)
+    verified = [] if structure_only else verify_models(cfg)
     for line in verified:
         typer.echo(f"  {line}")
     typer.echo(f"{profile}: OK ({len(cfg.sources)} source(s), {len(cfg.models)} model(s), device {cfg.device.id})")
@@ -65,11 +77,8 @@ def run(
     from edge.config import load_config
     from edge.runtime.daemon import run_daemon
 
-    try:
-        cfg = load_config(config, data_dir=data_dir)
-        code = run_daemon(cfg, max_seconds=max_seconds)
-    except MedgeError as e:
-        raise fail(str(e)) from None
+    cfg = load_config(config, data_dir=data_dir)
+    code = run_daemon(cfg, max_seconds=max_seconds)
     raise typer.Exit(code)
 
 
@@ -80,10 +89,7 @@ def demo(
     """Run the built-in demo: both reference models on bundled sample input, CPU only, no broker."""
     from edge.commands.demo import run_demo
 
-    try:
-        raise typer.Exit(run_demo(data_dir))
-    except MedgeError as e:
-        raise fail(str(e)) from None
+    raise typer.Exit(run_demo(data_dir))
 
 
 @app.command()
@@ -98,11 +104,8 @@ def replay(
     """Run the device pipeline offline on one file and print findings and the latency summary."""
     from edge.commands.replay import replay_file
 
-    try:
-        raise typer.Exit(replay_file(file, bundle, variant=variant, realtime=realtime, as_json=as_json,
-                                     trusted_keys=list(trusted_key)))
-    except MedgeError as e:
-        raise fail(str(e)) from None
+    raise typer.Exit(replay_file(file, bundle, variant=variant, realtime=realtime, as_json=as_json,
+                                 trusted_keys=list(trusted_key)))
 
 
 @app.command()
@@ -113,10 +116,7 @@ def inspect(
     """Show what the daemon would see in a file, and whether it would accept it."""
     from edge.commands.inspect import inspect_file
 
-    try:
-        raise typer.Exit(inspect_file(file, as_json=as_json))
-    except MedgeError as e:
-        raise fail(str(e)) from None
+    raise typer.Exit(inspect_file(file, as_json=as_json))
 
 
 @app.command()
@@ -131,8 +131,8 @@ def doctor(config: Path | None = typer.Option(None, "--config", "-c", help="firm
 def receive(
     broker: str = typer.Option(..., help="mqtt://host:port or mqtts://host:port"),
     db: str = typer.Option(..., help="SQLite file path, or a postgresql:// URL"),
-    group: str = typer.Option("medge-receivers", help="shared-subscription group name"),
-    topic: str = typer.Option("medge/+/+/findings/#", help="topic filter"),
+    group: str = typer.Option(DEFAULT_GROUP, help="shared-subscription group name"),
+    topic: str = typer.Option(findings_filter(), help="topic filter"),
     ca_file: Path | None = typer.Option(None, help="broker CA certificate (mqtts)"),
     cert_file: Path | None = typer.Option(None, help="client certificate"),
     key_file: Path | None = typer.Option(None, help="client private key"),
@@ -140,14 +140,11 @@ def receive(
     max_seconds: float | None = typer.Option(None, help="stop after this many seconds (testing)"),
 ) -> None:
     """Hospital-side receiver: store findings exactly once, acknowledging only after commit."""
-    from hospital.receiver import run_receiver
+    from hospital.receiver import ReceiverConfig, run_receiver
 
-    try:
-        raise typer.Exit(run_receiver(broker=broker, db=db, group=group, topic=topic, ca_file=ca_file,
-                                      cert_file=cert_file, key_file=key_file, client_id=client_id,
-                                      max_seconds=max_seconds))
-    except MedgeError as e:
-        raise fail(str(e)) from None
+    cfg = ReceiverConfig(broker=broker, db=db, group=group, topic=topic, ca_file=ca_file, cert_file=cert_file,
+                         key_file=key_file, client_id=client_id)
+    raise typer.Exit(run_receiver(cfg, max_seconds=max_seconds))
 
 
 @app.command("broker-config")
@@ -158,11 +155,8 @@ def broker_config(
     """Hospital side: render the mosquitto configuration that enforces medge's broker identity rules."""
     from hospital.broker import load_fleet, write_broker_config
 
-    try:
-        fl, settings = load_fleet(fleet)
-        written = write_broker_config(fl, settings, out)
-    except MedgeError as e:
-        raise fail(str(e)) from None
+    fl, settings = load_fleet(fleet)
+    written = write_broker_config(fl, settings, out)
     for p in written:
         typer.echo(f"wrote {p}")
     typer.echo(f"{len(fl.devices)} device(s), {len(fl.receivers)} receiver(s), {len(fl.monitors)} monitor(s); "
@@ -183,11 +177,8 @@ def outbox_status(config: Path = typer.Option(..., "--config", "-c"),
     """Pending findings by priority, oldest age, size against quota, drops."""
     import json
 
-    try:
-        with _outbox(config) as ob:
-            st = ob.status()
-    except MedgeError as e:
-        raise fail(str(e)) from None
+    with _outbox(config) as ob:
+        st = ob.status()
     typer.echo(json.dumps(st.to_dict(), indent=2) if as_json else st.describe())
 
 
@@ -195,33 +186,24 @@ def outbox_status(config: Path = typer.Option(..., "--config", "-c"),
 def outbox_list(config: Path = typer.Option(..., "--config", "-c"),
                 limit: int = typer.Option(50, help="show at most this many")) -> None:
     """List pending findings, highest priority first."""
-    try:
-        with _outbox(config) as ob:
-            for row in ob.list_pending(limit):
-                typer.echo(row.describe())
-    except MedgeError as e:
-        raise fail(str(e)) from None
+    with _outbox(config) as ob:
+        for row in ob.list_pending(limit):
+            typer.echo(row.describe())
 
 
 @outbox_app.command("retry")
 def outbox_retry(config: Path = typer.Option(..., "--config", "-c")) -> None:
     """Send again now every finding the hospital has not acknowledged (in flight or at the broker)."""
-    try:
-        with _outbox(config) as ob:
-            n = ob.retry_all(at_broker=True)
-    except MedgeError as e:
-        raise fail(str(e)) from None
+    with _outbox(config) as ob:
+        n = ob.retry_all(at_broker=True)
     typer.echo(f"{n} finding(s) re-queued")
 
 
 @outbox_app.command("purge-expired")
 def outbox_purge(config: Path = typer.Option(..., "--config", "-c")) -> None:
     """Remove findings whose time-to-live has passed (counted and reported, never silent)."""
-    try:
-        with _outbox(config) as ob:
-            n = ob.purge_expired()
-    except MedgeError as e:
-        raise fail(str(e)) from None
+    with _outbox(config) as ob:
+        n = ob.purge_expired()
     typer.echo(f"{n} expired finding(s) purged")
 
 

@@ -9,12 +9,20 @@ placed in a Finding. The JSON form is described by ``edge/schemas/finding.v1.jso
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 SCHEMA = "medge.finding/1"
 PRIORITIES = ("urgent", "routine", "low")
+
+
+def iso_utc(epoch: float | None = None, timespec: str = "milliseconds") -> str:
+    """ISO 8601 UTC with a Z, the one timestamp format findings, status and telemetry messages carry."""
+    t = time.time() if epoch is None else epoch
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """`medge export ...`: the workstation toolchain's commands (quantize, sign, keygen, verify, build-engine).
 
-Thin wrappers like edge.cli: parse, call one function, turn a MedgeError into one line and exit 2.
+Thin wrappers like edge.cli: parse, call one function; a MedgeError becomes one line and exit 2 in
+`edge.cli.Commands`, whether this app runs as `medge export` or on its own.
 Progress goes to stderr so stdout stays the one-line result a script can read.
 """
 
@@ -12,15 +13,10 @@ from pathlib import Path
 
 import typer
 
-from edge.errors import MedgeError
+from edge.cli import Commands
 
-app = typer.Typer(help="Workstation toolchain: quantize, sign, verify, build TensorRT engines.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-
-
-def fail(msg: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"medge: error: {msg}", err=True)
-    return typer.Exit(code)
+app = typer.Typer(cls=Commands, help="Workstation toolchain: quantize, sign, verify, build TensorRT engines.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
 def _log(msg: str) -> None:
@@ -68,10 +64,7 @@ def quantize_cmd(
 
             return update
 
-        try:
-            res = run_export(opts, log=_log, progress=progress)
-        except MedgeError as e:
-            raise fail(str(e)) from None
+        res = run_export(opts, log=_log, progress=progress)
     g = res.gate
     typer.echo(f"{res.out}: {g['primary_metric']} drop {g['drop']:.4f} (budget {g['budget']}), INT8 "
                f"{res.latency['speedup_int8']:.2f}x faster than FP32 on this machine; "
@@ -87,10 +80,7 @@ def keygen_cmd(
     """Create an Ed25519 signing key pair (PEM)."""
     from .sign import keygen
 
-    try:
-        priv, pub, fp = keygen(private, public, force)
-    except MedgeError as e:
-        raise fail(str(e)) from None
+    priv, pub, fp = keygen(private, public, force)
     typer.echo(f"private key {priv}, public key {pub} (fingerprint {fp})")
 
 
@@ -102,10 +92,7 @@ def sign_cmd(
     """Verify a bundle's hashes, then sign its manifest (writes manifest.sig)."""
     from .sign import sign_bundle
 
-    try:
-        fp = sign_bundle(bundle, key)
-    except MedgeError as e:
-        raise fail(str(e)) from None
+    fp = sign_bundle(bundle, key)
     typer.echo(f"{bundle}: signed by key {fp}")
 
 
@@ -117,10 +104,7 @@ def verify_cmd(
     """Check every hash and the signature exactly as the device does."""
     from .sign import verify_bundle
 
-    try:
-        b = verify_bundle(bundle, list(key))
-    except MedgeError as e:
-        raise fail(str(e)) from None
+    b = verify_bundle(bundle, list(key))
     m = b.manifest
     typer.echo(f"{bundle}: OK - {m.name} {m.version} ({m.task}, target {m.target}, variants {', '.join(m.variants)}), "
                f"signed by key {b.signed_by}")
@@ -137,11 +121,8 @@ def build_engine_cmd(
     """Build a TensorRT engine for this GPU into BUNDLE/engines/ (keyed by GPU, SM, TensorRT version, precision)."""
     from .tensorrt import build_engine
 
-    try:
-        path = build_engine(bundle, variant=variant, dla_core=dla_core, workspace_mb=workspace_mb, rebuild=rebuild,
-                            log=_log)
-    except MedgeError as e:
-        raise fail(str(e)) from None
+    path = build_engine(bundle, variant=variant, dla_core=dla_core, workspace_mb=workspace_mb, rebuild=rebuild,
+                        log=_log)
     typer.echo(f"{path}")
 
 

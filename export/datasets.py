@@ -85,24 +85,10 @@ def read_frames(path: Path, video_step: int = 10) -> Iterator[Frame]:
             raise InputError(f"{path}: DICOM has no image frames")
         return
     if ext in VIDEO_EXTS:
-        cap = cv2.VideoCapture(str(path))
-        if not cap.isOpened():
-            raise InputError(f"{path}: unreadable video (OpenCV could not open it)")
-        i = n = 0
-        try:
-            while True:
-                ok, bgr = cap.read()
-                if not ok:
-                    break
-                if i % max(1, video_step) == 0:
-                    n += 1
-                    yield Frame(pixels=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), modality="US", source="export", index=i,
-                                origin=path)
-                i += 1
-        finally:
-            cap.release()
-        if n == 0:
-            raise InputError(f"{path}: video has no decodable frames")
+        from edge.imaging.video import read_video  # the device's video reader
+
+        for i, pixels, _ in read_video(path, video_step):
+            yield Frame(pixels=pixels, modality="US", source="export", index=i, origin=path)
         return
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:

@@ -30,10 +30,9 @@ import socket
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -41,9 +40,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.errors import ConfigError
+from edge.findings import iso_utc
 from edge.link.backoff import Backoff
 from edge.link.mqtt import SESSION_TAKEN_OVER, describe_error, new_client, parse_broker_url
 from edge.link.topics import DEFAULT_GROUP, ack_payload, findings_filter, parse_finding_topic, shared
+from hospital.store import FindingStore, Received, Rejected, open_store
 
 log = logging.getLogger("medge.receive")
 
@@ -51,26 +52,6 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 RECEIVE_MAXIMUM = 1000
 BATCH = 500
 BATCH_WAIT_S = 0.02
-
-
-@dataclass(frozen=True)
-class Received:
-    finding_id: str
-    site: str
-    device_id: str
-    priority: str
-    topic: str
-    received_at: str
-    payload: str
-
-
-@dataclass(frozen=True)
-class Rejected:
-    topic: str
-    received_at: str
-    reason: str
-    payload: bytes
-    finding_id: str | None = None  # when the payload names one, the device is told it was refused
 
 
 @dataclass
@@ -83,105 +64,9 @@ class ReceiverStats:
     acks_published: int = 0  # acknowledgement messages sent to devices
 
 
-class FindingStore(Protocol):
-    def add(self, rows: list[Received], rejected: list[Rejected]) -> int: ...  # one commit; returns new rows
-    def count(self) -> int: ...
-    def close(self) -> None: ...
-
-
-class SqliteStore:
-    """Findings in a local SQLite file (WAL, synchronous=FULL), finding_id as the primary key."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("CREATE TABLE IF NOT EXISTS findings (finding_id TEXT PRIMARY KEY, site TEXT NOT NULL,"
-                            " device_id TEXT NOT NULL, priority TEXT NOT NULL, topic TEXT NOT NULL,"
-                            " received_at TEXT NOT NULL, payload TEXT NOT NULL)")
-            self.db.execute("CREATE TABLE IF NOT EXISTS rejected (id INTEGER PRIMARY KEY, topic TEXT, received_at TEXT,"
-                            " reason TEXT, payload BLOB)")
-        except sqlite3.DatabaseError as e:
-            raise ConfigError(f"{self.path}: cannot open receiver database ({e})") from None
-
-    def add(self, rows: list[Received], rejected: list[Rejected]) -> int:
-        n = 0
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            for r in rows:
-                n += self.db.execute("INSERT OR IGNORE INTO findings VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                     (r.finding_id, r.site, r.device_id, r.priority, r.topic, r.received_at,
-                                      r.payload)).rowcount
-            self.db.executemany("INSERT INTO rejected(topic, received_at, reason, payload) VALUES (?, ?, ?, ?)",
-                                [(x.topic, x.received_at, x.reason, x.payload) for x in rejected])
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        return n
-
-    def count(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM findings").fetchone()[0])
-
-    def close(self) -> None:
-        self.db.close()
-
-
-class PostgresStore:
-    """The same tables in PostgreSQL, for hospitals that run one (needs psycopg 3; untested in CI)."""
-
-    def __init__(self, url: str) -> None:
-        try:
-            import psycopg  # type: ignore[import-not-found]
-        except ImportError:
-            raise ConfigError("a postgresql:// database needs psycopg: pip install 'psycopg[binary]'") from None
-        try:
-            self.db = psycopg.connect(url)
-        except Exception as e:
-            raise ConfigError(f"cannot connect to PostgreSQL ({type(e).__name__}); check the --db URL") from None
-        with self.db.transaction():
-            self.db.execute("CREATE TABLE IF NOT EXISTS medge_findings (finding_id TEXT PRIMARY KEY, site TEXT NOT NULL,"
-                            " device_id TEXT NOT NULL, priority TEXT NOT NULL, topic TEXT NOT NULL,"
-                            " received_at TIMESTAMPTZ NOT NULL, payload JSONB NOT NULL)")
-            self.db.execute("CREATE TABLE IF NOT EXISTS medge_rejected (id BIGSERIAL PRIMARY KEY, topic TEXT,"
-                            " received_at TIMESTAMPTZ, reason TEXT, payload BYTEA)")
-
-    def add(self, rows: list[Received], rejected: list[Rejected]) -> int:
-        n = 0
-        with self.db.transaction():
-            for r in rows:
-                cur = self.db.execute("INSERT INTO medge_findings VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                                      " ON CONFLICT (finding_id) DO NOTHING",
-                                      (r.finding_id, r.site, r.device_id, r.priority, r.topic, r.received_at, r.payload))
-                n += cur.rowcount
-            for x in rejected:
-                self.db.execute("INSERT INTO medge_rejected(topic, received_at, reason, payload) VALUES (%s, %s, %s, %s)",
-                                (x.topic, x.received_at, x.reason, x.payload))
-        return n
-
-    def count(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM medge_findings").fetchone()[0])
-
-    def close(self) -> None:
-        self.db.close()
-
-
-def open_store(db: str) -> FindingStore:
-    if db.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(db)
-    return SqliteStore(db)
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def parse_message(topic: str, payload: bytes, props: Any) -> Received | Rejected:
     """Check a message against the topic scheme <prefix>/<site>/<device>/findings/<priority>."""
-    now = _now_iso()
+    now = iso_utc()
     ft = parse_finding_topic(topic)
     if ft is None:
         return Rejected(topic, now, "topic does not follow <prefix>/<site>/<device>/findings/<priority>", payload)
@@ -218,24 +103,39 @@ def acknowledgements(batch: list[Received | Rejected]) -> dict[str, tuple[list[s
     return out
 
 
+@dataclass(frozen=True)
+class ReceiverConfig:
+    """What `medge receive` is told: the broker, the database, and who it is on the broker."""
+
+    broker: str
+    db: str  # SQLite file path, or a postgresql:// URL
+    group: str = DEFAULT_GROUP
+    topic: str = field(default_factory=findings_filter)
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_id: str | None = None  # default: medge-receiver-<host name>
+    backoff_min_s: float = 0.5
+    # short on purpose: while a receiver is away after a broker restart, its shared subscription may be
+    # missing and devices wait longer for their acknowledgements
+    backoff_max_s: float = 5.0
+
+
 class Receiver:
     """One receiver process's connection loop; ``run(stop)`` returns when ``stop`` is set."""
 
-    def __init__(self, broker: str, db: str, group: str = DEFAULT_GROUP, topic: str = findings_filter(),
-                 ca_file: Path | None = None, cert_file: Path | None = None, key_file: Path | None = None,
-                 client_id: str | None = None, backoff_min_s: float = 0.5, backoff_max_s: float = 5.0) -> None:
-        # backoff_max_s is short on purpose: while a receiver is away after a broker restart, its shared
-        # subscription may be missing and devices wait longer for their acknowledgements
-        if any(ch in group for ch in "/+#") or not group:
-            raise ConfigError(f"--group {group!r}: a shared-subscription group name cannot contain / + #")
-        self.url = parse_broker_url(broker)
-        self.filter = shared(group, topic)
-        self.ca_file, self.cert_file, self.key_file = ca_file, cert_file, key_file
-        self.client_id = client_id or f"medge-receiver-{socket.gethostname()}"
-        self.db = db
+    def __init__(self, cfg: ReceiverConfig) -> None:
+        if any(ch in cfg.group for ch in "/+#") or not cfg.group:
+            raise ConfigError(f"--group {cfg.group!r}: a shared-subscription group name cannot contain / + #")
+        self.cfg = cfg
+        self.url = parse_broker_url(cfg.broker)
+        self.filter = shared(cfg.group, cfg.topic)
+        self.ca_file, self.cert_file, self.key_file = cfg.ca_file, cfg.cert_file, cfg.key_file
+        self.client_id = cfg.client_id or f"medge-receiver-{socket.gethostname()}"
+        self.db = cfg.db
         self.store: FindingStore | None = None  # opened in run(): connections belong to the thread using them
         self.stats = ReceiverStats()
-        self.backoff = Backoff(backoff_min_s, backoff_max_s)
+        self.backoff = Backoff(cfg.backoff_min_s, cfg.backoff_max_s)
         self._pending: list[tuple[int, int, Received | Rejected]] = []
         self._connected = False
         self._refused: str | None = None
@@ -354,13 +254,11 @@ class Receiver:
         self._pending.append((msg.mid, msg.qos, parse_message(msg.topic, msg.payload, msg.properties)))
 
 
-def run_receiver(broker: str, db: str, group: str = DEFAULT_GROUP, topic: str = findings_filter(),
-                 ca_file: Path | None = None, cert_file: Path | None = None, key_file: Path | None = None,
-                 client_id: str | None = None, max_seconds: float | None = None) -> int:
+def run_receiver(cfg: ReceiverConfig, max_seconds: float | None = None) -> int:
     """Run until SIGTERM/SIGINT or ``max_seconds``; 0 on a normal stop."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    rx = Receiver(broker, db, group, topic, ca_file, cert_file, key_file, client_id)
+    rx = Receiver(cfg)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):

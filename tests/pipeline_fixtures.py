@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import TensorProto, helper
 
-from edge.inference.bundle import sha256_file
 from edge.inference.preprocess import PreprocessSpec
+from export.bundle_writer import finalize_manifest
 
 
 def _const(name: str, value: float) -> onnx.NodeProto:
@@ -62,10 +61,8 @@ def write_bundle(root: Path, task: str = "segment", size: int = 64, key: Ed25519
         "variants": {"fp32": {"file": "model.fp32.onnx", "precision": "fp32"}},
         "default_variant": "fp32", "threshold": threshold, "review_band": list(review_band),
         "urgent_labels": list(urgent), "postprocess": postprocess or {"min_area_px": 4},
-        "files": {"model.fp32.onnx": sha256_file(root / "model.fp32.onnx")},
     }
-    data = yaml.safe_dump(manifest, sort_keys=False).encode()
-    (root / "manifest.yaml").write_bytes(data)
+    data = finalize_manifest(root, manifest)  # export's manifest writer: hashes every file
     if key is not None:
         (root / "manifest.sig").write_bytes(key.sign(data))
     return root

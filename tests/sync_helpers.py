@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge.findings import Finding, ModelRef
-from hospital.receiver import Receiver
+from hospital.receiver import Receiver, ReceiverConfig
 
 from .mqtt_broker import Broker
 
@@ -37,8 +37,9 @@ class ReceiverThread:
     def start(self, wait_ready: bool = True) -> ReceiverThread:
         b = self.broker
         self.stop_event = threading.Event()
-        self.rx = Receiver(b.url, str(self.db), group=self.group, ca_file=b.ca, cert_file=b.cert(self.identity),
-                           key_file=b.key(self.identity), client_id=self.client_id, backoff_min_s=0.05, backoff_max_s=0.5)
+        self.rx = Receiver(ReceiverConfig(b.url, str(self.db), group=self.group, ca_file=b.ca,
+                                          cert_file=b.cert(self.identity), key_file=b.key(self.identity),
+                                          client_id=self.client_id, backoff_min_s=0.05, backoff_max_s=0.5))
         self.thread = threading.Thread(target=self.rx.run, args=(self.stop_event,), daemon=True)
         self.thread.start()
         if wait_ready and not self.rx.ready.wait(15):

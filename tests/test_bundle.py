@@ -8,8 +8,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.errors import BundleError
-from edge.inference.bundle import load_bundle, sha256_file
+from edge.inference.bundle import load_bundle
 from edge.inference.preprocess import PreprocessSpec
+from export.bundle_writer import finalize_manifest
 
 
 def _make_bundle(root: Path, key: Ed25519PrivateKey | None = None) -> Path:
@@ -28,10 +29,8 @@ def _make_bundle(root: Path, key: Ed25519PrivateKey | None = None) -> Path:
         "preprocess_sha256": spec.sha256(),
         "variants": {"fp32": {"file": "model.fp32.onnx", "precision": "fp32"}},
         "default_variant": "fp32",
-        "files": {"model.fp32.onnx": sha256_file(root / "model.fp32.onnx")},
     }
-    data = yaml.safe_dump(manifest, sort_keys=False).encode()
-    (root / "manifest.yaml").write_bytes(data)
+    data = finalize_manifest(root, manifest)  # export's manifest writer: hashes every file
     if key is not None:
         (root / "manifest.sig").write_bytes(key.sign(data))
     return root

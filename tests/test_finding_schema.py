@@ -12,7 +12,7 @@ from edge.frames import Frame, Region, StudyRef
 from edge.inference.bundle import load_bundle
 from edge.inference.preprocess import Preprocessor
 from edge.inference.tasks import build_task
-from edge.runtime.pipeline import FindingBuilder, deterministic_id
+from edge.runtime.finding_builder import FindingBuilder, deterministic_id
 from tests.pipeline_fixtures import blob_image, write_bundle
 
 

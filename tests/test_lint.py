@@ -19,15 +19,35 @@ def test_ruff_clean():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_edge_never_imports_export():
-    """The device must run without the export toolchain: no module under edge/ may import export."""
+def _imports(path: Path) -> list[tuple[str, bool]]:
+    """(imported module, at module level?) for every import statement in a file."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    top = {id(n) for n in tree.body} | {id(c) for n in tree.body if isinstance(n, ast.If) for c in n.body}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, id(node) in top) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.append((node.module, id(node) in top))
+    return out
+
+
+def test_package_direction():
+    """edge runs on the device without export or hospital: no edge module imports them at module level,
+    and only the CLI loads them at all (lazily, inside the command that needs them). export never imports
+    hospital. hospital may import edge."""
     offenders = []
     for p in (ROOT / "edge").rglob("*.py"):
-        for line in p.read_text().splitlines():
-            s = line.strip()
-            if s.startswith(("import export", "from export")) and "edge/cli.py" not in p.as_posix():
-                offenders.append(f"{p.relative_to(ROOT)}: {s}")
+        for mod, at_top in _imports(p):
+            root = mod.split(".")[0]
+            if root in ("export", "hospital") and (at_top or p != ROOT / "edge" / "cli.py"):
+                offenders.append(f"{p.relative_to(ROOT)}: imports {mod}{' at module level' if at_top else ''}")
+    for p in (ROOT / "export").rglob("*.py"):
+        offenders += [f"{p.relative_to(ROOT)}: imports {m}" for m, _ in _imports(p) if m.split(".")[0] == "hospital"]
     assert not offenders, offenders
+    assert any(m.startswith("hospital") for m, _ in _imports(ROOT / "edge" / "cli.py"))  # the check sees lazy ones
 
 
 BLOCK_EXPORT_DEPS = "import sys\nfor m in ('onnx', 'torch', 'export', 'onnxruntime.quantization'):\n    sys.modules[m] = None\n"

@@ -11,6 +11,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+from edge.commands.replay import MemorySink
 from edge.config import ModelConfig
 from edge.findings import ModelRef
 from edge.frames import Frame, StudyRef
@@ -18,8 +19,9 @@ from edge.inference.backends import build_backend
 from edge.inference.bundle import load_bundle
 from edge.inference.preprocess import Preprocessor
 from edge.inference.tasks import build_task
+from edge.runtime.finding_builder import FindingBuilder
 from edge.runtime.metrics import Metrics
-from edge.runtime.pipeline import FindingBuilder, Pipeline, PipelineSettings
+from edge.runtime.pipeline import Pipeline, PipelineSettings
 from tests.pipeline_fixtures import blob_image, write_bundle
 
 
@@ -74,18 +76,12 @@ def parts(tmp_path_factory):
 
 def _pipeline(parts, source, delay_s=0.0, depth=2, metrics=None, **settings):
     b, be = parts
-    store: dict[str, object] = {}
-
-    def publish(findings):
-        flags = [f.finding_id not in store for f in findings]
-        store.update((f.finding_id, f) for f in findings)
-        return flags
-
+    sink = MemorySink()
     p = Pipeline(source=source, preprocessor=Preprocessor(b.manifest.preprocess),
                  backend=SlowBackend(be, delay_s) if delay_s else be, task=build_task(b.manifest),
                  builder=FindingBuilder("dev-1", ModelRef(b.manifest.name, b.manifest.version, b.model_sha256())),
-                 publish=publish, metrics=metrics or Metrics(), settings=PipelineSettings(queue_depth=depth, **settings))
-    return p, store
+                 sink=sink, metrics=metrics or Metrics(), settings=PipelineSettings(queue_depth=depth, **settings))
+    return p, sink.found
 
 
 def _stored(i, bright, sop=None, count=None, index=None):

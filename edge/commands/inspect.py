@@ -12,12 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
-
 from edge.errors import InputError
-from edge.imaging.dicom import describe, iter_frames, read_dicom
-from edge.sources.replay import is_dicom_file
-from edge.sources.video import capture_fps
+from edge.imaging.dicom import describe, is_dicom_file, iter_frames, read_dicom
+from edge.imaging.video import probe
 
 EXIT_ACCEPTED = 0
 EXIT_REFUSED = 1
@@ -46,21 +43,14 @@ def inspect_dicom(path: Path) -> dict[str, Any]:
 
 
 def inspect_video(path: Path) -> dict[str, Any]:
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            return {"path": str(path), "kind": "unknown", "accepted": False,
-                    "reason": f"{path}: neither DICOM nor a video OpenCV can open"}
-        ok, img = cap.read()
-        info = {"path": str(path), "kind": "video", "accepted": bool(ok), "reason": None if ok else
-                f"{path}: video opens but no frame can be read", "modality": None,
-                "frames": int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None,
-                "rows": int(img.shape[0]) if ok else None, "columns": int(img.shape[1]) if ok else None,
-                "photometric": "RGB (from BGR)" if ok and img.ndim == 3 else None, "spacing_mm": None,
-                "frame_rate": capture_fps(cap)}
-        return info
-    finally:
-        cap.release()
+    v = probe(path)
+    if v is None:
+        return {"path": str(path), "kind": "unknown", "accepted": False,
+                "reason": f"{path}: neither DICOM nor a video OpenCV can open"}
+    return {"path": str(path), "kind": "video", "accepted": v.readable,
+            "reason": None if v.readable else f"{path}: video opens but no frame can be read", "modality": None,
+            "frames": v.frames, "rows": v.rows, "columns": v.columns,
+            "photometric": "RGB (from BGR)" if v.readable else None, "spacing_mm": None, "frame_rate": v.frame_rate}
 
 
 def inspect_file(path: Path | str, as_json: bool = False, echo: Callable[[str], None] = print) -> int:

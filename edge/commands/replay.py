@@ -24,7 +24,7 @@ from edge.errors import InputError
 from edge.findings import Finding
 from edge.inference.loaded_model import load_model_dir
 from edge.runtime.metrics import Metrics
-from edge.runtime.pipeline import FindingBuilder, Pipeline, PipelineSettings
+from edge.runtime.pipeline import PipelineSettings, build_pipeline
 
 
 def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: bool = True, as_json: bool = False,
@@ -39,7 +39,7 @@ def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: 
     lm = load_model_dir(Path(bundle), variant, list(trusted_keys or []), log)
     from edge import sources as srcmod
     from edge.imaging.deid import Pseudonymizer
-    from edge.runtime.daemon import pseudonym_fn, source_context
+    from edge.runtime.daemon import source_context
 
     with tempfile.TemporaryDirectory(prefix="medge-replay-") as tmp:
         key = Path(tmp) / "pseudonym.key"
@@ -48,22 +48,15 @@ def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: 
         scfg = SourceConfig(name=file.name, kind="replay", model=lm.config.name, path=file, realtime=realtime)
         cfg = _replay_config(file, bundle, Path(tmp), scfg, lm.config)
         source = srcmod.build_source(scfg, source_context(cfg, log))
-        found: dict[str, Finding] = {}
-
-        def publish(findings: list[Finding]) -> list[bool]:
-            flags = [f.finding_id not in found for f in findings]
-            found.update((f.finding_id, f) for f in findings)
-            return flags
+        sink = MemorySink()
 
         def show(f: Finding, new: bool) -> None:
             echo(json.dumps({"finding": f.to_dict()}, sort_keys=True) if as_json else finding_line(f, new))
 
         metrics = Metrics(logger=log)
-        pl = Pipeline(source=source, preprocessor=lm.preprocessor, backend=lm.backend, task=lm.task,
-                      builder=FindingBuilder("replay", lm.ref, pseudonym_fn(pseudonymizer)), publish=publish,
-                      metrics=metrics, settings=settings or PipelineSettings(queue_depth=1 if realtime else 4),
-                      on_finding=show, logger=log,
-                      stop_event=stop)
+        pl = build_pipeline(source, lm, "replay", pseudonymizer.study_ids, sink, metrics,
+                            settings or PipelineSettings(queue_depth=1 if realtime else 4), stop_event=stop,
+                            logger=log, on_finding=show)
         if not as_json:
             echo(f"replaying {file.name} through {lm.describe()} ({'real time' if realtime else 'as fast as possible'})")
         t0 = time.perf_counter()
@@ -90,6 +83,18 @@ def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: 
         if pl.failure is not None:
             return 1
         return 0 if snap["total"]["errors"] == 0 else 1
+
+
+class MemorySink:
+    """`medge replay` keeps findings in memory: nothing is sent, nothing outlives the command."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, Finding] = {}
+
+    def store(self, findings: list[Finding]) -> list[bool]:
+        flags = [f.finding_id not in self.found for f in findings]
+        self.found.update((f.finding_id, f) for f in findings)
+        return flags
 
 
 def _replay_config(file: Path, bundle: Path, data_dir: Path, scfg: SourceConfig, mcfg):

@@ -88,6 +88,16 @@ class DicomInfo:
 DEFER_BYTES = 8 * 1024 * 1024  # native pixel data above this stays on disk and is read frame by frame
 
 
+def is_dicom_file(path: Path) -> bool:
+    """A Part 10 preamble, or at least a DICOM file name (a preamble-less object from an old modality)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM" or Path(path).suffix.lower() in (".dcm", ".dicom")
+
+
 def read_dicom(path: Path | str, limits: DecodeLimits = DEFAULT_LIMITS) -> Dataset:
     """Read a DICOM file; any failure becomes one `InputError` line naming the file.
 

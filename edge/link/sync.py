@@ -41,7 +41,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,7 @@ from paho.mqtt.properties import Properties
 
 from edge.config import Config
 from edge.errors import ConfigError, MedgeError
+from edge.findings import iso_utc
 from edge.link.backoff import Backoff
 from edge.link.mqtt import SESSION_TAKEN_OVER, describe_error, new_client, parse_broker_url
 from edge.link.outbox import Outbox, OutboxItem
@@ -105,10 +105,6 @@ def topics(cfg: Config) -> DeviceTopics:
     return device_topics(cfg.sync.topic_prefix, cfg.device.site, cfg.device.id, str(cfg.source_file or "profile"))
 
 
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 class SyncClient:
     """Runs the MQTT loop in its own thread and drains the outbox until ``stop``."""
 
@@ -142,6 +138,8 @@ class SyncClient:
         self._ack_sub_mid: int | None = None
         self._ack_sub_at: float | None = None  # monotonic time the ack subscription was granted
         self._hold_backoff = Backoff(max(self.sc.backoff_min_s, 0.05), self.sc.backoff_max_s)
+        self._ob: Outbox | None = None  # the sync thread's outbox connection (sqlite3: one per thread)
+        self._client: mqtt.Client | None = None  # this connection's paho client
 
     # --------------------------------------------------------------------------------- public API
     def start(self) -> None:
@@ -180,24 +178,24 @@ class SyncClient:
         retry = Backoff(1.0, 60.0)
         while ob is None:
             try:
-                ob = Outbox.from_config(self.cfg)
+                ob = self._ob = Outbox.from_config(self.cfg)
             except MedgeError as e:  # keep trying: the findings stay safe on disk meanwhile
                 log.error("sync: %s", e)
                 self._stat(last_error=str(e))
                 if self._stop.wait(retry.next()):
                     return
         try:
-            n = ob.retry_all()
+            n = self._ob.retry_all()
             if n:
                 log.info("sync: %d finding(s) left in flight by the previous run are pending again", n)
-            ob.purge_expired()
+            self._ob.purge_expired()
             next_purge = time.monotonic() + PURGE_EVERY_S
             backoff = Backoff(self.sc.backoff_min_s, self.sc.backoff_max_s)
             while not self._stop.is_set():
-                ok = self._session(ob, backoff)
-                self._requeue_all(ob)
+                ok = self._session(backoff)
+                self._requeue_all()
                 if time.monotonic() > next_purge:
-                    ob.purge_expired()
+                    self._ob.purge_expired()
                     next_purge = time.monotonic() + PURGE_EVERY_S
                 if self._stop.is_set():
                     break
@@ -230,12 +228,12 @@ class SyncClient:
         c.on_message = self._on_message
         return c
 
-    def _session(self, ob: Outbox, backoff: Backoff) -> bool:
+    def _session(self, backoff: Backoff) -> bool:
         """One connection, from connect to loss or stop. Returns True if the broker accepted us."""
         self._connected, self._refused, self._recv_max, self._taken_over = False, None, 65535, False
         self._ack_sub_mid = self._ack_sub_at = None
         try:
-            client = self._new_client()
+            client = self._client = self._new_client()
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = int(self.sc.session_expiry_s)
             client.connect(self.url.host, self.url.port, keepalive=self.sc.keepalive_s, clean_start=False,
@@ -252,7 +250,7 @@ class SyncClient:
             while not self._stop.is_set():
                 rc = client.loop(timeout=0.02)
                 if self._pubacked or self._hospital_acks:
-                    self._commit_acks(client, ob)
+                    self._commit_acks()
                 if self._refused:
                     self._note_connect_failure(f"broker {self.url} refused the connection: {self._refused}")
                     break
@@ -273,26 +271,26 @@ class SyncClient:
                     self._stat(connected=True, last_error=None)
                     log.info("sync: connected to %s as %s (window %d, %s acknowledgement)", self.url, self.client_id,
                              self._window(), "end-to-end" if self.end_to_end else "broker-only")
-                    client.publish(self.topics.status, json.dumps({"state": "online", "at": _now_iso(),
+                    client.publish(self.topics.status, json.dumps({"state": "online", "at": iso_utc(timespec="seconds"),
                                                                    "client_id": self.client_id}), qos=1, retain=True)
                     if self.end_to_end:
                         _, self._ack_sub_mid = client.subscribe(self.topics.ack, qos=1)
                 now = time.monotonic()
-                self._release_held(client, ob, now)
-                self._fill_window(client, ob)
-                self._check_ack_timeouts(ob, now)
+                self._release_held(now)
+                self._fill_window()
+                self._check_ack_timeouts(now)
                 if now >= next_resend:
-                    self._resend_overdue(ob, now)
+                    self._resend_overdue(now)
                     next_resend = now + RESEND_CHECK_S
                 if now >= next_hb:
-                    self._heartbeat(client, ob)
+                    self._heartbeat()
                     next_hb = now + self.sc.heartbeat_s
                 self._stat(in_flight=len(self._inflight), held=len(self._held))
             if self._stop.is_set() and self._connected:
-                self._goodbye(client, ob)
+                self._goodbye()
         finally:
             if self._pubacked or self._hospital_acks:
-                self._commit_acks(client, ob)
+                self._commit_acks()
             if accepted:
                 self._count("disconnects")
             self._stat(connected=False)
@@ -308,16 +306,16 @@ class SyncClient:
         self._stat(last_error=msg)
         log.warning("sync: %s", msg)
 
-    def _goodbye(self, client: mqtt.Client, ob: Outbox) -> None:
+    def _goodbye(self) -> None:
         """Graceful stop: retained offline status (the will only fires on an unclean loss)."""
-        info = client.publish(self.topics.status, json.dumps({"state": "offline", "reason": "stopped",
-                                                              "at": _now_iso(), "client_id": self.client_id}),
+        info = self._client.publish(self.topics.status, json.dumps({"state": "offline", "reason": "stopped",
+                                                              "at": iso_utc(timespec="seconds"), "client_id": self.client_id}),
                               qos=1, retain=True)
         end = time.monotonic() + 2.0
         while time.monotonic() < end and not info.is_published() and self._connected:
-            client.loop(timeout=0.02)
+            self._client.loop(timeout=0.02)
         if self._pubacked or self._hospital_acks:
-            self._commit_acks(client, ob)
+            self._commit_acks()
 
     # ------------------------------------------------------------------------------- paho callbacks
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -395,49 +393,49 @@ class SyncClient:
     def _topic(self, item: OutboxItem) -> str:
         return self.topics.findings(item.priority)
 
-    def _publish(self, client: mqtt.Client, ob: Outbox, item: OutboxItem) -> bool:
+    def _publish(self, item: OutboxItem) -> bool:
         props = Properties(PacketTypes.PUBLISH)
         props.UserProperty = ("finding_id", item.finding_id)
         props.ContentType = "application/json"
         remaining = int(item.expires_at - time.time())
         if remaining > 0:
             props.MessageExpiryInterval = remaining
-        info = client.publish(self._topic(item), item.payload, qos=1, retain=False, properties=props)
+        info = self._client.publish(self._topic(item), item.payload, qos=1, retain=False, properties=props)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            ob.requeue(item.finding_id)
+            self._ob.requeue(item.finding_id)
             return False
         self._inflight[info.mid] = _Sent(item, time.monotonic())
         self._count("published")
         return True
 
-    def _fill_window(self, client: mqtt.Client, ob: Outbox) -> None:
+    def _fill_window(self) -> None:
         free = self._window() - len(self._inflight) - len(self._held)
         if free <= 0 or free < min(8, self._window() // 4):
             return  # lease in batches: one outbox transaction per batch, not per finding
-        for item in ob.lease(free):
+        for item in self._ob.lease(free):
             if item.payload is None:
                 continue
-            if not self._publish(client, ob, item):
+            if not self._publish(item):
                 break
 
-    def _release_held(self, client: mqtt.Client, ob: Outbox, now: float) -> None:
+    def _release_held(self, now: float) -> None:
         if not self._held or self._held[0][0] > now:
             return
         due = [it for t, it in self._held if t <= now]
         self._held = [(t, it) for t, it in self._held if t > now]
         for item in due:
-            self._publish(client, ob, item)
+            self._publish(item)
 
-    def _check_ack_timeouts(self, ob: Outbox, now: float) -> None:
+    def _check_ack_timeouts(self, now: float) -> None:
         late = [mid for mid, s in self._inflight.items() if now - s.sent_at > self.sc.ack_timeout_s]
         for mid in late:
             s = self._inflight.pop(mid)
-            ob.requeue(s.item.finding_id)
+            self._ob.requeue(s.item.finding_id)
         if late:
             self._count("ack_timeouts", len(late))
             log.warning("sync: %d finding(s) not acknowledged within %.1fs; re-queued", len(late), self.sc.ack_timeout_s)
 
-    def _resend_overdue(self, ob: Outbox, now: float) -> None:
+    def _resend_overdue(self, now: float) -> None:
         """At-broker findings without the hospital's acknowledgement in time go back to pending. Only
         while the ack subscription stands (else nothing could have arrived) and after a grace period in
         which acknowledgements queued at the broker while we were away are delivered."""
@@ -445,27 +443,27 @@ class SyncClient:
             return
         if now - self._ack_sub_at < min(ACK_GRACE_S, self.sc.hospital_ack_timeout_s):
             return
-        n = ob.resend_overdue()
+        n = self._ob.resend_overdue()
         if n:
             self._count("resent", n)
             log.info("sync: %d finding(s) at the broker were not acknowledged by the hospital in time; sending "
                      "them again (the receiver de-duplicates). If this repeats, check that a receiver is running and "
                      "that the broker lets this device read %s", n, self.topics.ack)
 
-    def _commit_acks(self, client: mqtt.Client, ob: Outbox) -> None:
+    def _commit_acks(self) -> None:
         """PUBACKs and hospital acknowledgements of one loop turn, one outbox transaction each."""
         pubacked, self._pubacked = self._pubacked, []
         if pubacked:
             if self.end_to_end:
-                n = ob.mark_at_broker_many(pubacked, self.sc.hospital_ack_timeout_s, self.sc.hospital_ack_max_s)
+                n = self._ob.mark_at_broker_many(pubacked, self.sc.hospital_ack_timeout_s, self.sc.hospital_ack_max_s)
                 self._count("at_broker", n)
             else:
-                self._count("delivered", ob.mark_delivered_many(pubacked))
+                self._count("delivered", self._ob.mark_delivered_many(pubacked))
         acks, self._hospital_acks = self._hospital_acks, []
         if acks:
             ids = [i for _, _, batch, _ in acks for i in batch]
             refused = {i: r for _, _, _, rej in acks for i, r in rej.items()}
-            n = ob.mark_delivered_many(ids, rejected=refused)
+            n = self._ob.mark_delivered_many(ids, rejected=refused)
             self._count("delivered", n)
             if refused:
                 self._count("hospital_rejected", len(refused))
@@ -473,23 +471,23 @@ class SyncClient:
                     log.error("sync: the hospital refused finding %s (%s); it is kept in the receiver's rejected "
                               "table, not in the outbox", fid, reason)
             for mid, qos, _, _ in acks:  # only now is it safe for the broker to forget them
-                client.ack(mid, qos)
+                self._client.ack(mid, qos)
 
-    def _requeue_all(self, ob: Outbox) -> None:
+    def _requeue_all(self) -> None:
         """Nothing from a dead connection stays leased: it is sent again on the next one."""
         self._inflight.clear()
         self._held.clear()
-        ob.retry_all()
+        self._ob.retry_all()
 
-    def _heartbeat(self, client: mqtt.Client, ob: Outbox) -> None:
-        st = ob.status()
+    def _heartbeat(self) -> None:
+        st = self._ob.status()
         try:
-            disk = shutil.disk_usage(ob.path.parent)
+            disk = shutil.disk_usage(self._ob.path.parent)
             disk_free_mb = round(disk.free / 1e6, 1)
         except OSError:
             disk_free_mb = None
         doc: dict[str, Any] = {
-            "at": _now_iso(), "device": self.cfg.device.id, "site": self.cfg.device.site,
+            "at": iso_utc(timespec="seconds"), "device": self.cfg.device.id, "site": self.cfg.device.site,
             "queue_depth": st.depth, "pending": st.pending, "at_broker": st.at_broker,
             "oldest_pending_age_s": None if st.oldest_pending_age_s is None else round(st.oldest_pending_age_s, 1),
             "outbox_bytes": st.pending_bytes, "quota_bytes": st.quota_bytes, "over_quota": st.over_quota,
@@ -501,7 +499,7 @@ class SyncClient:
                 doc.update(self.telemetry())  # fps, latency, model from the daemon
             except Exception as e:  # telemetry must never stop findings from flowing
                 doc["telemetry_error"] = f"{type(e).__name__}: {e}"
-        client.publish(self.topics.telemetry, json.dumps(doc, default=str), qos=0, retain=False)
+        self._client.publish(self.topics.telemetry, json.dumps(doc, default=str), qos=0, retain=False)
 
 
 # ----------------------------------------------------------------------------- process entry point

@@ -22,10 +22,9 @@ from typing import Any
 from edge.config import Config
 from edge.errors import MedgeError
 from edge.findings import Finding
-from edge.frames import StudyRef
 from edge.inference.loaded_model import LoadedModel, load_model
 from edge.runtime.metrics import Metrics
-from edge.runtime.pipeline import FindingBuilder, Pipeline, PipelineSettings
+from edge.runtime.pipeline import Pipeline, PipelineSettings, build_pipeline
 from edge.runtime.sdnotify import Notifier
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -43,21 +42,9 @@ def setup_logging(level: str) -> logging.Logger:
     return logging.getLogger("medge.daemon")
 
 
-def pseudonym_fn(pseudonymizer: Any) -> Callable[[StudyRef], tuple[str | None, str | None, str | None]]:
-    """Adapt `edge.imaging.deid.Pseudonymizer` to the (study, series, instance) triple findings carry."""
-    if hasattr(pseudonymizer, "study_ids"):
-        return pseudonymizer.study_ids
-    fn = getattr(pseudonymizer, "pseudonymize_uid", None) or getattr(pseudonymizer, "uid", None) or \
-        pseudonymizer.pseudonymize
-
-    def ids(s: StudyRef) -> tuple[str | None, str | None, str | None]:
-        return tuple(fn(u) if u else None for u in (s.study_uid, s.series_uid, s.sop_instance_uid))  # type: ignore[return-value]
-
-    return ids
-
-
-class OutboxPublisher:
-    """One outbox connection per pipeline thread (sqlite3 connections are per thread)."""
+class OutboxSink:
+    """The daemon's `FindingSink`: one outbox connection per pipeline thread (sqlite3 connections are per
+    thread), each frame's findings in one transaction."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -75,7 +62,7 @@ class OutboxPublisher:
                 self._all.append(ob)
         return ob
 
-    def __call__(self, findings: list[Finding]) -> list[bool]:
+    def store(self, findings: list[Finding]) -> list[bool]:
         return self.handle().store(findings)
 
     def close(self) -> None:
@@ -127,7 +114,7 @@ def run_daemon(cfg: Config, max_seconds: float | None = None,
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     models: dict[str, LoadedModel] = {}
     sources: list[Any] = []
-    publisher = OutboxPublisher(cfg)
+    sink = OutboxSink(cfg)
     metrics = Metrics(cfg.pipeline.metrics_interval_s, cfg.pipeline.metrics_file, cfg.pipeline.metrics_port,
                       log.getChild("metrics"), extra={"device_id": cfg.device.id, "site": cfg.device.site})
     sync = None
@@ -141,7 +128,7 @@ def run_daemon(cfg: Config, max_seconds: float | None = None,
         from edge.imaging.deid import Pseudonymizer
 
         pseudonymizer = Pseudonymizer.load_or_create(cfg.pseudonym_key_path)
-        publisher.handle()  # open (and if needed create) the outbox now: a bad path fails the start
+        sink.handle()  # open (and if needed create) the outbox now: a bad path fails the start
         if cfg.sync.enabled:
             from edge.link.sync import SyncClient
 
@@ -151,16 +138,10 @@ def run_daemon(cfg: Config, max_seconds: float | None = None,
         sources = build_sources(cfg, log.getChild("source"))
         for src in sources:
             metrics.attach_source(src.name, src.stats.to_dict)
-        p = cfg.pipeline
-        settings = PipelineSettings(queue_depth=p.queue_depth, on_frames=p.on_frames, off_frames=p.off_frames,
-                                    smoothing_window=p.smoothing_window, opencv_threads=p.opencv_threads)
-        ids = pseudonym_fn(pseudonymizer)
+        settings = PipelineSettings.from_config(cfg.pipeline)
         for scfg, src in zip(cfg.sources, sources, strict=True):
-            lm = models[scfg.model]
-            pl = Pipeline(source=src, preprocessor=lm.preprocessor, backend=lm.backend, task=lm.task,
-                          builder=FindingBuilder(cfg.device.id, lm.ref, ids), publish=publisher, metrics=metrics,
-                          settings=settings, logger=log.getChild("pipeline"), stop_event=stop,
-                          on_finding=on_finding)
+            pl = build_pipeline(src, models[scfg.model], cfg.device.id, pseudonymizer.study_ids, sink, metrics, settings,
+                                stop_event=stop, logger=log.getChild("pipeline"), on_finding=on_finding)
             pipelines.append(pl.start())
         notifier.ready(f"running {len(pipelines)} source(s)")
         log.info("ready: %d source(s), %d model(s); outbox %s", len(pipelines), len(models), cfg.outbox_path)
@@ -190,7 +171,7 @@ def run_daemon(cfg: Config, max_seconds: float | None = None,
         metrics.stop()
         if pipelines:
             log.info("stopped: %s", metrics.summary_line())
-        publisher.close()
+        sink.close()
         for lm in models.values():
             lm.close()
         for sig, h in old_handlers.items():

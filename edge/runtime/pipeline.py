@@ -22,81 +22,34 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cv2
 import numpy as np
 
 from edge.errors import MedgeError
-from edge.findings import Finding, ModelRef
-from edge.frames import Frame, StudyRef
+from edge.findings import Finding
+from edge.frames import Frame
 from edge.inference.backends import Backend
 from edge.inference.preprocess import Geometry, Preprocessor
 from edge.inference.smoothing import Hysteresis
-from edge.inference.tasks import Detection, Task
+from edge.inference.tasks import Task
+from edge.runtime.finding_builder import FindingBuilder, PseudonymFn
 from edge.runtime.metrics import Metrics
 
-FINDING_NAMESPACE = uuid.UUID("6f1d7c2e-4b1a-5e8f-9c3d-2a7b8e9f0a1b")  # fixed forever: ids must be reproducible
+if TYPE_CHECKING:
+    from edge.config import PipelineConfig
+    from edge.inference.loaded_model import LoadedModel
+    from edge.sources import Source
 
 
-class FrameSource(Protocol):
-    name: str
+class FindingSink(Protocol):
+    """Where a frame's findings go: the outbox on the device, a dict in `medge replay`."""
 
-    def frames(self, stop: threading.Event) -> Any: ...
-
-    def complete(self, frame: Frame, ok: bool) -> None: ...
-
-
-PseudonymFn = Callable[[StudyRef], tuple[str | None, str | None, str | None]]
-
-
-def deterministic_id(device_id: str, sop_instance_uid: str, model_sha256: str, label: str, event_start: int | None = None) -> str:
-    """uuid5 over what identifies a finding on a stored object, so re-processing after a crash yields
-    the same id and the outbox/receiver deduplicate it. Multi-frame objects can hold several events of
-    one label; the first frame of the event keeps them apart (still deterministic: stored frames are
-    never dropped)."""
-    name = f"{device_id}|{sop_instance_uid}|{model_sha256}|{label}"
-    if event_start is not None:
-        name += f"|f{event_start}"
-    return str(uuid.uuid5(FINDING_NAMESPACE, name))
-
-
-def iso_utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass
-class FindingBuilder:
-    """Turns a detection (or a confirmed video event) into the `Finding` that leaves the device."""
-
-    device_id: str
-    model: ModelRef
-    pseudonymize: PseudonymFn | None = None
-
-    def build(self, det: Detection, frame: Frame, latency_ms: float, frame_range: tuple[int, int] | None = None,
-              event_start: int | None = None, frame_index: int | None = None) -> Finding:
-        """``frame_index`` (default: the frame's) is the frame the measurements and geometry describe."""
-        study = series = instance = None
-        if frame.study is not None and self.pseudonymize is not None:
-            study, series, instance = self.pseudonymize(frame.study)
-        sop = frame.study.sop_instance_uid if frame.study else None
-        fid = (deterministic_id(self.device_id, sop, self.model.sha256, det.label, event_start)
-               if sop and not frame.live else str(uuid.uuid4()))
-        return Finding(
-            device_id=self.device_id, modality=frame.modality, model=self.model, label=det.label,
-            confidence=round(float(det.confidence), 4), needs_review=bool(det.needs_review), priority=det.priority,
-            study_id=study, series_id=series, instance_id=instance, acquired_at=iso_utc(frame.acquired_at),
-            created_at=iso_utc(time.time()), source=frame.source,
-            frame_index=frame.index if frame_index is None else frame_index, frame_range=frame_range,
-            measurements=dict(det.measurements), geometry=dict(det.geometry), latency_ms=round(latency_ms, 2),
-            overlay_png_b64=det.overlay_png_b64, finding_id=fid,
-        )
-
+    def store(self, findings: list[Finding]) -> list[bool]: ...  # durable on return; per finding: was it new?
 
 _END = object()
 
@@ -180,18 +133,22 @@ class PipelineSettings:
     # vs ~0.85 with OpenCV's default (benchmarks/bench_pipeline.py).
     opencv_threads: int | None = 1
 
+    @classmethod
+    def from_config(cls, p: PipelineConfig) -> PipelineSettings:
+        return cls(queue_depth=p.queue_depth, on_frames=p.on_frames, off_frames=p.off_frames,
+                   smoothing_window=p.smoothing_window, opencv_threads=p.opencv_threads)
+
 
 @dataclass
 class Pipeline:
     """One source feeding one model. Construct, `start()`, then `join()` (or `stop()` to drain early)."""
 
-    source: FrameSource
+    source: Source
     preprocessor: Preprocessor
     backend: Backend
     task: Task
     builder: FindingBuilder
-    # durable store of one frame's findings in one transaction; per finding False = not new (duplicate id)
-    publish: Callable[[list[Finding]], list[bool]]
+    sink: FindingSink  # one durable transaction per frame's findings
     metrics: Metrics
     settings: PipelineSettings = field(default_factory=PipelineSettings)
     on_finding: Callable[[Finding, bool], None] | None = None
@@ -346,8 +303,19 @@ class Pipeline:
         """All findings of one frame go to the outbox in one durable transaction (one fsync)."""
         if not findings:
             return
-        flags = self.publish(findings)
+        flags = self.sink.store(findings)
         for finding, new in zip(findings, flags, strict=True):
             self.metrics.finding(self.name, bool(new))
             if self.on_finding is not None:
                 self.on_finding(finding, bool(new))
+
+
+def build_pipeline(source: Source, model: LoadedModel, device_id: str, pseudonymize: PseudonymFn | None,
+                   sink: FindingSink, metrics: Metrics, settings: PipelineSettings | None = None, *,
+                   stop_event: threading.Event | None = None, logger: logging.Logger | None = None,
+                   on_finding: Callable[[Finding, bool], None] | None = None) -> Pipeline:
+    """The one way the daemon, `medge replay` and the demo put a source in front of a loaded model."""
+    return Pipeline(source=source, preprocessor=model.preprocessor, backend=model.backend, task=model.task,
+                    builder=FindingBuilder(device_id, model.ref, pseudonymize), sink=sink, metrics=metrics,
+                    settings=settings or PipelineSettings(), on_finding=on_finding,
+                    logger=logger or logging.getLogger("medge.pipeline"), stop_event=stop_event or threading.Event())

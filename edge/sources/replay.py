@@ -13,23 +13,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
-
 from edge.config import SourceConfig
 from edge.errors import InputError, one_line
 from edge.frames import Frame
-from edge.imaging.dicom import frames_from_file
+from edge.imaging.dicom import frames_from_file, is_dicom_file
+from edge.imaging.video import read_video
 from edge.sources import SourceContext, SourceStats
-from edge.sources.video import capture_fps, to_rgb
-
-
-def is_dicom_file(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return head[128:132] == b"DICM" or path.suffix.lower() in (".dcm", ".dicom")
 
 
 class ReplaySource:
@@ -45,25 +34,9 @@ class ReplaySource:
         self.frame_rate: float | None = None
 
     def _video_frames(self) -> Iterator[Frame]:
-        cap = cv2.VideoCapture(str(self.path))
-        if not cap.isOpened():
-            cap.release()
-            raise InputError(f"{self.path}: cannot open as DICOM or video")
-        try:
-            rate = capture_fps(cap)
-            count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None
-            index = 0
-            while True:
-                ok, img = cap.read()
-                if not ok or img is None:
-                    break
-                yield Frame(pixels=to_rgb(img), modality=self.cfg.modality, source=self.name, index=index, frame_rate=rate,
-                            live=False, origin=self.path, frame_count=count)
-                index += 1
-            if index == 0:
-                raise InputError(f"{self.path}: video has no readable frames")
-        finally:
-            cap.release()
+        for index, pixels, info in read_video(self.path):
+            yield Frame(pixels=pixels, modality=self.cfg.modality, source=self.name, index=index,
+                        frame_rate=info.frame_rate, live=False, origin=self.path, frame_count=info.frames)
 
     def _one_pass(self, stop: threading.Event) -> Iterator[Frame]:
         it = frames_from_file(self.path, self.name, self.limits) if is_dicom_file(self.path) else self._video_frames()

@@ -9,7 +9,6 @@ is slower than the camera, so findings are about what is on screen now. A plain 
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Iterator
@@ -20,23 +19,11 @@ import cv2
 from edge.config import SourceConfig
 from edge.errors import one_line
 from edge.frames import Frame
+from edge.imaging.video import capture_fps, to_rgb
 from edge.sources import SourceContext, SourceStats
 
 BACKOFF_MIN_S = 0.5
 NET_TIMEOUT_MS = 5000
-
-
-def capture_fps(cap: Any) -> float | None:
-    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    return fps if math.isfinite(fps) and 0.0 < fps <= 1000.0 else None
-
-
-def to_rgb(img: Any) -> Any:
-    if img.ndim == 2:
-        return img
-    if img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 class VideoSource:

@@ -1,0 +1,126 @@
+"""Where received findings are kept: one table keyed by finding id, so each finding is stored once.
+
+SQLite (WAL, synchronous=FULL) by default; PostgreSQL by URL for hospitals that run one (psycopg 3).
+`add` is one commit for a batch; the receiver acknowledges nothing before it returns.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from edge.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Received:
+    finding_id: str
+    site: str
+    device_id: str
+    priority: str
+    topic: str
+    received_at: str
+    payload: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    topic: str
+    received_at: str
+    reason: str
+    payload: bytes
+    finding_id: str | None = None  # when the payload names one, the device is told it was refused
+
+
+class FindingStore(Protocol):
+    def add(self, rows: list[Received], rejected: list[Rejected]) -> int: ...  # one commit; returns new rows
+    def count(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class SqliteStore:
+    """Findings in a local SQLite file (WAL, synchronous=FULL), finding_id as the primary key."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("CREATE TABLE IF NOT EXISTS findings (finding_id TEXT PRIMARY KEY, site TEXT NOT NULL,"
+                            " device_id TEXT NOT NULL, priority TEXT NOT NULL, topic TEXT NOT NULL,"
+                            " received_at TEXT NOT NULL, payload TEXT NOT NULL)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS rejected (id INTEGER PRIMARY KEY, topic TEXT, received_at TEXT,"
+                            " reason TEXT, payload BLOB)")
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(f"{self.path}: cannot open receiver database ({e})") from None
+
+    def add(self, rows: list[Received], rejected: list[Rejected]) -> int:
+        n = 0
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for r in rows:
+                n += self.db.execute("INSERT OR IGNORE INTO findings VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                     (r.finding_id, r.site, r.device_id, r.priority, r.topic, r.received_at,
+                                      r.payload)).rowcount
+            self.db.executemany("INSERT INTO rejected(topic, received_at, reason, payload) VALUES (?, ?, ?, ?)",
+                                [(x.topic, x.received_at, x.reason, x.payload) for x in rejected])
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return n
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM findings").fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class PostgresStore:
+    """The same tables in PostgreSQL, for hospitals that run one (needs psycopg 3; untested in CI)."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            import psycopg  # type: ignore[import-not-found]
+        except ImportError:
+            raise ConfigError("a postgresql:// database needs psycopg: pip install 'psycopg[binary]'") from None
+        try:
+            self.db = psycopg.connect(url)
+        except Exception as e:
+            raise ConfigError(f"cannot connect to PostgreSQL ({type(e).__name__}); check the --db URL") from None
+        with self.db.transaction():
+            self.db.execute("CREATE TABLE IF NOT EXISTS medge_findings (finding_id TEXT PRIMARY KEY, site TEXT NOT NULL,"
+                            " device_id TEXT NOT NULL, priority TEXT NOT NULL, topic TEXT NOT NULL,"
+                            " received_at TIMESTAMPTZ NOT NULL, payload JSONB NOT NULL)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS medge_rejected (id BIGSERIAL PRIMARY KEY, topic TEXT,"
+                            " received_at TIMESTAMPTZ, reason TEXT, payload BYTEA)")
+
+    def add(self, rows: list[Received], rejected: list[Rejected]) -> int:
+        n = 0
+        with self.db.transaction():
+            for r in rows:
+                cur = self.db.execute("INSERT INTO medge_findings VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                                      " ON CONFLICT (finding_id) DO NOTHING",
+                                      (r.finding_id, r.site, r.device_id, r.priority, r.topic, r.received_at, r.payload))
+                n += cur.rowcount
+            for x in rejected:
+                self.db.execute("INSERT INTO medge_rejected(topic, received_at, reason, payload) VALUES (%s, %s, %s, %s)",
+                                (x.topic, x.received_at, x.reason, x.payload))
+        return n
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM medge_findings").fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def open_store(db: str) -> FindingStore:
+    if db.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(db)
+    return SqliteStore(db)
