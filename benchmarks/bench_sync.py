@@ -40,8 +40,8 @@ from benchmarks.results_io import write_results
 from edge.config import load_config
 from edge.link.outbox import Outbox
 from edge.link.sync import SyncClient
-from tests.mqtt_broker import Broker, device_profile
-from tests.sync_helpers import findings
+from tests.support.mqtt_broker import Broker, device_profile
+from tests.support.sync_helpers import findings
 
 ROOT = Path(__file__).resolve().parents[1]
 

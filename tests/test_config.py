@@ -9,8 +9,8 @@ import yaml
 
 from edge.config import load_config
 from edge.errors import ConfigError
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PROFILES = sorted((ROOT / "firmware_configs").glob("*.yaml"))
 
 

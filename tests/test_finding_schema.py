@@ -13,7 +13,7 @@ from edge.inference.bundle import load_bundle
 from edge.inference.preprocess import Preprocessor
 from edge.inference.tasks import build_task
 from edge.runtime.finding_builder import FindingBuilder, deterministic_id
-from tests.pipeline_fixtures import blob_image, write_bundle
+from tests.support.bundles import blob_image, write_bundle
 
 
 @pytest.fixture(scope="module")

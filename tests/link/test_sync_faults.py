@@ -18,16 +18,15 @@ import pytest
 
 from edge.config import load_config
 from edge.link.outbox import Outbox
+from tests.support import ROOT
+from tests.support.mqtt_broker import Broker, device_profile
+from tests.support.sync_helpers import Monitor, ReceiverThread, findings, stored_ids, wait_for
 
-from .mqtt_broker import Broker, device_profile
-from .sync_helpers import Monitor, ReceiverThread, findings, stored_ids, wait_for
-
-ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.quiet_broker]  # logs stay small under load
 
 
 def start_device(profile: Path, count: int, rate: float = 0, log: Path | None = None, no_sync: bool = False):
-    args = [sys.executable, "-m", "tests.sync_device", "--config", str(profile), "--count", str(count),
+    args = [sys.executable, "-m", "tests.support.sync_device", "--config", str(profile), "--count", str(count),
             "--rate", str(rate)] + (["--no-sync"] if no_sync else [])
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
     return subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -47,12 +46,6 @@ def assert_exactly_once(db: Path, expected: set[str]) -> None:
     assert len(ids) == len(set(ids)), "duplicates at the receiver"
     missing, extra = expected - set(ids), set(ids) - expected
     assert not missing and not extra, f"missing {len(missing)} e.g. {sorted(missing)[:3]}, unexpected {len(extra)}"
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with Broker(tmp_path, devices={"d1": "s1", "d2": "s1"}, verbose=False) as b:
-        yield b
 
 
 def test_broker_stopped_and_restarted_mid_stream(tmp_path, broker):
@@ -328,10 +321,20 @@ def test_daemon_fed_by_drop_and_c_store_with_poison_broker_restarts_monitor_and_
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from .mqtt_broker import free_port
-    from .pipeline_fixtures import write_bundle, write_public_key
-    from .test_daemon import _profile, _stop, _wait, _write_studies
-    from .test_poison import _send_raw, drop_file, inbox_source, make_poisons, start_listening, store_source
+    from tests.support.bundles import write_bundle, write_public_key
+    from tests.support.daemon import (
+        drop_file,
+        inbox_source,
+        send_raw,
+        start_listening,
+        stop_daemon,
+        store_source,
+        wait_daemon,
+        write_profile,
+        write_studies,
+    )
+    from tests.support.dicom_mutations import make_poisons
+    from tests.support.mqtt_broker import free_port
 
     key = Ed25519PrivateKey.generate()
     pub = write_public_key(tmp_path / "pub.pem", key)
@@ -342,7 +345,7 @@ def test_daemon_fed_by_drop_and_c_store_with_poison_broker_restarts_monitor_and_
     sync = {"enabled": True, "broker": broker.url, "ca_file": str(broker.ca), "cert_file": str(broker.cert("test-cart")),
             "key_file": str(broker.key("test-cart")), "backoff_min_s": 0.1, "backoff_max_s": 1.0, "keepalive_s": 5,
             "heartbeat_s": 1.0, "hospital_ack_timeout_s": 2.0, "hospital_ack_max_s": 4.0}
-    prof = _profile(tmp_path, pub, bundle, [inbox_source(drop), store_source(port)], sync=sync)
+    prof = write_profile(tmp_path, pub, bundle, [inbox_source(drop), store_source(port)], sync=sync)
     db = tmp_path / "hospital.sqlite3"
     rx_cmd = [sys.executable, "-m", "edge.cli", "receive", "--broker", broker.url, "--db", str(db), "--ca-file",
               str(broker.ca), "--cert-file", str(broker.cert("receiver")), "--key-file", str(broker.key("receiver"))]
@@ -350,7 +353,7 @@ def test_daemon_fed_by_drop_and_c_store_with_poison_broker_restarts_monitor_and_
     rx = subprocess.Popen(rx_cmd, cwd=ROOT, stdout=rxlog, stderr=subprocess.STDOUT)
     monitor = Monitor(broker)
     studies = tmp_path / "studies"
-    _write_studies(studies, 8)
+    write_studies(studies, 8)
     poisons = make_poisons(tmp_path / "poison")
     data = tmp_path / "data"
     proc = start_listening(prof, data)
@@ -358,13 +361,13 @@ def test_daemon_fed_by_drop_and_c_store_with_poison_broker_restarts_monitor_and_
         files = sorted(studies.glob("*.dcm"))
         for i, p in enumerate(files):
             if i % 2:
-                assert _send_raw(p, port) == 0x0000
+                assert send_raw(p, port) == 0x0000
             else:
                 drop_file(p, drop)
             if i == 2:
                 for q in poisons.values():
                     drop_file(q, drop)
-                    assert _send_raw(q, port) == 0x0000
+                    assert send_raw(q, port) == 0x0000
                 broker.restart()
             if i == 4:
                 os.kill(rx.pid, signal.SIGKILL)
@@ -372,16 +375,16 @@ def test_daemon_fed_by_drop_and_c_store_with_poison_broker_restarts_monitor_and_
                 broker.restart()  # with the receiver down; the monitor reconnects and keeps matching
                 time.sleep(1.0)
                 rx = subprocess.Popen(rx_cmd, cwd=ROOT, stdout=rxlog, stderr=subprocess.STDOUT)
-        _wait(lambda: not list(drop.glob("*.dcm")) and not list((data / "incoming" / "xray").glob("*.dcm")), 120, proc)
+        wait_daemon(lambda: not list(drop.glob("*.dcm")) and not list((data / "incoming" / "xray").glob("*.dcm")), 120, proc)
 
         def outbox() -> dict[str, int]:
             with sqlite3.connect(data / "outbox.sqlite3") as c:
                 return dict(c.execute("SELECT finding_id, state FROM findings").fetchall())
 
-        _wait(lambda: outbox() and all(s == 2 for s in outbox().values()), 90, proc)  # all acknowledged
+        wait_daemon(lambda: outbox() and all(s == 2 for s in outbox().values()), 90, proc)  # all acknowledged
         assert proc.poll() is None
     finally:
-        out = _stop(proc)  # exit status 0 asserted inside
+        out = stop_daemon(proc)  # exit status 0 asserted inside
         rx.send_signal(signal.SIGTERM)
         rx.wait(15)
         rxlog.close()

@@ -11,7 +11,7 @@ from edge.inference.preprocess import Preprocessor
 from edge.inference.tasks import build_task
 from edge.inference.tasks.classify import Classify
 from edge.inference.tasks.detect import Detect
-from tests.pipeline_fixtures import blob_image, write_bundle
+from tests.support.bundles import blob_image, write_bundle
 
 
 def _run(bundle, pixels, spacing=(0.5, 0.5), region=None, overlays=False):

@@ -8,7 +8,6 @@ import sqlite3
 import threading
 
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.properties import Properties
 
 from edge.config import load_config
@@ -16,15 +15,9 @@ from edge.link.mqtt import new_client, parse_broker_url
 from edge.link.outbox import Outbox
 from edge.link.sync import SyncClient
 from hospital.receiver import parse_message
-
-from .mqtt_broker import Broker, device_profile
-from .sync_helpers import Monitor, ReceiverThread, findings, stored_ids, wait_for
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with Broker(tmp_path, devices={"d1": "s1", "d2": "s1"}) as b:
-        yield b
+from tests.support import ROOT
+from tests.support.mqtt_broker import Broker, device_profile
+from tests.support.sync_helpers import Monitor, ReceiverThread, findings, stored_ids, wait_for
 
 
 class Watcher:
@@ -237,7 +230,6 @@ def test_receiver_stores_rejections_and_acknowledges_them(tmp_path, broker):
 def test_sync_process_entry_point_drains_and_exits(tmp_path, broker):
     import subprocess
     import sys
-    from pathlib import Path
 
     profile = device_profile(tmp_path, broker, "d1")
     with Outbox.from_config(load_config(profile)) as ob:
@@ -245,7 +237,7 @@ def test_sync_process_entry_point_drains_and_exits(tmp_path, broker):
     db = tmp_path / "rx.sqlite3"
     with ReceiverThread(broker, db):
         r = subprocess.run([sys.executable, "-m", "edge.link.sync", "--config", str(profile), "--until-drained",
-                            "--max-seconds", "30"], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                            "--max-seconds", "30"], cwd=ROOT, capture_output=True,
                            text=True, timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
         wait_for(lambda: len(stored_ids(db)) == 10, 10, "10 findings")

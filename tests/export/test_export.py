@@ -29,34 +29,7 @@ from edge.inference.bundle import load_bundle
 from edge.inference.preprocess import Preprocessor, PreprocessSpec
 from export.make_bundle import ExportOptions, GateFailed, run_export
 from export.sign import keygen, sign_bundle, verify_bundle
-
-PRE = {"size": [32, 32], "color": "gray", "resize": "letterbox", "mean": [0.5], "std": [0.25]}
-
-
-def _images(folder: Path, n: int, seed: int, h: int = 48, w: int = 64, white: bool = False) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-    for i in range(n):
-        img = 0.45 + 0.25 * np.sin(xx * rng.uniform(2, 12) + yy * rng.uniform(2, 12)) + rng.normal(0, 0.05, (h, w))
-        cy, cx, r = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.3)
-        img[((yy - cy) ** 2 + (xx - cx) ** 2) < r * r] *= rng.uniform(0.1, 0.5)
-        cv2.imwrite(str(folder / f"img{i:03d}.png"), (np.clip(img, 0, 1) * 255).astype(np.uint8))
-    if white:  # one over-exposed frame: the outlier that stretches an activation range
-        cv2.imwrite(str(folder / "zz_white.png"), np.full((h, w), 255, np.uint8))
-
-
-def _spec(task: str, name: str, output: str, size: int = 32, **extra) -> dict:
-    return {"name": name, "version": "1.0.0", "task": task, "labels": ["finding"], "threshold": 0.5,
-            "review_band": [0.4, 0.6], "input": {"name": "input"}, "outputs": [{"name": output, "activation": "sigmoid"}],
-            "preprocess": {**PRE, "size": [size, size]}, **extra}
-
-
-def _save(folder: Path, model: onnx.ModelProto, spec: dict) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, folder / "model.onnx")
-    (folder / "model.yaml").write_text(yaml.safe_dump(spec))
-    return folder / "model.onnx"
+from tests.support.export_inputs import PRE, model_spec, quiet, save_model, write_images
 
 
 def _fp32_scores(model_path: Path, folder: Path, size: int) -> dict[str, np.ndarray]:
@@ -117,14 +90,14 @@ def _outlier_classifier() -> onnx.ModelProto:
 def ws(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("export")
     calib, val = root / "calib", root / "val"
-    _images(calib, 20, seed=1)
+    write_images(calib, 20, seed=1)
     for name in ("RG1_UNCI.dcm", "US1_J2KR.dcm"):  # real CR and ultrasound objects, device DICOM reader
         shutil.copy(get_testdata_file(name), calib / name)
-    _images(val, 24, seed=2)
-    cls = _save(root / "cls", resnet18(size=32), _spec("classify", "tiny-cls", "logits"))
+    write_images(val, 24, seed=2)
+    cls = save_model(root / "cls", resnet18(size=32), model_spec("classify", "tiny-cls", "logits"))
     _pseudo_labels(cls, val)
-    seg = _save(root / "seg", unet(size=32, widths=(8, 16, 32), up="convtranspose"),
-                _spec("segment", "tiny-seg", "mask_logits", postprocess={"mask_threshold": 0.5}))
+    seg = save_model(root / "seg", unet(size=32, widths=(8, 16, 32), up="convtranspose"),
+                model_spec("segment", "tiny-seg", "mask_logits", postprocess={"mask_threshold": 0.5}))
     (val / "masks").mkdir()
     scores = _fp32_scores(seg, val, 32)
     thr = float(np.median(np.concatenate([v[0].reshape(-1) for v in scores.values()])))
@@ -135,10 +108,10 @@ def ws(tmp_path_factory) -> dict[str, Path]:
     (root / "seg" / "model.yaml").write_text(yaml.safe_dump(spec))
     calib_w = root / "calib_white"
     shutil.copytree(calib, calib_w)
-    _images(calib_w, 0, seed=9, white=True)
-    out = _save(root / "outlier", _outlier_classifier(), _spec("classify", "outlier-cls", "logits"))
+    write_images(calib_w, 0, seed=9, white=True)
+    out = save_model(root / "outlier", _outlier_classifier(), model_spec("classify", "outlier-cls", "logits"))
     val_o = root / "val_outlier"
-    _images(val_o, 40, seed=4)
+    write_images(val_o, 40, seed=4)
     _pseudo_labels(out, val_o)
     priv, pub, _ = keygen(root / "keys" / "signing.pem")
     return {"root": root, "calib": calib, "val": val, "cls": cls, "seg": seg, "calib_white": calib_w, "outlier": out,
@@ -149,15 +122,11 @@ def _inits(m: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
 
 
-def _quiet(_msg: str) -> None:
-    pass
-
-
 @pytest.fixture(scope="module")
 def cpu_bundle(ws) -> Path:
     out = ws["root"] / "bundles" / "cls-cpu"
     run_export(ExportOptions(model=ws["cls"], calib=ws["calib"], val=ws["val"], out=out, target="cpu", latency_runs=5,
-                             max_drop=0.05, sign_key=ws["priv"]), log=_quiet)
+                             max_drop=0.05, sign_key=ws["priv"]), log=quiet)
     return out
 
 
@@ -201,7 +170,7 @@ def test_cpu_recipe_is_u8s8_per_channel_and_bundle_loads_signed(ws, cpu_bundle):
 def test_tensorrt_recipe_is_symmetric_s8_no_bias_and_convtranspose_axis1(ws):
     out = ws["root"] / "bundles" / "seg-trt"
     res = run_export(ExportOptions(model=ws["seg"], calib=ws["calib"], val=ws["val"], out=out, target="tensorrt",
-                                   latency_runs=3, max_drop=0.2), log=_quiet)
+                                   latency_runs=3, max_drop=0.2), log=quiet)
     b = load_bundle(out)
     assert set(b.manifest.variants) == {"fp32", "int8", "fp16"} and res.gate["primary_metric"] == "dice"
     q = onnx.load(str(b.model_path("int8")))
@@ -229,7 +198,7 @@ def test_tensorrt_recipe_is_symmetric_s8_no_bias_and_convtranspose_axis1(ws):
 def test_gate_finds_the_sensitive_node_and_keeps_it_float(ws):
     out = ws["root"] / "bundles" / "outlier"
     res = run_export(ExportOptions(model=ws["outlier"], calib=ws["calib_white"], val=ws["val_outlier"], out=out,
-                                   target="cpu", latency_runs=3, max_drop=0.01), log=_quiet)
+                                   target="cpu", latency_runs=3, max_drop=0.01), log=quiet)
     rep = json.loads((out / "report.json").read_text())
     steps = rep["fallback"]["steps"]
     assert not steps[0]["passed"] and steps[0]["drop"] > 0.01  # plain INT8 fails the gate
@@ -244,7 +213,7 @@ def test_gate_that_cannot_pass_says_so_and_leaves_nothing(ws):
     out = ws["root"] / "bundles" / "never"
     with pytest.raises(GateFailed, match=r"accuracy gate failed: auroc drop .* exceeds the budget 0.01 even with 0 node"):
         run_export(ExportOptions(model=ws["outlier"], calib=ws["calib_white"], val=ws["val_outlier"], out=out,
-                                 target="cpu", latency_runs=3, max_drop=0.01, max_fallback=0), log=_quiet)
+                                 target="cpu", latency_runs=3, max_drop=0.01, max_fallback=0), log=quiet)
     assert not out.exists()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".never")]  # no staging left-overs
 
@@ -320,7 +289,7 @@ def test_bad_inputs_give_one_clear_line_and_no_output(ws, tmp_path):
     m = onnx.load(str(ws["cls"]))
     for i, name in ((2, "height"), (3, "width")):
         m.graph.input[0].type.tensor_type.shape.dim[i].dim_param = name
-    _save(dyn, m, yaml.safe_load(ws["cls"].with_name("model.yaml").read_text()))
+    save_model(dyn, m, yaml.safe_load(ws["cls"].with_name("model.yaml").read_text()))
     r = _medge(*base, str(dyn / "model.onnx"), "--calib", calib, "--val", val, "--out", str(tmp_path / "o4"))
     _one_line_error(r, "dynamic height dim", "--input-shape")
     # labels missing from the validation set
@@ -348,7 +317,7 @@ def test_dynamic_dims_with_input_shape_and_existing_output_refused(ws, tmp_path)
         prepare_model(src, tmp_path / "x.onnx", PreprocessSpec.from_dict({**PRE, "size": [64, 64]}), (1, 1, 32, 32))
     (tmp_path / "exists").mkdir()
     with pytest.raises(InputError, match="output folder already exists"):
-        run_export(ExportOptions(model=ws["cls"], calib=ws["calib"], val=ws["val"], out=tmp_path / "exists"), log=_quiet)
+        run_export(ExportOptions(model=ws["cls"], calib=ws["calib"], val=ws["val"], out=tmp_path / "exists"), log=quiet)
 
 
 def test_cli_keygen_sign_verify_roundtrip(ws, cpu_bundle, tmp_path):
@@ -407,7 +376,7 @@ def _tiny_detector() -> onnx.ModelProto:
 
 
 def test_detection_bundle_gates_on_recall_precision(ws):
-    det = _save(ws["root"] / "det", _tiny_detector(), _spec("detect", "tiny-det", "detections", threshold=0.5))
+    det = save_model(ws["root"] / "det", _tiny_detector(), model_spec("detect", "tiny-det", "detections", threshold=0.5))
     val = ws["root"] / "val_det"
     shutil.copytree(ws["val"], val, ignore=shutil.ignore_patterns("labels.csv", "masks"))
     boxes = {}
@@ -420,7 +389,7 @@ def test_detection_bundle_gates_on_recall_precision(ws):
     (val / "boxes.json").write_text(json.dumps(boxes))
     out = ws["root"] / "bundles" / "det"
     res = run_export(ExportOptions(model=det, calib=ws["calib"], val=val, out=out, target="cpu", latency_runs=3,
-                                   max_drop=0.2), log=_quiet)
+                                   max_drop=0.2), log=quiet)
     assert res.gate["primary_metric"] == "recall"  # FP32 reproduces its own boxes (float32 vs float64 at the edge)
     assert res.gate["fp32"]["recall"] > 0.99 and res.gate["fp32"]["precision"] > 0.99
     assert load_bundle(out).manifest.task == "detect"

@@ -5,7 +5,7 @@ dynamic-security ACL), rendered with test paths, so the fault matrix runs agains
 
 Usage::
 
-    from tests.mqtt_broker import Broker
+    from tests.support.mqtt_broker import Broker
     with Broker(tmp_path, devices={"cart-1": "site-a"}) as b:
         b.url                       # mqtts://127.0.0.1:<free port>
         b.ca, b.cert("cart-1"), b.key("cart-1"), b.cert("receiver")

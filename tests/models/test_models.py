@@ -4,7 +4,6 @@ device's preprocessing, and both training scripts still run end to end."""
 
 import csv
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,8 +18,9 @@ from edge.frames import Frame
 from edge.inference.preprocess import Preprocessor, PreprocessSpec
 from models import datasets, make_samples, synth_ultrasound, synth_xray
 from models.synth_dicom import CR_IMAGE_STORAGE, US_MULTIFRAME_STORAGE, cr_dataset
+from tests.support import ROOT  # noqa: E402
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
+MODELS = ROOT / "models"
 SAMPLES = MODELS / "samples"
 MODEL_DIRS = {"us-free-fluid": MODELS / "us_free_fluid", "cxr-opacity": MODELS / "cxr_opacity"}
 

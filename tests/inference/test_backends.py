@@ -12,7 +12,7 @@ from edge.errors import BackendUnavailable, BundleError
 from edge.inference.backends import Backend, build_backend
 from edge.inference.backends.tensorrt import TensorRTBackend
 from edge.inference.bundle import load_bundle
-from tests.pipeline_fixtures import write_bundle
+from tests.support.bundles import write_bundle
 
 HAS_GPU = "CUDAExecutionProvider" in ort.get_available_providers()
 

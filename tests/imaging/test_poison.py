@@ -10,46 +10,35 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.errors import InputError
 from edge.imaging.dicom import frames_from_file
 from edge.imaging.limits import DecodeLimits
 from edge.sources.quarantine import REASON_SUFFIX
-from tests import dicom_mutations as dm
-from tests.pipeline_fixtures import write_bundle, write_public_key
-from tests.test_daemon import _profile, _start, _stop, _wait, _write_studies
-from tests.test_dicom_decode import find
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
+from tests.support import dicom_mutations as dm
+from tests.support.daemon import (
+    drop_file,
+    inbox_source,
+    send_raw,
+    start_daemon,
+    start_listening,
+    stop_daemon,
+    store_source,
+    wait_daemon,
+    write_profile,
+    write_studies,
+)
+from tests.support.dicom_files import find
+from tests.support.dicom_mutations import POISONS, make_poisons
 
 # name -> (make(folder) -> path, what the one-line refusal says)
-POISONS = {
-    "voi-lut-function.dcm": (lambda d: dm.voi_lut_function(find("RG3_J2KI.dcm"), d / "voi-lut-function.dcm"),
-                             "VOI LUT Function 'LINEAX' is not one of LINEAR, LINEAR_EXACT, SIGMOID"),
-    "window-center.dcm": (lambda d: dm.window_center(find("RG3_J2KI.dcm"), d / "window-center.dcm"),
-                          "WindowCenter '21A0.0' is not a number"),
-    "odd-columns.dcm": (lambda d: dm.odd_length_columns(find("US1_UNCR.dcm"), d / "odd-columns.dcm"),
-                        "header element (0028,0011) Columns cannot be read"),
-    "bits-allocated-vr.dcm": (lambda d: dm.bits_allocated_vr(find("RG3_J2KI.dcm"), d / "bits-allocated-vr.dcm"),
-                              "header element (0028,0100) BitsAllocated cannot be read"),
-    "rle-60000.dcm": (lambda d: dm.huge_rle(d / "rle-60000.dcm"),
-                      "declares 1 frame(s) of 60000x60000x1 at 8 bits: 3,433 MB a frame decoded, over the device's "
-                      "limit of 64 MB (input_limits.max_frame_mb)"),
-}
-
-
-def make_poisons(folder: Path) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    return {name: make(folder) for name, (make, _) in POISONS.items()}
 
 
 @pytest.mark.parametrize("name", sorted(POISONS))
@@ -71,7 +60,7 @@ def test_decompression_bomb_is_refused_before_decoding_with_bounded_memory(tmp_p
     code = ("import sys, time\n"
             "from edge.imaging.dicom import frames_from_file\n"
             "from edge.errors import InputError\n"
-            "from tests.fuzz_headers import _rss_bytes, peak_rss_bytes\n"
+            "from tests.support.fuzz_headers import _rss_bytes, peak_rss_bytes\n"
             "before = _rss_bytes(); t = time.perf_counter()\n"
             "try:\n"
             "    list(frames_from_file(sys.argv[1], 't'))\n"
@@ -133,67 +122,12 @@ def test_codestream_that_declares_another_size_is_refused(tmp_path):
 # --------------------------------------------------------------------------------- the daemon, end to end
 
 
-@pytest.fixture(scope="module")
-def signed(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("poison-bundle")
-    key = Ed25519PrivateKey.generate()
-    bundle = write_bundle(tmp / "bundle", key=key, postprocess={"min_area_px": 8}, std=0.6)
-    return write_public_key(tmp / "pub.pem", key), bundle
+def test_poison_by_drop_and_c_store_is_quarantined_and_the_daemon_keeps_running(tmp_path, signed_bundle):
+    from tests.support.mqtt_broker import free_port
 
-
-def inbox_source(drop: Path) -> dict:
-    return {"name": "inbox", "kind": "dicom-folder", "path": str(drop), "model": "seg", "settle_s": 0,
-            "poll_interval_s": 0.05}
-
-
-def store_source(port: int) -> dict:
-    return {"name": "xray", "kind": "dicom-store", "model": "seg", "port": port, "allowed_aes": ["XRAY1"],
-            "poll_interval_s": 0.05}
-
-
-def start_listening(prof: Path, data: Path) -> subprocess.Popen:
-    """`medge run` with a dicom-store source, once its C-STORE port is up."""
-    proc = _start(prof)
-    _wait(lambda: (data / "incoming" / "xray").is_dir(), 60, proc)
-    time.sleep(0.3)
-    return proc
-
-
-def drop_file(src: Path, folder: Path) -> None:
-    """Copy then rename, as a console's transfer would finish."""
-    folder.mkdir(exist_ok=True)
-    shutil.copyfile(src, folder / (src.name + ".part"))
-    os.replace(folder / (src.name + ".part"), folder / src.name)
-
-
-def _send_raw(path: Path, port: int) -> int:
-    """C-STORE the file's bytes as they are (pynetdicom's chunked sending does not re-encode)."""
-    from pynetdicom import AE, _config
-    from pynetdicom.presentation import build_context
-
-    old = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        import pydicom
-
-        meta = pydicom.filereader.read_file_meta_info(path)
-        ae = AE(ae_title="XRAY1")
-        ae.requested_contexts = [build_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)]
-        assoc = ae.associate("127.0.0.1", port, ae_title="MEDGE")
-        assert assoc.is_established
-        status = assoc.send_c_store(path)
-        assoc.release()
-        return int(status.Status)
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = old
-
-
-def test_poison_by_drop_and_c_store_is_quarantined_and_the_daemon_keeps_running(tmp_path, signed):
-    from tests.mqtt_broker import free_port
-
-    pub, bundle = signed
+    pub, bundle = signed_bundle.public_key, signed_bundle.bundle
     drop, port = tmp_path / "drop", free_port()
-    prof = _profile(tmp_path, pub, bundle, [inbox_source(drop), store_source(port)],
+    prof = write_profile(tmp_path, pub, bundle, [inbox_source(drop), store_source(port)],
                     metrics_file=str(tmp_path / "metrics.json"))
     poisons = make_poisons(tmp_path / "poison")
     data = tmp_path / "data"
@@ -202,15 +136,15 @@ def test_poison_by_drop_and_c_store_is_quarantined_and_the_daemon_keeps_running(
         for p in poisons.values():
             drop_file(p, drop)
         for p in poisons.values():
-            assert _send_raw(p, port) == 0x0000  # durably received; refusing it is medge's business now
+            assert send_raw(p, port) == 0x0000  # durably received; refusing it is medge's business now
         qdir = data / "quarantine"
-        _wait(lambda: len(list(qdir.glob("*" + REASON_SUFFIX))) == 2 * len(poisons), 60, proc)
+        wait_daemon(lambda: len(list(qdir.glob("*" + REASON_SUFFIX))) == 2 * len(poisons), 60, proc)
         # the daemon is alive and still does its work: a good study after the poison is processed
-        _write_studies(drop, 1)
-        _wait(lambda: not list(drop.glob("*.dcm")), 60, proc)
+        write_studies(drop, 1)
+        wait_daemon(lambda: not list(drop.glob("*.dcm")), 60, proc)
         assert proc.poll() is None
     finally:
-        out = _stop(proc)  # exit status 0 (asserted inside): nothing crashed
+        out = stop_daemon(proc)  # exit status 0 (asserted inside): nothing crashed
     reasons = [s.read_text().splitlines()[0] for s in qdir.glob("*" + REASON_SUFFIX)]
     for name, (_, why) in POISONS.items():
         assert sum(why in r for r in reasons) == 2, (name, reasons)  # once by drop, once by C-STORE
@@ -222,12 +156,12 @@ def test_poison_by_drop_and_c_store_is_quarantined_and_the_daemon_keeps_running(
     assert {s: metrics["sources"][s]["inputs"]["quarantined"] for s in ("inbox", "xray")} == {"inbox": 5, "xray": 5}
 
 
-def test_an_object_that_kills_the_daemon_twice_is_quarantined_at_the_next_start(tmp_path, signed):
+def test_an_object_that_kills_the_daemon_twice_is_quarantined_at_the_next_start(tmp_path, signed_bundle):
     """SIGKILL while an object is being processed, as a native decoder crash or the OOM killer would."""
-    pub, bundle = signed
+    pub, bundle = signed_bundle.public_key, signed_bundle.bundle
     drop = tmp_path / "drop"
-    prof = _profile(tmp_path, pub, bundle, [inbox_source(drop)])
-    _write_studies(drop, 1)
+    prof = write_profile(tmp_path, pub, bundle, [inbox_source(drop)])
+    write_studies(drop, 1)
     (victim,) = drop.glob("*.dcm")
     marks = tmp_path / "data" / "attempts" / "inbox"
 
@@ -238,31 +172,31 @@ def test_an_object_that_kills_the_daemon_twice_is_quarantined_at_the_next_start(
             return False
 
     for run in (1, 2):
-        proc = _start(prof)
-        _wait(lambda run=run: started(run), 60, proc)
+        proc = start_daemon(prof)
+        wait_daemon(lambda run=run: started(run), 60, proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         mark = json.loads(next(marks.iterdir()).read_text())
         assert mark == {"path": str(victim), "attempts": run} and victim.exists()
-    proc = _start(prof)
+    proc = start_daemon(prof)
     qdir = tmp_path / "data" / "quarantine"
-    _wait(lambda: any(qdir.glob("*" + REASON_SUFFIX)), 60, proc)
-    out = _stop(proc)
+    wait_daemon(lambda: any(qdir.glob("*" + REASON_SUFFIX)), 60, proc)
+    out = stop_daemon(proc)
     (reason,) = [s.read_text().splitlines()[0] for s in qdir.glob("*" + REASON_SUFFIX)]
     assert "the daemon stopped 2 times while processing this object" in reason and str(victim) in reason
     assert not victim.exists() and not any(marks.iterdir())
     assert "quarantined as poison" in out
 
 
-def test_a_pipeline_stage_that_dies_makes_the_daemon_exit_non_zero_without_losing_the_object(tmp_path, signed):
+def test_a_pipeline_stage_that_dies_makes_the_daemon_exit_non_zero_without_losing_the_object(tmp_path, signed_bundle):
     """systemd restarts medge only on a non-zero exit (Restart=on-failure)."""
     from edge.config import load_config
     from edge.runtime.daemon import run_daemon
 
-    pub, bundle = signed
+    pub, bundle = signed_bundle.public_key, signed_bundle.bundle
     drop = tmp_path / "drop"
-    prof = _profile(tmp_path, pub, bundle, [inbox_source(drop)])
-    _write_studies(drop, 2)
+    prof = write_profile(tmp_path, pub, bundle, [inbox_source(drop)])
+    write_studies(drop, 2)
 
     def die(finding, new):  # a defect in the post stage (here: the finding callback), not an input problem
         raise SystemExit("stage defect")
@@ -278,7 +212,7 @@ def test_header_fuzzer_every_mutant_is_decoded_or_quarantined_with_bounded_memor
     """Seeded mutations (wrong VRs, odd lengths, bad enumerated values, absurd dimensions, truncations, byte
     flips) of real CR and ultrasound objects from several vendors, through the durable inbox; its own
     process, so peak RSS is this run's."""
-    r = subprocess.run([sys.executable, "-m", "tests.fuzz_headers", "--count", "3000", "--seed", "20261201"],
+    r = subprocess.run([sys.executable, "-m", "tests.support.fuzz_headers", "--count", "3000", "--seed", "20261201"],
                        capture_output=True, text=True, timeout=600, cwd=ROOT)
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["escaped"] == [], json.dumps(summary["escaped"][:3], indent=1)

@@ -14,10 +14,9 @@ from edge.config import load_config
 from edge.errors import ConfigError
 from edge.link.mqtt import new_client, parse_broker_url
 from hospital.broker import dynsec_config, load_fleet, mosquitto_conf
+from tests.support import ROOT
+from tests.support.mqtt_broker import Broker, device_profile
 
-from .mqtt_broker import Broker, device_profile
-
-ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "deploy" / "mosquitto"
 
 

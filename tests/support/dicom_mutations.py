@@ -16,6 +16,8 @@ from pathlib import Path
 
 from pydicom.uid import UID
 
+from tests.support.dicom_files import find
+
 LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OW", b"OV", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
 
@@ -237,3 +239,25 @@ def huge_rle(dest: Path, rows: int = 60000, columns: int = 60000) -> Path:
     ds["PixelData"].VR = "OB"
     ds.save_as(dest, enforce_file_format=True)
     return Path(dest)
+
+
+# ------------------------------------------------ the named poison objects, made into files
+
+POISONS = {
+    "voi-lut-function.dcm": (lambda d: voi_lut_function(find("RG3_J2KI.dcm"), d / "voi-lut-function.dcm"),
+                             "VOI LUT Function 'LINEAX' is not one of LINEAR, LINEAR_EXACT, SIGMOID"),
+    "window-center.dcm": (lambda d: window_center(find("RG3_J2KI.dcm"), d / "window-center.dcm"),
+                          "WindowCenter '21A0.0' is not a number"),
+    "odd-columns.dcm": (lambda d: odd_length_columns(find("US1_UNCR.dcm"), d / "odd-columns.dcm"),
+                        "header element (0028,0011) Columns cannot be read"),
+    "bits-allocated-vr.dcm": (lambda d: bits_allocated_vr(find("RG3_J2KI.dcm"), d / "bits-allocated-vr.dcm"),
+                              "header element (0028,0100) BitsAllocated cannot be read"),
+    "rle-60000.dcm": (lambda d: huge_rle(d / "rle-60000.dcm"),
+                      "declares 1 frame(s) of 60000x60000x1 at 8 bits: 3,433 MB a frame decoded, over the device's "
+                      "limit of 64 MB (input_limits.max_frame_mb)"),
+}
+
+
+def make_poisons(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return {name: make(folder) for name, (make, _) in POISONS.items()}

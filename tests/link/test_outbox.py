@@ -9,7 +9,6 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -18,8 +17,8 @@ from typer.testing import CliRunner
 from edge.cli import app
 from edge.findings import Finding, ModelRef
 from edge.link.outbox import Outbox, OutboxError
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = ModelRef(name="m", version="1", sha256="0" * 64)
 
 

@@ -22,7 +22,7 @@ from edge.inference.tasks import build_task
 from edge.runtime.finding_builder import FindingBuilder
 from edge.runtime.metrics import Metrics
 from edge.runtime.pipeline import Pipeline, PipelineSettings
-from tests.pipeline_fixtures import blob_image, write_bundle
+from tests.support.bundles import blob_image, write_bundle
 
 
 class ListSource:

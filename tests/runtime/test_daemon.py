@@ -3,8 +3,6 @@ without duplicates, `medge doctor`, `medge replay`, `medge demo`."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,57 +15,31 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.commands.doctor import check_broker, run_doctor
 from edge.runtime.sdnotify import Notifier
-from tests.pipeline_fixtures import write_bundle, write_public_key
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _notify_socket(tmp_path: Path) -> tuple[socket.socket, str]:
-    path = str(tmp_path / "notify.sock")
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.bind(path)
-    s.settimeout(0.2)
-    return s, path
-
-
-def _drain(sock: socket.socket) -> list[str]:
-    out = []
-    while True:
-        try:
-            out += sock.recv(4096).decode().splitlines()
-        except (TimeoutError, BlockingIOError):
-            return out
+from tests.support import ROOT
+from tests.support.bundles import write_bundle, write_public_key
+from tests.support.daemon import (
+    CINE,
+    deliver,
+    drain_notifications,
+    notify_socket,
+    outbox_rows,
+    start_daemon,
+    stop_daemon,
+    wait_daemon,
+    write_profile,
+    write_studies,
+)
 
 
 def test_notifier_speaks_the_systemd_datagram_protocol(tmp_path):
-    sock, path = _notify_socket(tmp_path)
+    sock, path = notify_socket(tmp_path)
     n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000"})
     assert n.enabled and n.watchdog_s == 4.0
     assert n.ready("running 1 source(s)") and n.watchdog() and n.stopping()
-    assert _drain(sock) == ["READY=1", "STATUS=running 1 source(s)", "WATCHDOG=1", "STOPPING=1"]
+    assert drain_notifications(sock) == ["READY=1", "STATUS=running 1 source(s)", "WATCHDOG=1", "STOPPING=1"]
     off = Notifier({})
     assert not off.enabled and off.watchdog_s is None and off.ready() is False
     assert Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}).watchdog_s is None
-
-
-def _profile(tmp_path: Path, key_path: Path | None, bundle: Path, sources: list[dict], sync: dict | None = None,
-             **pipeline) -> Path:
-    prof = {
-        "schema_version": 1,
-        "device": {"id": "test-cart", "site": "lab"},
-        "data_dir": str(tmp_path / "data"),
-        "trusted_keys": [str(key_path)] if key_path else [],
-        "log_level": "info",
-        "models": [{"name": "seg", "bundle": str(bundle), "providers": ["tensorrt", "cpu"], "intra_op_threads": 1,
-                    "warmup_runs": 1, "require_signature": key_path is not None}],
-        "sources": sources,
-        "pipeline": {"queue_depth": 2, "metrics_interval_s": 0.5, "on_frames": 2, "off_frames": 3,
-                     "smoothing_window": 3, **pipeline},
-        "sync": sync or {"enabled": False},
-    }
-    p = tmp_path / "profile.yaml"
-    p.write_text(yaml.safe_dump(prof))
-    return p
 
 
 def test_doctor_explains_problems_in_plain_words(tmp_path):
@@ -78,7 +50,7 @@ def test_doctor_explains_problems_in_plain_words(tmp_path):
     srv.bind(("127.0.0.1", 0))
     port = srv.getsockname()[1]
     srv.close()  # nothing listens there now
-    prof = _profile(tmp_path, pub, bundle, [{"name": "inbox", "kind": "dicom-folder", "path": str(tmp_path / "in"),
+    prof = write_profile(tmp_path, pub, bundle, [{"name": "inbox", "kind": "dicom-folder", "path": str(tmp_path / "in"),
                                              "model": "seg"}],
                     sync={"enabled": True, "broker": f"mqtt://127.0.0.1:{port}"})
     lines: list[str] = []
@@ -116,92 +88,19 @@ def test_doctor_cli_without_profile():
 
 # ------------------------------------------------------------------------------- medge run, end to end
 
-CINE = "color3d_jpeg_baseline.dcm"  # SonoSite, 120-frame JPEG cine from pydicom-data
 
-
-def _write_studies(folder: Path, n: int) -> dict[str, str]:
-    """n copies of the real cine as distinct studies; returns file name -> SOP Instance UID."""
-    import pydicom
-    from pydicom.data import get_testdata_file
-    from pydicom.uid import generate_uid
-
-    folder.mkdir(parents=True, exist_ok=True)
-    src = pydicom.dcmread(get_testdata_file(CINE))
-    out = {}
-    for i in range(n):
-        src.StudyInstanceUID, src.SeriesInstanceUID = generate_uid(), generate_uid()
-        src.SOPInstanceUID = src.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        tmp = folder / f"study{i}.dcm.part"
-        src.save_as(tmp)
-        os.replace(tmp, folder / f"study{i}.dcm")
-        out[f"study{i}.dcm"] = str(src.SOPInstanceUID)
-    return out
-
-
-def _deliver(studies: Path, incoming: Path) -> None:
-    """Copy then rename, as a modality console's transfer would finish."""
-    import shutil
-
-    incoming.mkdir(parents=True, exist_ok=True)
-    for p in sorted(studies.glob("*.dcm")):
-        shutil.copyfile(p, incoming / (p.name + ".part"))
-        os.replace(incoming / (p.name + ".part"), incoming / p.name)
-
-
-def _outbox_rows(path: Path) -> dict[str, dict]:
-    import json
-    import sqlite3
-
-    with sqlite3.connect(path) as db:
-        return {fid: json.loads(p) for fid, p in db.execute("SELECT finding_id, payload FROM findings")}
-
-
-def _start(profile: Path, notify_path: str | None = None) -> subprocess.Popen:
-    env = dict(os.environ)
-    env.pop("NOTIFY_SOCKET", None)
-    if notify_path:
-        env["NOTIFY_SOCKET"] = notify_path
-        env["WATCHDOG_USEC"] = "1000000"
-    return subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(profile)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _wait(cond, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    t0 = time.monotonic()
-    while not cond():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"medge run exited early ({proc.returncode}):\n{proc.stdout.read()}")
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.05)
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 60) -> str:
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out
-    return out
-
-
-def _folder_profile(tmp: Path, name: str, key_file: Path, signer, n: int) -> tuple[Path, Path, Path]:
+def _folder_profile(tmp: Path, name: str, key_file: Path, signed, n: int) -> tuple[Path, Path, Path]:
     base = tmp / name
     base.mkdir()
-    pub = write_public_key(base / "pub.pem", signer[0])
+    pub = write_public_key(base / "pub.pem", signed.key)
     incoming = base / "incoming"
-    prof = _profile(base, pub, signer[1], [{"name": "inbox", "kind": "dicom-folder", "path": str(incoming),
+    prof = write_profile(base, pub, signed.bundle, [{"name": "inbox", "kind": "dicom-folder", "path": str(incoming),
                                             "model": "seg", "settle_s": 0, "poll_interval_s": 0.05}],
                     metrics_file=str(base / "metrics.json"))
     data = yaml.safe_load(prof.read_text())
     data["privacy"] = {"pseudonym_key_file": str(key_file)}  # shared so both runs' pseudonyms compare
     prof.write_text(yaml.safe_dump(data))
     return prof, incoming, base / "data"
-
-
-@pytest.fixture(scope="module")
-def signed_bundle(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("signed")
-    key = Ed25519PrivateKey.generate()
-    return key, write_bundle(tmp / "bundle", key=key, postprocess={"min_area_px": 8}, std=0.6)  # fires on display > 0.3
 
 
 def test_sigterm_mid_stream_loses_no_accepted_study_and_restart_has_no_duplicates(tmp_path, signed_bundle):
@@ -212,42 +111,42 @@ def test_sigterm_mid_stream_loses_no_accepted_study_and_restart_has_no_duplicate
     pseudo = Pseudonymizer.load_or_create(key_file)
 
     # reference: the same studies processed without interruption
-    sops = _write_studies(tmp_path / "studies", n)
+    sops = write_studies(tmp_path / "studies", n)
     ref_prof, ref_in, ref_data = _folder_profile(tmp_path, "ref", key_file, signed_bundle, n)
-    _deliver(tmp_path / "studies", ref_in)
-    proc = _start(ref_prof)
-    _wait(lambda: not list(ref_in.glob("*.dcm")), 120, proc)
-    _stop(proc)
-    ref = _outbox_rows(ref_data / "outbox.sqlite3")
+    deliver(tmp_path / "studies", ref_in)
+    proc = start_daemon(ref_prof)
+    wait_daemon(lambda: not list(ref_in.glob("*.dcm")), 120, proc)
+    stop_daemon(proc)
+    ref = outbox_rows(ref_data / "outbox.sqlite3")
     by_instance: dict[str, set[str]] = {}
     for fid, d in ref.items():
         by_instance.setdefault(d["instance_id"], set()).add(fid)
     assert len(by_instance) == n, "every study should produce at least one finding with the toy segmenter"
 
     # interrupted run: SIGTERM as soon as the first study is done
-    sock, npath = _notify_socket(tmp_path)
+    sock, npath = notify_socket(tmp_path)
     prof, incoming, data = _folder_profile(tmp_path, "run", key_file, signed_bundle, n)
-    _deliver(tmp_path / "studies", incoming)
+    deliver(tmp_path / "studies", incoming)
     processed = data / "processed" / "inbox"
-    proc = _start(prof, npath)
-    _wait(lambda: processed.is_dir() and any(processed.iterdir()), 120, proc)
-    out = _stop(proc)
-    msgs = _drain(sock)
+    proc = start_daemon(prof, npath)
+    wait_daemon(lambda: processed.is_dir() and any(processed.iterdir()), 120, proc)
+    out = stop_daemon(proc)
+    msgs = drain_notifications(sock)
     assert msgs[0] == "READY=1" and "WATCHDOG=1" in msgs and "STOPPING=1" in msgs
     assert "SIGTERM received: stopping sources and draining" in out
     done = {p.name for p in processed.iterdir()}
     left = {p.name for p in incoming.glob("*.dcm")}
     assert done and left and done | left == set(sops) and not done & left, (done, left)
-    rows = _outbox_rows(data / "outbox.sqlite3")
+    rows = outbox_rows(data / "outbox.sqlite3")
     for name in done:  # every accepted (completed) study has all its findings durably in the outbox
         assert by_instance[pseudo.uid(sops[name])] <= set(rows), name
     assert all(d["study_id"].startswith("2.25.") and d["study_id"] not in sops.values() for d in rows.values())
 
     # restart: the studies left in incoming are processed; ids are deterministic, so nothing is duplicated
-    proc = _start(prof)
-    _wait(lambda: not list(incoming.glob("*.dcm")), 120, proc)
-    _stop(proc)
-    rows = _outbox_rows(data / "outbox.sqlite3")
+    proc = start_daemon(prof)
+    wait_daemon(lambda: not list(incoming.glob("*.dcm")), 120, proc)
+    stop_daemon(proc)
+    rows = outbox_rows(data / "outbox.sqlite3")
     assert set(rows) == set(ref)
     metrics = __import__("json").loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["total"]["frames_done"] > 0 and metrics["device_id"] == "test-cart"
@@ -263,7 +162,7 @@ def test_replay_prints_findings_and_latency_summary(tmp_path, signed_bundle):
 
     from edge.commands.replay import replay_file
 
-    key, bundle = signed_bundle
+    key, bundle = signed_bundle.key, signed_bundle.bundle
     pub = write_public_key(tmp_path / "pub.pem", key)
     lines: list[str] = []
     code = replay_file(Path(get_testdata_file(CINE)), bundle, realtime=False, as_json=True, trusted_keys=[pub],
@@ -287,7 +186,7 @@ def test_replay_bad_inputs_are_one_line_errors(tmp_path, signed_bundle):
     from edge.commands.replay import replay_file
     from edge.errors import BundleError, InputError
 
-    key, bundle = signed_bundle
+    bundle = signed_bundle.bundle
     with pytest.raises(InputError, match="missing.dcm: file not found"):
         replay_file(tmp_path / "missing.dcm", bundle)
     junk = tmp_path / "junk.dcm"
@@ -335,7 +234,7 @@ def test_run_refuses_a_tampered_bundle_before_starting(tmp_path):
     key = Ed25519PrivateKey.generate()
     pub = write_public_key(tmp_path / "pub.pem", key)
     bundle = write_bundle(tmp_path / "bundle", key=key)
-    prof = _profile(tmp_path, pub, bundle, [{"name": "inbox", "kind": "dicom-folder", "path": str(tmp_path / "in"),
+    prof = write_profile(tmp_path, pub, bundle, [{"name": "inbox", "kind": "dicom-folder", "path": str(tmp_path / "in"),
                                              "model": "seg"}])
     with open(bundle / "model.fp32.onnx", "ab") as f:
         f.write(b"\0")

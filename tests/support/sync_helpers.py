@@ -10,8 +10,7 @@ from pathlib import Path
 
 from edge.findings import Finding, ModelRef
 from hospital.receiver import Receiver, ReceiverConfig
-
-from .mqtt_broker import Broker
+from tests.support.mqtt_broker import Broker
 
 MODEL = ModelRef(name="m", version="1", sha256="0" * 64)
 PRIOS = ("urgent", "routine", "low")

@@ -8,10 +8,8 @@ are independent paths that must agree.
 
 from __future__ import annotations
 
-import glob
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -21,50 +19,9 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, c
 
 from edge.errors import InputError
 from edge.imaging.dicom import describe, frames_from_file, read_dicom
+from tests.support.dicom_files import FILES, LUT_FILES, find
 
-
-def _data_dirs() -> list[str]:
-    dirs = []
-    try:
-        import data_store  # the pydicom-data package
-
-        dirs.append(os.path.join(os.path.dirname(data_store.__file__), "data"))
-    except ImportError:
-        pass
-    import pydicom.data
-
-    dirs.append(os.path.join(os.path.dirname(pydicom.data.__file__), "test_files"))
-    return dirs
-
-
-def _imaging_files() -> list[str]:
-    out = []
-    for d in _data_dirs():
-        for f in sorted(glob.glob(d + "/**/*", recursive=True)):
-            if os.path.isdir(f) or f.endswith((".py", ".pyc", ".json", ".txt")):
-                continue
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    ds = pydicom.dcmread(f, stop_before_pixels=True)
-            except Exception:
-                continue
-            if ds.get("Modality") in ("CR", "DX", "US"):
-                out.append(f)
-    return out
-
-
-FILES = _imaging_files()
 # not CR/DX/US, but the only real objects with a Modality LUT Sequence (signed 12 bit) and a VOI LUT Sequence
-LUT_FILES = [str(p) for d in _data_dirs() for p in Path(d).glob("*lut_*.dcm") if p.name in ("mlut_18.dcm", "vlut_04.dcm")]
-
-
-def find(name: str) -> Path:
-    for d in _data_dirs():
-        p = Path(d) / name
-        if p.is_file():
-            return p
-    pytest.skip(f"{name} not in the installed pydicom / pydicom-data (machine is offline, no downloads)")
 
 
 def _reference_display(ds, index: int, first: np.ndarray | None) -> np.ndarray:

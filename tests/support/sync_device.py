@@ -1,6 +1,6 @@
 """A device process for the fault matrix: produces findings into its outbox while SyncClient drains it.
 
-``python -m tests.sync_device --config P --count N --rate R`` puts N findings with deterministic ids
+``python -m tests.support.sync_device --config P --count N --rate R`` puts N findings with deterministic ids
 (so a restarted process re-produces the same ids and the outbox ignores the ones it already has),
 prints progress lines, and exits 0 once the outbox is empty. Tests SIGKILL it mid-publish.
 """
@@ -16,8 +16,7 @@ import time
 from edge.config import load_config
 from edge.link.outbox import Outbox
 from edge.link.sync import SyncClient
-
-from .sync_helpers import findings
+from tests.support.sync_helpers import findings
 
 
 def main() -> int:

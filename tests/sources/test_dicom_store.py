@@ -14,8 +14,8 @@ from edge.config import SourceConfig
 from edge.imaging.dicom import read_dicom
 from edge.sources import SourceContext, build_source
 from edge.sources.quarantine import REASON_SUFFIX
-from tests.test_dicom_decode import find
-from tests.test_sources import Runner
+from tests.support.dicom_files import find
+from tests.support.sources import Runner
 
 
 def store_source(tmp_path: Path):

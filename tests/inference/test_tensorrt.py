@@ -45,24 +45,24 @@ def test_engine_is_built_keyed_and_reused(tmp_path):
     from edge.inference.backends.engine_key import detect_gpu, engine_name
     from export.make_bundle import ExportOptions, run_export
     from export.tensorrt import build_engine
-    from tests.test_export import _images, _quiet, _save, _spec
+    from tests.support.export_inputs import model_spec, quiet, save_model, write_images
 
     calib, val = tmp_path / "calib", tmp_path / "val"
-    _images(calib, 8, seed=1)
-    _images(val, 4, seed=2)
+    write_images(calib, 8, seed=1)
+    write_images(val, 4, seed=2)
     (val / "masks").mkdir()
     for p in val.glob("*.png"):
         shutil.copy(p, val / "masks" / f"{p.name}.png")
-    model = _save(tmp_path / "m", unet(size=32, widths=(8, 16, 32), up="convtranspose"),
-                  _spec("segment", "trt-seg", "mask_logits"))
+    model = save_model(tmp_path / "m", unet(size=32, widths=(8, 16, 32), up="convtranspose"),
+                  model_spec("segment", "trt-seg", "mask_logits"))
     out = tmp_path / "bundle"
     run_export(ExportOptions(model=model, calib=calib, val=val, out=out, target="tensorrt", latency_runs=3, max_drop=1.0),
-               log=_quiet)
-    plan = build_engine(out, variant="int8", log=_quiet)
+               log=quiet)
+    plan = build_engine(out, variant="int8", log=quiet)
     assert plan.name == engine_name(detect_gpu(), trt.__version__, "int8") and plan.stat().st_size > 0
     assert (out / "engines" / "timing.cache").exists()
     mtime = plan.stat().st_mtime
-    assert build_engine(out, variant="int8", log=_quiet) == plan and plan.stat().st_mtime == mtime  # reused
+    assert build_engine(out, variant="int8", log=quiet) == plan and plan.stat().st_mtime == mtime  # reused
 
 
 def test_device_loads_only_the_engine_keyed_for_its_gpu_trt_precision_and_dla(tmp_path):

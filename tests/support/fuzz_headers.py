@@ -5,7 +5,7 @@ Every mutant must end decoded (moved to processed/) or quarantined with a one-li
 that escapes the inbox would have killed a source in the daemon. Peak RSS is reported so the test can
 bound it.
 
-    python -m tests.fuzz_headers --count 2000 --seed 1 [--keep DIR]   # prints one JSON summary line
+    python -m tests.support.fuzz_headers --count 2000 --seed 1 [--keep DIR]   # prints one JSON summary line
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from tests import dicom_mutations as dm
+from tests.support import dicom_mutations as dm
 
 # fast-decoding real objects: Philips/GE/Aloka/SonoSite/Fuji/Agfa; native LE/BE/implicit, RLE, JPEG
 # baseline/lossless, JPEG 2000; grey, RGB, YBR, palette; single frame and cine
@@ -161,7 +161,7 @@ def run(count: int, seed: int, keep: Path | None = None) -> dict:
     from edge.sources import SourceStats
     from edge.sources.durable import DurableInbox
     from edge.sources.quarantine import Quarantine
-    from tests.test_dicom_decode import FILES
+    from tests.support.dicom_files import FILES
 
     by_name = {Path(f).name: Path(f) for f in FILES}
     seeds = [by_name[s] for s in SEEDS if s in by_name]
@@ -230,7 +230,7 @@ def run(count: int, seed: int, keep: Path | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tests.fuzz_headers")
+    ap = argparse.ArgumentParser(prog="python -m tests.support.fuzz_headers")
     ap.add_argument("--count", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", type=Path, help="copy mutants that escaped here")

@@ -5,58 +5,14 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 from edge.config import SourceConfig
-from edge.sources import SourceContext, build_source
+from edge.sources import build_source
 from edge.sources.quarantine import REASON_SUFFIX
-from tests.test_dicom_decode import find
-
-
-class Runner:
-    """Plays the pipeline's part: pulls frames in a thread and completes each one (ok unless told)."""
-
-    def __init__(self, src, ok: bool = True, complete: bool = True):
-        self.src, self.ok, self.do_complete = src, ok, complete
-        self.frames: list = []
-        self.times: list[float] = []
-        self.stop = threading.Event()
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
-
-    def _run(self):
-        for f in self.src.frames(self.stop):
-            self.frames.append(f)
-            self.times.append(time.monotonic())
-            if self.do_complete:
-                self.src.complete(f, self.ok)
-
-    def wait_for(self, cond, timeout: float = 10.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if cond():
-                return True
-            time.sleep(0.02)
-        return False
-
-    def finish(self, timeout: float = 5.0):
-        self.stop.set()
-        self.t.join(timeout)
-        assert not self.t.is_alive()
-        self.src.close()
-
-
-def ctx(tmp_path: Path) -> SourceContext:
-    return SourceContext(data_dir=tmp_path / "data")
-
-
-def folder_cfg(watch: Path, **kw) -> SourceConfig:
-    return SourceConfig(name="drop", kind="dicom-folder", model="m", path=watch, settle_s=0.0, poll_interval_s=0.05, **kw)
-
+from tests.support.dicom_files import find
+from tests.support.sources import Runner, ctx, folder_cfg, write_video
 
 # ------------------------------------------------------------------------------------ dicom-folder
 
@@ -130,19 +86,6 @@ def test_failed_processing_is_retried_then_quarantined(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- video
-
-
-def write_video(path: Path, n: int = 12, fps: float = 25.0) -> Path:
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (64, 48))
-    if not w.isOpened():
-        pytest.skip("this OpenCV build cannot write MJPG video")
-    for i in range(n):
-        img = np.zeros((48, 64, 3), np.uint8)
-        img[..., 2] = 255  # BGR red
-        img[:, : 4 + i] = 0
-        w.write(img)
-    w.release()
-    return path
 
 
 def test_video_file_frames_are_rgb_live_with_rate(tmp_path):

@@ -15,7 +15,7 @@ from edge.frames import Frame, Region, StudyRef
 from edge.imaging.deid import Pseudonymizer, deidentify_dataset, exportable_pixels, mask_outside_region
 from edge.imaging.dicom import frames_from_file, read_dicom
 from edge.sources.quarantine import REASON_SUFFIX, Quarantine
-from tests.test_dicom_decode import find
+from tests.support.dicom_files import find
 
 
 def test_key_created_once_0600_and_stable(tmp_path):
