@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from typer.core import TyperGroup
@@ -21,7 +22,7 @@ from edge.link.topics import DEFAULT_GROUP, findings_filter
 class Commands(TyperGroup):
     """Every subcommand runs inside `invoke`: the one place a `MedgeError` becomes the error line."""
 
-    def invoke(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except MedgeError as e:
