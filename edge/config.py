@@ -1,9 +1,11 @@
 """Firmware profiles: YAML -> typed, validated configuration.
 
 A profile is refused as a whole, before anything starts, when it has an unknown key, a value of the
-wrong type, a file that does not exist, or an impossible value. The error is one line naming the file,
+wrong type, a file that does not exist, or an impossible value, or when anything `medge run` would
+refuse at start (a device id that cannot be a topic level, unreadable TLS or password files, a data
+folder it cannot write) is wrong. Every problem is reported in one pass, one line each, naming the file,
 the key path and what to do, because the person reading it is an on-site IT technician with a terminal,
-not the author of the profile.
+not the author of the profile; fixing them one run at a time would be a day's work on a device.
 
 Relative paths in a profile are relative to the profile's own folder, so a profile and the bundles
 it names can be copied to a device together.
@@ -123,6 +125,9 @@ class SyncConfig:
     ack_mode: str = field(default="end-to-end", metadata=_meta(choices=ACK_MODES))
     hospital_ack_timeout_s: float = field(default=120.0, metadata=_meta(ge=1, le=86400))  # first resend after
     hospital_ack_max_s: float = field(default=3600.0, metadata=_meta(ge=1, le=7 * 86400))  # longest wait between resends
+    # when every source is finite and done (a replay, a folder run to completion), how long `medge run`
+    # waits for the hospital's acknowledgements before it exits (0: do not wait)
+    drain_on_exit_s: float = field(default=30.0, metadata=_meta(ge=0, le=86400))
     backoff_min_s: float = field(default=1.0, metadata=_meta(ge=0.01, le=3600))
     backoff_max_s: float = field(default=120.0, metadata=_meta(ge=0.01, le=86400))
     heartbeat_s: float = field(default=60.0, metadata=_meta(ge=1, le=86400))
@@ -185,16 +190,19 @@ class Config:
 
 
 def load_config(path: Path | str, data_dir: Path | None = None, check_files: bool = True) -> Config:
-    """Load and validate a profile. ``data_dir`` overrides the profile's (demo and tests use it).
+    """Load and validate a profile; `ConfigError` with one line per problem. ``data_dir`` overrides the
+    profile's (demo and tests use it).
 
     ``check_files=False`` validates structure and values only, for checking a device's profile on a
-    workstation where the device's certificates and bundles do not exist.
+    workstation where the device's certificates, bundles and folders do not exist.
     """
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: profile not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; give the profile's YAML file") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read profile ({e.strerror})") from None
     try:
@@ -205,49 +213,77 @@ def load_config(path: Path | str, data_dir: Path | None = None, check_files: boo
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a profile must be a YAML mapping at the top level")
-    base = path.resolve().parent
-    cfg = _build(Config, data, "", _Ctx(path, base, check_files))
-    if data_dir is not None:
-        cfg = dataclasses.replace(cfg, data_dir=Path(data_dir))
-    cfg = dataclasses.replace(cfg, source_file=path)
-    _cross_checks(cfg, path, check_files)
+    ctx = _Ctx(path, path.resolve().parent, check_files)
+    try:
+        cfg = _build(Config, data, "", ctx)
+    except _Bad:
+        cfg = None
+    if cfg is not None:
+        if data_dir is not None:
+            cfg = dataclasses.replace(cfg, data_dir=Path(data_dir))
+        cfg = dataclasses.replace(cfg, source_file=path)
+        _cross_checks(cfg, ctx)
+        _start_checks(cfg, ctx)
+    if ctx.problems:
+        if not check_files or not ctx.missing_files:
+            raise ConfigError(ctx.problems)
+        raise ConfigError([*ctx.problems, f"{path}: files the profile names are missing here; checking a device's "
+                           "profile on a workstation? use 'medge config check --structure-only'"])
+    assert cfg is not None
     return cfg
 
 
-@dataclass(frozen=True)
+class _Bad(Exception):
+    """A value was refused (and recorded); the enclosing section cannot be built."""
+
+
+@dataclass
 class _Ctx:
     file: Path
     base: Path
     check_files: bool = True
+    problems: list[str] = field(default_factory=list)
+    missing_files: int = 0
 
-    def fail(self, key: str, problem: str, fix: str = "") -> typing.NoReturn:
+    def report(self, key: str, problem: str, fix: str = "") -> None:
         msg = f"{self.file}: {key or '<top>'}: {problem}"
         if fix:
             msg += f"; {fix}"
-        raise ConfigError(msg)
+        self.problems.append(msg)
+
+    def fail(self, key: str, problem: str, fix: str = "") -> typing.NoReturn:
+        self.report(key, problem, fix)
+        raise _Bad(key)
 
 
 def _build(cls: type, data: Any, prefix: str, ctx: _Ctx) -> Any:
     if not isinstance(data, dict):
-        ctx.fail(prefix, f"expected a mapping, got {type(data).__name__}")
+        ctx.fail(prefix, f"expected a mapping, got {_tname(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("source_file",)}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        import difflib
+    bad = False
+    for k in data:
+        if k not in fields:
+            import difflib
 
-        k = unknown[0]
-        close = difflib.get_close_matches(str(k), list(fields), n=1)
-        fix = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(fields)}"
-        ctx.fail(_join(prefix, str(k)), "unknown key", fix)
+            close = difflib.get_close_matches(str(k), list(fields), n=1)
+            fix = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(fields)}"
+            ctx.report(_join(prefix, str(k)), "unknown key", fix)
+            bad = True
     kwargs = {}
     for name, f in fields.items():
         key = _join(prefix, name)
         if name not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                ctx.fail(key, "required key is missing", f.metadata.get("help", "") and f"set it to {f.metadata['help']}")
+                ctx.report(key, "required key is missing", f.metadata.get("help", "") and f"set it to {f.metadata['help']}")
+                bad = True
             continue
-        kwargs[name] = _convert(hints[name], data[name], key, ctx, f.metadata)
+        try:
+            kwargs[name] = _convert(hints[name], data[name], key, ctx, f.metadata)
+        except _Bad:
+            bad = True
+    if bad:
+        raise _Bad(prefix)
     return cls(**kwargs)
 
 
@@ -271,8 +307,15 @@ def _convert(tp: Any, value: Any, key: str, ctx: _Ctx, meta: typing.Mapping[str,
     if origin is tuple:
         if not isinstance(value, list):
             ctx.fail(key, f"expected a list, got {_tname(value)}")
-        item_tp = args[0]
-        return tuple(_convert(item_tp, v, f"{key}[{i}]", ctx, meta) for i, v in enumerate(value))
+        item_tp, items, bad = args[0], [], False
+        for i, v in enumerate(value):
+            try:
+                items.append(_convert(item_tp, v, f"{key}[{i}]", ctx, meta))
+            except _Bad:
+                bad = True
+        if bad:
+            raise _Bad(key)
+        return tuple(items)
     if tp is Path:
         if not isinstance(value, str) or not value:
             ctx.fail(key, f"expected a path string, got {_tname(value)}")
@@ -280,12 +323,16 @@ def _convert(tp: Any, value: Any, key: str, ctx: _Ctx, meta: typing.Mapping[str,
         if not p.is_absolute():
             p = ctx.base / p
         ex = meta.get("exists") if ctx.check_files else None
-        if ex == "file" and not p.is_file():
-            ctx.fail(key, f"file {value} does not exist (looked in {p.parent.name}/)", "fix the path or create the file")
-        if ex == "dir" and not p.is_dir():
-            ctx.fail(key, f"folder {value} does not exist", "fix the path or copy the bundle there")
-        if ex == "parent" and not p.parent.is_dir():
-            ctx.fail(key, f"folder for {value} does not exist", "create it or change the path")
+        missing = ((ex == "file" and not p.is_file()) or (ex == "dir" and not p.is_dir())
+                   or (ex == "parent" and not p.parent.is_dir()))
+        if missing:  # reported, but the profile is still built so every other check runs too
+            ctx.missing_files += 1
+            if ex == "file":
+                ctx.report(key, f"file {value} does not exist (looked in {p.parent.name}/)", "fix the path or create the file")
+            elif ex == "dir":
+                ctx.report(key, f"folder {value} does not exist", "fix the path or copy the bundle there")
+            else:
+                ctx.report(key, f"folder for {value} does not exist", "create it or change the path")
         return p
     if tp is bool:
         if not isinstance(value, bool):
@@ -324,62 +371,152 @@ def _tname(v: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "text", bool: "true/false"}.get(type(v), type(v).__name__)
 
 
-def _cross_checks(cfg: Config, path: Path, check_files: bool = True) -> None:
-    ctx = _Ctx(path, path.parent, check_files)
+def _cross_checks(cfg: Config, ctx: _Ctx) -> None:
+    """Relations between keys (reported, never raised: the caller collects every problem)."""
+    check_files, r = ctx.check_files, ctx.report
     if cfg.schema_version != SCHEMA_VERSION:
-        ctx.fail("schema_version", f"{cfg.schema_version} is not supported", f"this medge reads version {SCHEMA_VERSION}")
+        r("schema_version", f"{cfg.schema_version} is not supported", f"this medge reads version {SCHEMA_VERSION}")
     if not cfg.models:
-        ctx.fail("models", "at least one model is required")
+        r("models", "at least one model is required")
     if not cfg.sources:
-        ctx.fail("sources", "at least one source is required")
+        r("sources", "at least one source is required")
     from edge.inference.backends import PROVIDERS  # registries import this module: import them late
     from edge.sources import SOURCE_KINDS
 
     names = [m.name for m in cfg.models]
     for i, m in enumerate(cfg.models):
         if names.count(m.name) > 1:
-            ctx.fail(f"models[{i}].name", f"duplicate model name {m.name!r}")
+            r(f"models[{i}].name", f"duplicate model name {m.name!r}")
         for j, p in enumerate(m.providers):
             if p not in PROVIDERS:
-                ctx.fail(f"models[{i}].providers[{j}]", f"{p!r} is not a known provider", "use " + ", ".join(PROVIDERS))
+                r(f"models[{i}].providers[{j}]", f"{p!r} is not a known provider", "use " + ", ".join(PROVIDERS))
         if m.require_signature and not cfg.trusted_keys:
-            ctx.fail(f"models[{i}].require_signature", "is true but trusted_keys is empty",
-                     "list the Ed25519 public key(s) bundles are signed with, or set require_signature: false")
+            r(f"models[{i}].require_signature", "is true but trusted_keys is empty",
+              "list the Ed25519 public key(s) bundles are signed with, or set require_signature: false")
     for j, k in enumerate(cfg.trusted_keys):
         if check_files and not k.is_file():
-            ctx.fail(f"trusted_keys[{j}]", f"public key file {k.name} does not exist", "fix the path")
+            ctx.missing_files += 1
+            r(f"trusted_keys[{j}]", f"public key file {k.name} does not exist", "fix the path")
     snames = [s.name for s in cfg.sources]
-    ports = {}
+    ports: dict[int, str] = {}
     for i, s in enumerate(cfg.sources):
         key = f"sources[{i}]"
         if snames.count(s.name) > 1:
-            ctx.fail(f"{key}.name", f"duplicate source name {s.name!r}")
+            r(f"{key}.name", f"duplicate source name {s.name!r}")
+        if s.model not in names:
+            r(f"{key}.model", f"no model named {s.model!r}", "use one of " + ", ".join(names))
         kind = SOURCE_KINDS.get(s.kind)
         if kind is None:
-            ctx.fail(f"{key}.kind", f"{s.kind!r} is not allowed", "use one of " + ", ".join(SOURCE_KINDS))
-        if s.model not in names:
-            ctx.fail(f"{key}.model", f"no model named {s.model!r}", "use one of " + ", ".join(names))
+            r(f"{key}.kind", f"{s.kind!r} is not allowed", "use one of " + ", ".join(SOURCE_KINDS))
+            continue
         for sub, problem, fix in kind.check(s, check_files):
-            ctx.fail(f"{key}.{sub}" if sub else key, problem, fix)
+            r(f"{key}.{sub}" if sub else key, problem, fix)
         if kind.listens:
             if s.port in ports:
-                ctx.fail(f"{key}.port", f"port {s.port} is already used by source {ports[s.port]!r}")
+                r(f"{key}.port", f"port {s.port} is already used by source {ports[s.port]!r}")
             ports[s.port] = s.name
     sy = cfg.sync
     if sy.enabled:
         if not (sy.broker.startswith("mqtt://") or sy.broker.startswith("mqtts://")):
-            ctx.fail("sync.broker", f"{sy.broker!r} is not an MQTT URL", "use mqtt://host:port or mqtts://host:port")
+            r("sync.broker", f"{sy.broker!r} is not an MQTT URL", "use mqtt://host:port or mqtts://host:port")
         if (sy.cert_file is None) != (sy.key_file is None):
-            ctx.fail("sync.cert_file", "client certificate and key must be given together", "set both cert_file and key_file")
+            r("sync.cert_file", "client certificate and key must be given together", "set both cert_file and key_file")
         if sy.broker.startswith("mqtts://") and sy.ca_file is None:
-            ctx.fail("sync.ca_file", "mqtts:// needs the broker's CA certificate", "set ca_file")
+            r("sync.ca_file", "mqtts:// needs the broker's CA certificate", "set ca_file")
         if sy.backoff_min_s > sy.backoff_max_s:
-            ctx.fail("sync.backoff_min_s", "is larger than backoff_max_s")
+            r("sync.backoff_min_s", "is larger than backoff_max_s")
         if sy.hospital_ack_timeout_s > sy.hospital_ack_max_s:
-            ctx.fail("sync.hospital_ack_timeout_s", "is larger than hospital_ack_max_s")
+            r("sync.hospital_ack_timeout_s", "is larger than hospital_ack_max_s")
     lim = cfg.input_limits
     if lim.max_frame_mb > lim.max_object_mb:
-        ctx.fail("input_limits.max_frame_mb", "is larger than max_object_mb")
+        r("input_limits.max_frame_mb", "is larger than max_object_mb")
     p = cfg.pipeline
     if p.metrics_port is not None and p.metrics_port in ports:
-        ctx.fail("pipeline.metrics_port", f"port {p.metrics_port} is already used by source {ports[p.metrics_port]!r}")
+        r("pipeline.metrics_port", f"port {p.metrics_port} is already used by source {ports[p.metrics_port]!r}")
+    if p.on_frames > p.smoothing_window:
+        r("pipeline.on_frames", f"{p.on_frames} is larger than smoothing_window {p.smoothing_window}: no event could "
+          "ever start", "use on_frames <= smoothing_window")
+
+
+def _start_checks(cfg: Config, ctx: _Ctx) -> None:
+    """What `medge run` would refuse at start, checked here so `config check` refuses it first."""
+    from edge.errors import ConfigError as _CE
+    from edge.link.topics import check_level
+
+    for key, value in (("device.id", cfg.device.id), ("device.site", cfg.device.site),
+                       ("sync.topic_prefix", cfg.sync.topic_prefix)):
+        try:
+            check_level(key, value, str(ctx.file))
+        except _CE as e:
+            ctx.problems.append(str(e))
+    sy = cfg.sync
+    if sy.enabled:
+        from edge.link.mqtt import parse_broker_url
+
+        try:
+            if sy.broker.startswith(("mqtt://", "mqtts://")):  # else already reported
+                parse_broker_url(sy.broker)
+        except _CE as e:
+            ctx.report("sync.broker", str(e))
+        if ctx.check_files:
+            if sy.password_file is not None and not _readable(sy.password_file):
+                ctx.report("sync.password_file", f"{sy.password_file} cannot be read by this user", "fix its permissions")
+            why = _tls_problem(sy.ca_file, sy.cert_file, sy.key_file)
+            if why:
+                ctx.report("sync.cert_file" if "certificate/key" in why else "sync.ca_file", why)
+    if ctx.check_files:
+        why = _unwritable(cfg.data_dir)
+        if why:
+            ctx.report("data_dir", why, "create it for the medge user, or point data_dir elsewhere")
+
+
+def warnings_for(cfg: Config) -> list[str]:
+    """What is allowed but risky; `config check` prints these and the daemon logs them at start."""
+    out = []
+    if cfg.sync.enabled and cfg.sync.broker.startswith("mqtt://"):
+        out.append(f"{cfg.source_file or 'profile'}: sync.broker: {cfg.sync.broker} is plain MQTT: findings cross the "
+                   "network unencrypted and the broker cannot tell this device from any other; use mqtts:// with a "
+                   "client certificate outside a lab")
+    if cfg.sync.enabled and cfg.sync.ack_mode == "broker":
+        out.append(f"{cfg.source_file or 'profile'}: sync.ack_mode: broker: a finding leaves the outbox on the broker's "
+                   "PUBACK, not when the hospital has stored it")
+    return out
+
+
+def _readable(p: Path) -> bool:
+    try:
+        with open(p, "rb"):
+            return True
+    except OSError:
+        return False
+
+
+def _tls_problem(ca: Path | None, cert: Path | None, key: Path | None) -> str | None:
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if ca is not None and ca.is_file():
+            ctx.load_verify_locations(str(ca))
+    except (ssl.SSLError, OSError) as e:
+        return f"{ca}: not a usable CA certificate ({getattr(e, 'reason', None) or e})"
+    try:
+        if cert is not None and key is not None and cert.is_file() and key.is_file():
+            ctx.load_cert_chain(str(cert), str(key))
+    except (ssl.SSLError, OSError) as e:
+        return f"{cert} / {key}: not a matching client certificate/key pair ({getattr(e, 'reason', None) or e})"
+    return None
+
+
+def _unwritable(d: Path) -> str | None:
+    import os
+
+    probe = d
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{d}: {probe} is not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{d}: {'folder is' if probe == d else f'cannot be created ({probe} is'} not writable by this user" + \
+            ("" if probe == d else ")")
+    return None

@@ -12,7 +12,11 @@ class MedgeError(Exception):
 
 
 class ConfigError(MedgeError):
-    """A firmware profile is invalid; nothing is started."""
+    """A firmware profile is invalid; nothing is started. Carries every problem found, one line each."""
+
+    def __init__(self, problems: str | list[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
 
 
 class BundleError(MedgeError):

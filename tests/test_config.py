@@ -87,10 +87,60 @@ def test_broken_profiles_refused_with_key_path(tmp_path, mutate, expect):
     p = _write(tmp_path, data)
     with pytest.raises(ConfigError) as ei:
         load_config(p)
-    msg = str(ei.value)
-    assert "\n" not in msg
-    assert msg.startswith(f"{p}: ")
-    assert expect in msg
+    first, *rest = ei.value.problems
+    assert all("\n" not in line and line.startswith(f"{p}: ") for line in ei.value.problems)
+    assert expect in first
+    assert not rest or rest == [f"{p}: files the profile names are missing here; checking a device's profile on a "
+                                "workstation? use 'medge config check --structure-only'"]
+
+
+def test_every_problem_in_one_pass_including_what_run_would_refuse(tmp_path):
+    """What config check passes, run accepts: topic levels, TLS and password files, the data folder."""
+    data = _base(tmp_path)
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    data.update(device={"id": "amb 7/unit+b", "site": ""}, data_dir=str(tmp_path / "junk.pem" / "data"),
+                pipeline={"on_frames": 9, "smoothing_window": 5, "queue_depth": "many"},
+                sync={"enabled": True, "broker": "mqtts://user:pw@h:8883", "ca_file": "junk.pem"})
+    data["models"][0].update(intra_op_threads=0, warmup_runs=-1)
+    p = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    lines = ei.value.problems
+    text = "\n".join(lines)
+    for want in ("models[0].intra_op_threads: 0 is too small", "models[0].warmup_runs: -1 is too small",
+                 "pipeline.queue_depth: expected a whole number, got 'many'"):
+        assert want in text, text
+    assert len(lines) == 3  # the structure is wrong: relations and start checks wait for a profile that builds
+    data["models"][0].update(intra_op_threads=1, warmup_runs=1)
+    data["pipeline"].pop("queue_depth")
+    p = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    text = "\n".join(ei.value.problems)
+    for want in ("device.id: 'amb 7/unit+b' cannot be part of an MQTT topic", "device.site: '' cannot be part of an MQTT topic",
+                 "pipeline.on_frames: 9 is larger than smoothing_window 5", "sync.broker: broker URL must not contain credentials",
+                 "junk.pem: not a usable CA certificate", "junk.pem is not a folder"):
+        assert want in text, text
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "config", "check", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == len(ei.value.problems)
+    assert all(ln.startswith("medge: error: ") for ln in r.stderr.strip().splitlines())
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(p)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and r.stderr == subprocess.run(
+        [sys.executable, "-m", "edge.cli", "config", "check", str(p)], capture_output=True, text=True).stderr
+
+
+def test_missing_device_files_suggest_structure_only(tmp_path):
+    data = _base(tmp_path)
+    data["models"][0]["bundle"] = "/opt/medge/bundles/nope"
+    data["trusted_keys"] = ["/etc/medge/keys/nope.pem"]
+    p = _write(tmp_path, data)
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "config", "check", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2 and "use 'medge config check --structure-only'" in r.stderr.splitlines()[-1]
+    assert "models[0].bundle" in r.stderr and "trusted_keys[0]" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "config", "check", "--structure-only", str(p)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 def test_invalid_yaml_names_line(tmp_path):
