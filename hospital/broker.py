@@ -15,7 +15,7 @@ can make up for it:
   receivers read findings only through the shared group and publish acknowledgements; monitors read
   everything but may not join a shared group; every identity not listed is refused everything.
 
-``medge broker-config FLEET.yaml --out DIR`` writes ``mosquitto.conf`` and ``dynamic-security.json``
+``medge hospital broker-config FLEET.yaml --out DIR`` writes ``mosquitto.conf`` and ``dynamic-security.json``
 (deploy/mosquitto/ holds an example inventory and its output). The test suite's broker is rendered by
 the same functions, so the fault matrix runs against exactly this configuration.
 """

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import socket
 import sqlite3
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,7 @@ from hospital.store import FindingStore, Received, Rejected, open_store
 log = logging.getLogger("medge.receive")
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
+SESSION_EXPIRY_DEFAULT_ID_S = 300  # a per-process id is never resumed: do not leave its session queueing for a week
 RECEIVE_MAXIMUM = 1000
 BATCH = 500
 BATCH_WAIT_S = 0.02
@@ -114,7 +117,10 @@ class ReceiverConfig:
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
-    client_id: str | None = None  # default: medge-receiver-<host name>
+    # default: medge-receiver-<host>-<pid>-<random>, unique per receiver, so two receivers on one host (or
+    # in one process) never take each other's session; such a session expires SESSION_EXPIRY_DEFAULT_ID_S after the process ends.
+    # A fixed --client-id (or the broker's certificate identity) keeps its session for a week.
+    client_id: str | None = None
     backoff_min_s: float = 0.5
     # short on purpose: while a receiver is away after a broker restart, its shared subscription may be
     # missing and devices wait longer for their acknowledgements
@@ -131,7 +137,8 @@ class Receiver:
         self.url = parse_broker_url(cfg.broker)
         self.filter = shared(cfg.group, cfg.topic)
         self.ca_file, self.cert_file, self.key_file = cfg.ca_file, cfg.cert_file, cfg.key_file
-        self.client_id = cfg.client_id or f"medge-receiver-{socket.gethostname()}"
+        self.client_id = cfg.client_id or f"medge-receiver-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.session_expiry_s = SESSION_EXPIRY_S if cfg.client_id else SESSION_EXPIRY_DEFAULT_ID_S
         self.db = cfg.db
         self.store: FindingStore | None = None  # opened in run(): connections belong to the thread using them
         self.stats = ReceiverStats()
@@ -151,7 +158,9 @@ class Receiver:
                     stop.wait(self.backoff.next())
         finally:
             self.store.close()
-            log.info("receiver stopped: %s", self.stats)
+            st = self.stats
+            log.info("receiver stopped: received %d, stored %d, duplicates %d, rejected %d, acknowledgements %d",
+                     st.received, st.stored, st.duplicates, st.rejected, st.acks_published)
 
     def _session(self, stop: threading.Event) -> bool:
         self._connected, self._refused, self._pending = False, None, []
@@ -161,7 +170,7 @@ class Receiver:
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.SessionExpiryInterval = self.session_expiry_s
         props.ReceiveMaximum = RECEIVE_MAXIMUM
         try:
             c.connect(self.url.host, self.url.port, keepalive=30, clean_start=False, properties=props)
@@ -259,6 +268,9 @@ def run_receiver(cfg: ReceiverConfig, max_seconds: float | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     rx = Receiver(cfg)
+    if not rx.url.tls:
+        log.warning("receiver: %s is plain MQTT: findings arrive unencrypted and the broker cannot tell this receiver "
+                    "from anyone else; use mqtts:// with a client certificate outside a lab", rx.url)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -6,10 +6,11 @@ SQLite (WAL, synchronous=FULL) by default; PostgreSQL by URL for hospitals that 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from edge.errors import ConfigError
 
@@ -37,16 +38,52 @@ class Rejected:
 class FindingStore(Protocol):
     def add(self, rows: list[Received], rejected: list[Rejected]) -> int: ...  # one commit; returns new rows
     def count(self) -> int: ...
+    def recent(self, n: int = 50) -> list[StoredFinding]: ...
+    def get(self, finding_id: str) -> StoredFinding | None: ...
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class StoredFinding:
+    """A finding as the hospital holds it: where it came from, when it arrived, the finding itself."""
+
+    finding_id: str
+    site: str
+    device_id: str
+    priority: str
+    received_at: str
+    finding: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"finding_id": self.finding_id, "site": self.site, "device_id": self.device_id,
+                "priority": self.priority, "received_at": str(self.received_at), "finding": self.finding}
+
+    def describe(self) -> str:
+        f = self.finding
+        m = f.get("model") or {}
+        review = " NEEDS REVIEW" if f.get("needs_review") else ""
+        conf = f.get("confidence")
+        return (f"{self.received_at}  {self.priority:<7}  {f.get('label', '?')}  "
+                f"{'-' if conf is None else f'{float(conf):.2f}'}  {f.get('modality', '?')}{review}  "
+                f"{self.site}/{self.device_id}  ({m.get('name', '?')} {m.get('version', '?')})  {self.finding_id}")
+
+
+def _stored(row: tuple) -> StoredFinding:
+    fid, site, device, prio, received, payload = row
+    return StoredFinding(fid, site, device, prio, str(received), payload if isinstance(payload, dict) else json.loads(payload))
 
 
 class SqliteStore:
     """Findings in a local SQLite file (WAL, synchronous=FULL), finding_id as the primary key."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, create: bool = True) -> None:
         self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise ConfigError(f"{self.path}: no receiver database here; check the --db path")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.parent.is_dir():
+                raise ConfigError(f"{self.path}: folder {self.path.parent} does not exist; create it (the receiver does "
+                                  "not guess where the hospital keeps its database)")
             self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
@@ -76,6 +113,16 @@ class SqliteStore:
 
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM findings").fetchone()[0])
+
+    def recent(self, n: int = 50) -> list[StoredFinding]:
+        return [_stored(r) for r in self.db.execute(
+            "SELECT finding_id, site, device_id, priority, received_at, payload FROM findings"
+            " ORDER BY received_at DESC, rowid DESC LIMIT ?", (n,))]
+
+    def get(self, finding_id: str) -> StoredFinding | None:
+        row = self.db.execute("SELECT finding_id, site, device_id, priority, received_at, payload FROM findings"
+                              " WHERE finding_id = ?", (finding_id,)).fetchone()
+        return _stored(row) if row else None
 
     def close(self) -> None:
         self.db.close()
@@ -116,11 +163,22 @@ class PostgresStore:
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM medge_findings").fetchone()[0])
 
+    def recent(self, n: int = 50) -> list[StoredFinding]:
+        return [_stored(r) for r in self.db.execute(
+            "SELECT finding_id, site, device_id, priority, received_at, payload FROM medge_findings"
+            " ORDER BY received_at DESC LIMIT %s", (n,))]
+
+    def get(self, finding_id: str) -> StoredFinding | None:
+        row = self.db.execute("SELECT finding_id, site, device_id, priority, received_at, payload FROM medge_findings"
+                              " WHERE finding_id = %s", (finding_id,)).fetchone()
+        return _stored(row) if row else None
+
     def close(self) -> None:
         self.db.close()
 
 
-def open_store(db: str) -> FindingStore:
+def open_store(db: str, create: bool = True) -> FindingStore:
+    """``create=False`` for commands that only look (a typo in --db must not make a new, empty database)."""
     if db.startswith(("postgresql://", "postgres://")):
         return PostgresStore(db)
-    return SqliteStore(db)
+    return SqliteStore(db, create=create)

@@ -222,7 +222,7 @@ def check_broker_identity(cfg, timeout: float = 5.0) -> list[Check]:
                 out.append(Check(WARN, "broker identity", f"the broker accepted client id {ids[0]} from this device's "
                                  "certificate: any certificate holder can take over another client's session, the "
                                  "receiver's included; set use_identity_as_username and use_username_as_clientid "
-                                 "(medge broker-config renders a broker configuration that does)"))
+                                 "(medge hospital broker-config renders a broker configuration that does)"))
             group = shared(DEFAULT_GROUP, findings_filter(sc.topic_prefix))
             b.c.subscribe(group, qos=1)
             b.run(timeout, until=lambda: b.suback is not None)
@@ -235,7 +235,7 @@ def check_broker_identity(cfg, timeout: float = 5.0) -> list[Check]:
                 b.run(1.0)
                 out.append(Check(WARN, "broker ACL", f"the broker let this device subscribe to {group}: a device could "
                                  "take findings meant for the receivers; use an ACL that checks subscriptions (mosquitto: "
-                                 "the dynamic-security plugin, see medge broker-config)"))
+                                 "the dynamic-security plugin, see medge hospital broker-config)"))
             return out
         except OSError as e:
             from edge.link.mqtt import describe_error

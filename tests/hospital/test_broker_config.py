@@ -32,7 +32,7 @@ def test_the_committed_example_is_what_broker_config_renders(tmp_path):
 
     from edge.cli import app
 
-    r = CliRunner().invoke(app, ["broker-config", str(EXAMPLE / "fleet.example.yaml"), "--out", str(tmp_path)])
+    r = CliRunner().invoke(app, ["hospital", "broker-config", str(EXAMPLE / "fleet.example.yaml"), "--out", str(tmp_path)])
     assert r.exit_code == 0 and "3 device(s), 2 receiver(s)" in r.output
     assert (tmp_path / "dynamic-security.json").stat().st_mode & 0o777 == 0o640
 
