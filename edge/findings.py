@@ -63,6 +63,28 @@ class Finding:
         if not 0.0 <= float(self.confidence) <= 1.0:
             raise ValueError(f"confidence must be in [0, 1], got {self.confidence}")
 
+    def describe(self) -> str:
+        """One line an operator reads: priority, label, confidence, modality, review flag, measurements,
+        frames, where it came from and the exact model."""
+        parts = [f"[{self.priority}]", self.label, f"{self.confidence:.2f}", self.modality]
+        if self.needs_review:
+            parts.append("NEEDS REVIEW")
+        m = self.measurements
+        if "area_mm2" in m:
+            parts.append(f"area {m['area_mm2']:.1f} mm²")
+        elif "area_px" in m:
+            parts.append(f"area {m['area_px']:.0f} px (no pixel spacing)")
+        if "count" in m:
+            parts.append(f"{int(m['count'])} box(es)")
+        if self.frame_range:
+            parts.append(f"frames {self.frame_range[0]}-{self.frame_range[1]}")
+        elif self.frame_index is not None:
+            parts.append(f"frame {self.frame_index}")
+        if self.latency_ms is not None:
+            parts.append(f"latency {self.latency_ms:.1f} ms")
+        parts.append(f"({self.source or '-'}, {self.model.name} {self.model.version} {self.model.variant})")
+        return "  ".join(parts)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if d["frame_range"] is not None:

@@ -8,26 +8,7 @@ from edge.findings import Finding
 
 
 def finding_line(f: Finding, new: bool = True) -> str:
-    parts = [f"[{f.priority}]", f.label, f"{f.confidence:.2f}"]
-    if f.needs_review:
-        parts.append("NEEDS REVIEW")
-    m = f.measurements
-    if "area_mm2" in m:
-        parts.append(f"area {m['area_mm2']:.1f} mm²")
-    elif "area_px" in m:
-        parts.append(f"area {m['area_px']:.0f} px (no pixel spacing)")
-    if "count" in m:
-        parts.append(f"{int(m['count'])} box(es)")
-    if f.frame_range:
-        parts.append(f"frames {f.frame_range[0]}-{f.frame_range[1]}")
-    elif f.frame_index is not None:
-        parts.append(f"frame {f.frame_index}")
-    if f.latency_ms is not None:
-        parts.append(f"latency {f.latency_ms:.1f} ms")
-    parts.append(f"({f.source or '-'}, {f.model.name} {f.model.version} {f.model.variant})")
-    if not new:
-        parts.append("[duplicate: already in the outbox]")
-    return "  ".join(parts)
+    return f.describe() + ("" if new else "  [duplicate: already in the outbox]")
 
 
 def summary_line(snap: dict[str, Any], wall_s: float) -> str:

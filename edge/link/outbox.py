@@ -50,7 +50,11 @@ log = logging.getLogger("medge.outbox")
 
 PENDING, IN_FLIGHT, DELIVERED, AT_BROKER = 0, 1, 2, 3  # DELIVERED: acknowledged by the hospital's store
 STATE_NAMES = {PENDING: "pending", IN_FLIGHT: "in-flight", AT_BROKER: "at-broker", DELIVERED: "acknowledged"}
-SCHEMA_VERSION = 2  # 1: no at-broker state (PUBACK meant delivered); 2: end-to-end acknowledgements
+# 1: no at-broker state (PUBACK meant delivered); 2: end-to-end acknowledgements; 3: a summary of each
+# finding kept after its payload is dropped (what `medge findings list` shows)
+SCHEMA_VERSION = 3
+SUMMARY_COLUMNS = {"label": "TEXT", "modality": "TEXT", "confidence": "REAL", "needs_review": "INTEGER",
+                   "model": "TEXT", "acquired_at": "TEXT", "source": "TEXT"}
 PRIO_RANK = {p: i for i, p in enumerate(PRIORITIES)}  # urgent=0, routine=1, low=2
 # Fraction of each lease batch kept for lower priorities when they have work waiting: urgent still
 # gets most of the link, but a routine/low backlog always moves.
@@ -98,6 +102,44 @@ class OutboxItem:
         age = max(0.0, time.time() - self.created_at)
         return (f"{self.finding_id}  {self.priority:<7}  {self.state:<9}  age {_fmt_age(age):>7}  "
                 f"attempts {self.attempts}  {self.size} B")
+
+
+@dataclass(frozen=True)
+class FindingRow:
+    """What `medge findings list` shows for one finding, delivered or not."""
+
+    finding_id: str
+    priority: str
+    state: str
+    created_at: float
+    delivered_at: float | None
+    attempts: int
+    payload_held: bool
+    label: str | None  # None: stored by a medge before outbox schema 3
+    modality: str | None
+    confidence: float | None
+    needs_review: bool | None
+    model: str | None
+    acquired_at: str | None
+    source: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["created_at"] = _iso(self.created_at)
+        d["delivered_at"] = _iso(self.delivered_at) if self.delivered_at else None
+        return d
+
+    def describe(self) -> str:
+        review = " NEEDS REVIEW" if self.needs_review else ""
+        conf = "-" if self.confidence is None else f"{self.confidence:.2f}"
+        return (f"{_iso(self.created_at)}  {self.priority:<7}  {self.label or '?'}  {conf}  {self.modality or '?'}{review}  "
+                f"{self.state}  ({self.source or '-'}, {self.model or '?'})  {self.finding_id}")
+
+
+def _iso(epoch: float) -> str:
+    from edge.findings import iso_utc
+
+    return iso_utc(epoch, timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -169,8 +211,14 @@ class Outbox:
     """One thread's handle on the outbox file. Open one per thread; close it (or use ``with``)."""
 
     def __init__(self, path: Path | str, quota_bytes: int = 512 * 1024 * 1024,
-                 ttl_s: Mapping[str, float] | None = None, busy_timeout_s: float = 30.0) -> None:
+                 ttl_s: Mapping[str, float] | None = None, busy_timeout_s: float = 30.0, create: bool = True) -> None:
+        """``create=False``: only open an outbox that exists (commands that look must not make one; an empty
+        new outbox on a device would hide a typo in the profile)."""
         self.path = Path(path)
+        if not create and not self.path.is_file():
+            where = "its folder does not exist either" if not self.path.parent.is_dir() else "the folder exists"
+            raise OutboxError(f"{self.path}: no outbox here ({where}); has medge run with this profile and data_dir? "
+                              "check data_dir / outbox.path")
         self.quota_bytes = int(quota_bytes)
         self.ttl_s = dict(DEFAULT_TTL_S)
         if ttl_s:
@@ -218,6 +266,9 @@ class Outbox:
             cols = {r[1] for r in self._db.execute("PRAGMA table_info(findings)")}
             if "due_at" not in cols:  # schema 1 file: add the acknowledgement deadline
                 self._db.execute("ALTER TABLE findings ADD COLUMN due_at REAL")
+            for name, kind in SUMMARY_COLUMNS.items():  # schema < 3: add the summary (NULL for older rows)
+                if name not in cols:
+                    self._db.execute(f"ALTER TABLE findings ADD COLUMN {name} {kind}")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._db.executemany("INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", [(c,) for c in COUNTERS])
             self._db.execute("COMMIT")
@@ -226,10 +277,11 @@ class Outbox:
             raise
 
     @classmethod
-    def from_config(cls, cfg: Any) -> Outbox:
+    def from_config(cls, cfg: Any, create: bool = True) -> Outbox:
         ttl = cfg.outbox.ttl_hours
         return cls(cfg.outbox_path, quota_bytes=int(cfg.outbox.quota_mb * 1024 * 1024),
-                   ttl_s={"urgent": ttl.urgent * 3600, "routine": ttl.routine * 3600, "low": ttl.low * 3600})
+                   ttl_s={"urgent": ttl.urgent * 3600, "routine": ttl.routine * 3600, "low": ttl.low * 3600},
+                   create=create)
 
     # ------------------------------------------------------------------------------------- plumbing
     def _tx(self) -> _Tx:
@@ -271,13 +323,15 @@ class Outbox:
         for f in findings:
             payload = f.to_json().encode()
             rows.append((f.finding_id, PRIO_RANK[f.priority], payload, len(payload), now,
-                         now + self.ttl_s[f.priority]))
+                         now + self.ttl_s[f.priority],
+                         (f.label, f.modality, float(f.confidence), int(bool(f.needs_review)),
+                          f"{f.model.name} {f.model.version} {f.model.variant}", f.acquired_at, f.source)))
         if not rows:
             return []
         stored: list[bool] = []
         with self._tx():
             pending_bytes = self._counter("pending_bytes")
-            for fid, prio, payload, size, created, expires in rows:
+            for fid, prio, payload, size, created, expires, summary in rows:
                 if pending_bytes + size > self.quota_bytes:
                     pending_bytes -= self._evict_low(pending_bytes + size - self.quota_bytes, fid)
                     if pending_bytes + size > self.quota_bytes:
@@ -294,8 +348,9 @@ class Outbox:
                 else:
                     accepted_over = False
                 cur = self._db.execute(
-                    "INSERT OR IGNORE INTO findings(finding_id, priority, payload, size, created_at, expires_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)", (fid, prio, payload, size, created, expires))
+                    "INSERT OR IGNORE INTO findings(finding_id, priority, payload, size, created_at, expires_at, "
+                    + ", ".join(SUMMARY_COLUMNS) + ") VALUES (?, ?, ?, ?, ?, ?" + ", ?" * len(SUMMARY_COLUMNS) + ")",
+                    (fid, prio, payload, size, created, expires, *summary))
                 stored.append(cur.rowcount == 1)
                 if cur.rowcount == 1:
                     pending_bytes += size
@@ -438,6 +493,22 @@ class Outbox:
         row = self._db.execute("SELECT finding_id, priority, state, payload, size, created_at, expires_at, attempts"
                                " FROM findings WHERE finding_id=?", (finding_id,)).fetchone()
         return _item(row) if row else None
+
+    def list_findings(self, n: int = 50, states: tuple[str, ...] | None = None) -> list[FindingRow]:
+        """The newest findings with their delivery state (summaries survive the payload)."""
+        where, args = "", []
+        if states:
+            codes = [k for k, v in STATE_NAMES.items() if v in states]
+            where = f" WHERE state IN ({', '.join('?' * len(codes))})"
+            args = codes
+        rows = self._db.execute(
+            "SELECT finding_id, priority, state, created_at, delivered_at, attempts, payload IS NOT NULL, "
+            + ", ".join(SUMMARY_COLUMNS) + f" FROM findings{where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            (*args, n)).fetchall()
+        return [FindingRow(fid, PRIORITIES[prio], STATE_NAMES[state], float(created), delivered, int(attempts), bool(held),
+                           label, modality, confidence, None if review is None else bool(review), model, acquired, source)
+                for fid, prio, state, created, delivered, attempts, held, label, modality, confidence, review, model,
+                acquired, source in rows]
 
     def list_pending(self, n: int = 50) -> list[OutboxItem]:
         rows = self._db.execute(

@@ -31,12 +31,9 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -502,39 +499,40 @@ class SyncClient:
         self._client.publish(self.topics.telemetry, json.dumps(doc, default=str), qos=0, retain=False)
 
 
-# ----------------------------------------------------------------------------- process entry point
-def main(argv: list[str] | None = None) -> int:
-    """``python -m edge.link.sync --config X``: a sync-only process (tests kill it; field tools drain with it)."""
-    from edge.config import load_config
+# ---------------------------------------------------------------------------------- flushing the outbox
+def wait_acknowledged(cfg: Config, timeout_s: float, stop: threading.Event | None = None):
+    """Poll the outbox until the hospital has acknowledged everything or ``timeout_s`` passes; the status."""
+    end = time.monotonic() + timeout_s
+    with Outbox.from_config(cfg, create=False) as ob:
+        st = ob.status()
+        while st.depth and time.monotonic() < end and not (stop is not None and stop.is_set()):
+            time.sleep(0.2)
+            st = ob.status()
+    return st
 
-    ap = argparse.ArgumentParser(prog="python -m edge.link.sync")
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--data-dir")
-    ap.add_argument("--max-seconds", type=float)
-    ap.add_argument("--until-drained", action="store_true", help="exit 0 once the outbox is empty")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg = load_config(a.config, data_dir=Path(a.data_dir) if a.data_dir else None)
-        sync = SyncClient(cfg)
-    except MedgeError as e:
-        print(f"medge: error: {e}", file=sys.stderr, flush=True)
-        return 2
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+def pending_line(st, waited_s: float | None = None) -> str:
+    """How many findings the hospital does not have yet, in words an operator acts on."""
+    waited = f" after {waited_s:.0f} s" if waited_s is not None else ""
+    return (f"{st.depth} finding(s) not acknowledged by the hospital yet{waited} ({sum(st.pending.values())} pending, "
+            f"{st.in_flight} in flight, {st.at_broker} at the broker); they stay in the outbox and are sent when the "
+            "link is back ('medge outbox status' shows them)")
+
+
+def flush(cfg: Config, timeout_s: float) -> tuple[int, str]:
+    """`medge sync --once`: connect, send what the outbox holds, wait for the hospital's acknowledgements.
+    Returns (findings left, one line for the operator)."""
+    with Outbox.from_config(cfg, create=False) as ob:
+        before = ob.depth()
+    if before == 0:
+        return 0, "the outbox is empty: the hospital has every finding"
+    sync = SyncClient(cfg)
     sync.start()
-    end = time.monotonic() + a.max_seconds if a.max_seconds else None
-    code = 0
-    with Outbox.from_config(cfg) as ob:
-        while not stop.wait(0.2):
-            if end and time.monotonic() > end:
-                code = 1 if ob.depth() else 0
-                break
-            if a.until_drained and ob.depth() == 0:
-                break
-    sync.stop(10)
-    return code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        st = wait_acknowledged(cfg, timeout_s)
+    finally:
+        sync.stop(10)
+    if st.depth == 0:
+        return 0, f"all {before} finding(s) acknowledged by the hospital"
+    last = sync.stats().last_error
+    return st.depth, pending_line(st, timeout_s) + (f"; last link error: {last}" if last else "")

@@ -204,6 +204,66 @@ def test_cli_outbox_commands(tmp_path):
     assert "1 expired finding(s) purged" in r.invoke(app, ["outbox", "purge-expired", "-c", str(prof)]).output
 
 
+def _profile(tmp_path, data_dir, bundle="bundle"):
+    (tmp_path / "cine.dcm").write_bytes(b"x")
+    prof = tmp_path / "p.yaml"
+    prof.write_text(yaml.safe_dump({
+        "device": {"id": "d1", "site": "s1"}, "data_dir": str(data_dir),
+        "models": [{"name": "m", "bundle": bundle, "require_signature": False}],
+        "sources": [{"name": "s", "kind": "replay", "path": "cine.dcm", "model": "m"}],
+    }))
+    return prof
+
+
+def test_looking_creates_nothing_and_a_missing_outbox_is_an_error(tmp_path):
+    """On a device a typo in data_dir must not look like an empty, healthy outbox. The bundle need not
+    exist (or verify) to read the outbox."""
+    prof = _profile(tmp_path, tmp_path / "nowhere", bundle="no-such-bundle")
+    r = CliRunner()
+    for cmd in (["outbox", "status"], ["outbox", "list"], ["findings", "list"], ["outbox", "retry"]):
+        res = r.invoke(app, [*cmd, "-c", str(prof)])
+        assert res.exit_code == 2, (cmd, res.output)
+        assert "outbox.sqlite3: no outbox here (its folder does not exist either)" in res.output, res.output
+    assert not (tmp_path / "nowhere").exists()
+    (tmp_path / "nowhere").mkdir()
+    res = r.invoke(app, ["outbox", "status", "-c", str(prof)])
+    assert res.exit_code == 2 and "no outbox here (the folder exists)" in res.output
+    assert list((tmp_path / "nowhere").iterdir()) == []
+    with Outbox(tmp_path / "nowhere" / "outbox.sqlite3") as ob:  # what the daemon makes
+        ob.put(mk(7, "urgent"))
+    res = r.invoke(app, ["outbox", "status", "-c", str(prof)])
+    assert res.exit_code == 0 and "urgent 1" in res.output  # the missing bundle does not matter for reading
+
+
+def test_findings_list_and_show_with_delivery_state(tmp_path):
+    prof = _profile(tmp_path, tmp_path / "data")
+    with Outbox(tmp_path / "data" / "outbox.sqlite3") as ob:
+        ob.put_many([mk(1, "urgent"), mk(2, "routine"), mk(3, "low")])
+        ids = [it.finding_id for it in ob.lease(3)]
+        ob.mark_at_broker_many(ids[:2], 60, 60)
+        ob.mark_delivered_many(ids[:1])
+    r = CliRunner()
+    res = r.invoke(app, ["findings", "list", "-c", str(prof), "--json"])
+    rows = {x["finding_id"]: x for x in __import__("json").loads(res.stdout)}
+    assert res.exit_code == 0 and len(rows) == 3
+    assert rows["f-urgent-000001"]["state"] == "acknowledged" and rows["f-urgent-000001"]["payload_held"] is False
+    assert rows["f-routine-000002"]["state"] == "at-broker" and rows["f-low-000003"]["state"] == "in-flight"
+    assert {x["modality"] for x in rows.values()} == {"US"} and rows["f-low-000003"]["label"] == "x"
+    assert rows["f-low-000003"]["model"] == "m 1 fp32" and rows["f-low-000003"]["needs_review"] is False
+    res = r.invoke(app, ["findings", "list", "-c", str(prof), "--state", "acknowledged"])
+    assert res.exit_code == 0 and "f-urgent-000001" in res.output and "f-low-000003" not in res.output
+    assert "1 finding(s)" in res.output
+    res = r.invoke(app, ["findings", "list", "-c", str(prof), "--state", "lost"])
+    assert res.exit_code == 2 and "use one of pending, in-flight, at-broker, acknowledged" in res.output
+    res = r.invoke(app, ["findings", "show", "f-urgent-000001", "-c", str(prof)])
+    assert res.exit_code == 0 and "the hospital has acknowledged it" in res.output  # the summary outlives the payload
+    res = r.invoke(app, ["findings", "show", "f-low-000003", "-c", str(prof), "--json"])
+    doc = __import__("json").loads(res.stdout)
+    assert doc["state"]["state"] == "in-flight" and doc["finding"]["finding_id"] == "f-low-000003"
+    res = r.invoke(app, ["findings", "show", "nope", "-c", str(prof)])
+    assert res.exit_code == 2 and "finding nope: not in this device's outbox" in res.output
+
+
 def test_end_to_end_states_resend_with_doubling_wait_and_hospital_ack_in_any_state(tmp_path):
     p = tmp_path / "ob.sqlite3"
     with Outbox(p) as ob:
@@ -249,7 +309,7 @@ def test_outbox_from_before_end_to_end_acks_is_upgraded_and_a_newer_one_refused(
     with Outbox(p) as ob:
         (it,) = ob.lease(5)
         assert it.finding_id == "old-1" and ob.mark_at_broker_many(["old-1"], 5, 5) == 1
-        assert ob._db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert ob._db.execute("PRAGMA user_version").fetchone()[0] == 3
     with sqlite3.connect(p) as db:
         db.execute("PRAGMA user_version=99")
     with pytest.raises(OutboxError, match="outbox schema 99 is newer than this medge understands"):

@@ -227,7 +227,7 @@ def test_receiver_stores_rejections_and_acknowledges_them(tmp_path, broker):
     assert all(json.loads(p)["by"] == rx.client_id for p in payloads)
 
 
-def test_sync_process_entry_point_drains_and_exits(tmp_path, broker):
+def test_medge_sync_once_flushes_and_says_what_is_left(tmp_path, broker):
     import subprocess
     import sys
 
@@ -235,13 +235,18 @@ def test_sync_process_entry_point_drains_and_exits(tmp_path, broker):
     with Outbox.from_config(load_config(profile)) as ob:
         ob.put_many(findings("d1", 10))
     db = tmp_path / "rx.sqlite3"
+    cmd = [sys.executable, "-m", "edge.cli", "sync", "--once", "-c", str(profile), "--timeout", "20"]
+    # no receiver: the broker takes them, the hospital never acknowledges
+    r = subprocess.run(cmd[:-1] + ["4"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "10 finding(s) not acknowledged by the hospital yet after 4 s" in r.stdout, r.stdout + r.stderr
+    assert "at the broker" in r.stdout and "they stay in the outbox" in r.stdout
     with ReceiverThread(broker, db):
-        r = subprocess.run([sys.executable, "-m", "edge.link.sync", "--config", str(profile), "--until-drained",
-                            "--max-seconds", "30"], cwd=ROOT, capture_output=True,
-                           text=True, timeout=60)
-        assert r.returncode == 0, r.stdout + r.stderr
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "all 10 finding(s) acknowledged by the hospital" in r.stdout, r.stdout + r.stderr
         wait_for(lambda: len(stored_ids(db)) == 10, 10, "10 findings")
-    bad = subprocess.run([sys.executable, "-m", "edge.link.sync", "--config", str(tmp_path / "nope.yaml")],
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "the outbox is empty" in r.stdout
+    bad = subprocess.run([sys.executable, "-m", "edge.cli", "sync", "--once", "-c", str(tmp_path / "nope.yaml")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "nope.yaml: profile not found" in bad.stderr
 
