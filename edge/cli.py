@@ -26,7 +26,8 @@ class Commands(TyperGroup):
         try:
             return super().invoke(ctx)
         except MedgeError as e:
-            typer.echo(f"medge: error: {e}", err=True)
+            for line in str(e).splitlines() or [type(e).__name__]:
+                typer.echo(f"medge: error: {line}", err=True)
             raise typer.Exit(2) from None
 
 
@@ -41,13 +42,19 @@ app = typer.Typer(
 config_app = typer.Typer(help="Firmware profiles.", no_args_is_help=True, rich_markup_mode=None)
 outbox_app = typer.Typer(help="The durable findings outbox on this device.", no_args_is_help=True,
                          rich_markup_mode=None)
+findings_app = typer.Typer(help="What this device found, and whether the hospital has it.", no_args_is_help=True,
+                           rich_markup_mode=None)
+hospital_app = typer.Typer(help="Hospital side: the broker configuration and the findings the receivers stored.",
+                           no_args_is_help=True, rich_markup_mode=None)
+hospital_findings_app = typer.Typer(help="Findings in the receivers' database.", no_args_is_help=True,
+                                    rich_markup_mode=None)
 app.add_typer(config_app, name="config")
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(findings_app, name="findings")
+app.add_typer(hospital_app, name="hospital")
+hospital_app.add_typer(hospital_findings_app, name="findings")
 
 
-def fail(msg: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"medge: error: {msg}", err=True)
-    return typer.Exit(code)
 
 
 @config_app.command("check")
@@ -58,13 +65,15 @@ def config_check(
     ),
 ) -> None:
     """Validate a profile: unknown keys, types, files, values and bundle signatures."""
-    from edge.config import load_config
+    from edge.config import load_config, warnings_for
     from edge.inference.modelset import verify_models
 
     cfg = load_config(profile, check_files=not structure_only)
     verified = [] if structure_only else verify_models(cfg)
     for line in verified:
         typer.echo(f"  {line}")
+    for w in warnings_for(cfg):
+        typer.echo(f"WARNING: {w}", err=True)
     typer.echo(f"{profile}: OK ({len(cfg.sources)} source(s), {len(cfg.models)} model(s), device {cfg.device.id})")
 
 
@@ -85,7 +94,8 @@ def run(
 
 @app.command()
 def demo(
-    data_dir: Path | None = typer.Option(None, help="where the demo keeps its outbox (default: a new temp folder)"),
+    data_dir: Path | None = typer.Option(None, help="where the demo keeps its outbox (default: the demo profile's, "
+                                         "~/.local/share/medge/demo, started afresh each run)"),
 ) -> None:
     """Run the built-in demo: both reference models on bundled sample input, CPU only, no broker."""
     from edge.commands.demo import run_demo
@@ -148,12 +158,132 @@ def receive(
     raise typer.Exit(run_receiver(cfg, max_seconds=max_seconds))
 
 
-@app.command("broker-config")
+def _profile_cfg(config: Path, data_dir: Path | None):
+    """A profile for commands that only look: structure and values, not the device's files (reading the
+    outbox must not depend on the bundles verifying)."""
+    from edge.config import load_config
+
+    return load_config(config, data_dir=data_dir, check_files=False)
+
+
+def _outbox(config: Path, data_dir: Path | None = None):
+    from edge.link.outbox import Outbox
+
+    return Outbox.from_config(_profile_cfg(config, data_dir), create=False)
+
+
+PROFILE = typer.Option(..., "--config", "-c", help="firmware profile YAML")
+DATA_DIR = typer.Option(None, "--data-dir", help="override the profile's data_dir (e.g. the folder medge demo used)")
+AS_JSON = typer.Option(False, "--json", help="print JSON")
+
+
+@outbox_app.command("status")
+def outbox_status(config: Path = PROFILE, data_dir: Path | None = DATA_DIR, as_json: bool = AS_JSON) -> None:
+    """Findings by state (pending, at the broker, acknowledged by the hospital), oldest age, quota, drops."""
+    import json
+
+    with _outbox(config, data_dir) as ob:
+        st = ob.status()
+    typer.echo(json.dumps(st.to_dict(), indent=2) if as_json else st.describe())
+
+
+@outbox_app.command("list")
+def outbox_list(config: Path = PROFILE, data_dir: Path | None = DATA_DIR,
+                limit: int = typer.Option(50, help="show at most this many")) -> None:
+    """List the findings the hospital does not have yet, highest priority first."""
+    with _outbox(config, data_dir) as ob:
+        for row in ob.list_pending(limit):
+            typer.echo(row.describe())
+
+
+@outbox_app.command("retry")
+def outbox_retry(config: Path = PROFILE, data_dir: Path | None = DATA_DIR) -> None:
+    """Send again now every finding the hospital has not acknowledged (in flight or at the broker)."""
+    with _outbox(config, data_dir) as ob:
+        n = ob.retry_all(at_broker=True)
+    typer.echo(f"{n} finding(s) re-queued")
+
+
+@outbox_app.command("purge-expired")
+def outbox_purge(config: Path = PROFILE, data_dir: Path | None = DATA_DIR) -> None:
+    """Remove findings whose time-to-live has passed (counted and reported, never silent)."""
+    with _outbox(config, data_dir) as ob:
+        n = ob.purge_expired()
+    typer.echo(f"{n} expired finding(s) purged")
+
+
+@findings_app.command("list")
+def findings_list(config: Path = PROFILE, data_dir: Path | None = DATA_DIR, as_json: bool = AS_JSON,
+                  limit: int = typer.Option(50, help="show at most this many, newest first"),
+                  state: list[str] = typer.Option([], "--state", help="pending, in-flight, at-broker, acknowledged "
+                                                  "(repeat for several; default all)")) -> None:
+    """What this device found: label, confidence, modality, review flag, model and delivery state."""
+    import json
+
+    from edge.link.outbox import STATE_NAMES
+
+    bad = [x for x in state if x not in STATE_NAMES.values()]
+    if bad:
+        raise _usage(f"--state {bad[0]!r}: use one of {', '.join(STATE_NAMES.values())}")
+    with _outbox(config, data_dir) as ob:
+        rows = ob.list_findings(limit, tuple(state) or None)
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        return
+    for r in rows:
+        typer.echo(r.describe())
+    typer.echo(f"{len(rows)} finding(s)" + (f" (newest {limit}; --limit for more)" if len(rows) == limit else ""))
+
+
+@findings_app.command("show")
+def findings_show(finding_id: str = typer.Argument(..., help="a finding id from 'medge findings list'"),
+                  config: Path = PROFILE, data_dir: Path | None = DATA_DIR, as_json: bool = AS_JSON) -> None:
+    """One finding in full while the device still holds it, and its delivery state."""
+    import json
+
+    from edge.errors import InputError
+
+    with _outbox(config, data_dir) as ob:
+        rows = [r for r in ob.list_findings(1_000_000) if r.finding_id == finding_id]
+        item = ob.get(finding_id)
+    if not rows:
+        raise InputError(f"finding {finding_id}: not in this device's outbox (ids of acknowledged findings are kept "
+                         "30 days)")
+    doc = {"state": rows[0].to_dict(), "finding": json.loads(item.payload) if item and item.payload else None}
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    typer.echo(rows[0].describe())
+    if doc["finding"] is None:
+        typer.echo("the hospital has acknowledged it; the device keeps only this summary (the full finding is in the "
+                   "hospital's database: medge hospital findings show ID --db ...)")
+    else:
+        typer.echo(json.dumps(doc["finding"], indent=2))
+
+
+@app.command()
+def sync(config: Path = PROFILE, data_dir: Path | None = DATA_DIR,
+         once: bool = typer.Option(False, "--once", help="flush the outbox and exit"),
+         timeout: float = typer.Option(120.0, help="give up after this many seconds")) -> None:
+    """Send what the outbox holds to the hospital and wait for its acknowledgements (field maintenance;
+    exit 0 when the hospital has everything, 1 when some stay in the outbox)."""
+    from edge.config import load_config
+    from edge.link.sync import flush
+
+    if not once:
+        raise _usage("medge sync only runs with --once; the daemon (medge run) syncs all the time")
+    cfg = load_config(config, data_dir=data_dir)
+    left, line = flush(cfg, timeout)
+    typer.echo(line)
+    raise typer.Exit(0 if left == 0 else 1)
+
+
+@hospital_app.command("broker-config")
 def broker_config(
     fleet: Path = typer.Argument(..., help="fleet inventory YAML (deploy/mosquitto/fleet.example.yaml)"),
     out: Path = typer.Option(..., "--out", help="folder to write mosquitto.conf and dynamic-security.json into"),
 ) -> None:
-    """Hospital side: render the mosquitto configuration that enforces medge's broker identity rules."""
+    """Render the mosquitto configuration that enforces medge's broker identity rules."""
     from hospital.broker import load_fleet, write_broker_config
 
     fl, settings = load_fleet(fleet)
@@ -164,48 +294,52 @@ def broker_config(
                "restart mosquitto to apply")
 
 
-def _outbox(config: Path):
-    from edge.config import load_config
-    from edge.link.outbox import Outbox
-
-    cfg = load_config(config)
-    return Outbox.from_config(cfg)
+HOSPITAL_DB = typer.Option(..., "--db", help="the receiver's SQLite file, or a postgresql:// URL")
 
 
-@outbox_app.command("status")
-def outbox_status(config: Path = typer.Option(..., "--config", "-c"),
-                  as_json: bool = typer.Option(False, "--json")) -> None:
-    """Pending findings by priority, oldest age, size against quota, drops."""
+@hospital_findings_app.command("list")
+def hospital_findings_list(db: str = HOSPITAL_DB, as_json: bool = AS_JSON,
+                           limit: int = typer.Option(50, help="show at most this many, newest first")) -> None:
+    """What the receivers stored: label, confidence, modality, review flag, device and model."""
     import json
 
-    with _outbox(config) as ob:
-        st = ob.status()
-    typer.echo(json.dumps(st.to_dict(), indent=2) if as_json else st.describe())
+    from hospital.store import open_store
+
+    store = open_store(db, create=False)
+    try:
+        rows = store.recent(limit)
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        return
+    for r in rows:
+        typer.echo(r.describe())
+    typer.echo(f"{len(rows)} finding(s)" + (f" (newest {limit}; --limit for more)" if len(rows) == limit else ""))
 
 
-@outbox_app.command("list")
-def outbox_list(config: Path = typer.Option(..., "--config", "-c"),
-                limit: int = typer.Option(50, help="show at most this many")) -> None:
-    """List pending findings, highest priority first."""
-    with _outbox(config) as ob:
-        for row in ob.list_pending(limit):
-            typer.echo(row.describe())
+@hospital_findings_app.command("show")
+def hospital_findings_show(finding_id: str = typer.Argument(...), db: str = HOSPITAL_DB, as_json: bool = AS_JSON) -> None:
+    """One stored finding in full."""
+    import json
+
+    from edge.errors import InputError
+    from hospital.store import open_store
+
+    store = open_store(db, create=False)
+    try:
+        row = store.get(finding_id)
+    finally:
+        store.close()
+    if row is None:
+        raise InputError(f"finding {finding_id}: not in {db}")
+    typer.echo(json.dumps(row.to_dict(), indent=2) if as_json else row.describe() + "\n" +
+               json.dumps(row.finding, indent=2))
 
 
-@outbox_app.command("retry")
-def outbox_retry(config: Path = typer.Option(..., "--config", "-c")) -> None:
-    """Send again now every finding the hospital has not acknowledged (in flight or at the broker)."""
-    with _outbox(config) as ob:
-        n = ob.retry_all(at_broker=True)
-    typer.echo(f"{n} finding(s) re-queued")
-
-
-@outbox_app.command("purge-expired")
-def outbox_purge(config: Path = typer.Option(..., "--config", "-c")) -> None:
-    """Remove findings whose time-to-live has passed (counted and reported, never silent)."""
-    with _outbox(config) as ob:
-        n = ob.purge_expired()
-    typer.echo(f"{n} expired finding(s) purged")
+def _usage(msg: str) -> typer.Exit:
+    typer.echo(f"medge: error: {msg}", err=True)
+    return typer.Exit(2)
 
 
 @app.command(
@@ -218,7 +352,7 @@ def export_cmd(ctx: typer.Context) -> None:
     try:
         from export.cli import app as export_app
     except ImportError as e:
-        raise fail(f"the export toolchain is not installed ({e.name} missing); run: pip install 'medge[export]'") from None
+        raise _usage(f"the export toolchain is not installed ({e.name} missing); run: pip install 'medge[export]'") from None
     export_app(args=list(ctx.args), prog_name="medge export")
 
 

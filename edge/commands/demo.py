@@ -9,8 +9,9 @@ so explicitly avoids the natural question "where did they go?".
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sqlite3
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,42 +33,52 @@ def demo_profile() -> Path:
     return p
 
 
+MARKER = ".medge-demo"  # what makes a folder the demo's own (and safe to start afresh)
+
+
+def _fresh(folder: Path) -> None:
+    """Start the default demo folder afresh (each run shows its own findings); only a folder the demo made."""
+    if folder.exists() and (folder / MARKER).is_file():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text("made by medge demo; removed and re-made by the next demo run\n")
+
+
 def run_demo(data_dir: Path | None = None, echo=print) -> int:
     from edge.config import load_config
     from edge.runtime.daemon import LOG_FORMAT, run_daemon
 
     profile = demo_profile()
-    tmp = None
-    if data_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="medge-demo-")
-        data_dir = Path(tmp.name)
+    if data_dir is None:  # the profile's own folder: `medge findings list -c demo.yaml` finds it afterwards
+        data_dir = load_config(profile, check_files=False).data_dir
+        _fresh(data_dir)
     if not logging.getLogger().handlers:
         logging.basicConfig(level="WARNING", format=LOG_FORMAT)
-    try:
-        cfg = load_config(profile, data_dir=Path(data_dir))
-        cfg = _quiet(cfg)
-        echo(f"medge demo: device {cfg.device.id}, {len(cfg.models)} model(s), {len(cfg.sources)} sample source(s); "
-             "synthetic data, decision support only")
-        for s in cfg.sources:
-            echo(f"  source {s.name}: {s.kind} {s.path.name if s.path else ''} -> model {s.model}")
-        seen: list[Finding] = []
+    cfg = load_config(profile, data_dir=Path(data_dir))
+    cfg = _quiet(cfg)
+    echo(f"medge demo: device {cfg.device.id}, {len(cfg.models)} model(s), {len(cfg.sources)} sample source(s); "
+         "synthetic data, decision support only")
+    for s in cfg.sources:
+        echo(f"  source {s.name}: {s.kind} {s.path.name if s.path else ''} -> model {s.model}")
+    seen: list[Finding] = []
 
-        def show(f: Finding, new: bool) -> None:
-            seen.append(f)
-            echo("  finding " + finding_line(f, new))
+    def show(f: Finding, new: bool) -> None:
+        seen.append(f)
+        echo("  finding " + finding_line(f, new))
 
-        t0 = time.monotonic()
-        code = run_daemon(cfg, max_seconds=DEMO_MAX_SECONDS, on_finding=show)
-        n = _count(cfg.outbox_path)
-        where = f"{cfg.outbox_path}" + (" (a temporary folder, removed now; use --data-dir to keep it)" if tmp else "")
-        echo(f"medge demo: done in {time.monotonic() - t0:.1f} s; {len(seen)} finding(s) produced, {n} in the local "
-             f"outbox {where}")
-        echo("  no broker is configured in the demo profile (sync.enabled: false), so findings stay in the local "
-             "outbox; on a device they are sent to the hospital broker when the link is up")
-        return code
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+    t0 = time.monotonic()
+    code = run_daemon(cfg, max_seconds=DEMO_MAX_SECONDS, on_finding=show)
+    n = _count(cfg.outbox_path)
+    echo(f"medge demo: done in {time.monotonic() - t0:.1f} s; {len(seen)} finding(s) produced, {n} in the local "
+         f"outbox {cfg.outbox_path}")
+    echo("  no broker is configured in the demo profile (sync.enabled: false), so findings stay in the local "
+         "outbox; on a device they are sent to the hospital broker when the link is up")
+    extra = "" if Path(data_dir) == load_config(profile, check_files=False).data_dir else f" --data-dir {data_dir}"
+    shown = os.path.relpath(profile) if Path(os.path.relpath(profile)).parts[:1] != ("..",) else str(profile)
+    echo(f"  they are kept in {data_dir}; look at them with:")
+    echo(f"    medge findings list -c {shown}{extra}")
+    echo(f"    medge outbox status -c {shown}{extra}")
+    return code
 
 
 def _quiet(cfg):

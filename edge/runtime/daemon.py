@@ -122,6 +122,10 @@ def run_daemon(cfg: Config, max_seconds: float | None = None,
     code = 0
     try:
         log.info("medge starting: device %s at %s, profile %s", cfg.device.id, cfg.device.site, cfg.source_file)
+        from edge.config import warnings_for
+
+        for w in warnings_for(cfg):
+            log.warning("%s", w)
         for m in cfg.models:
             models[m.name] = load_model(cfg, m, log.getChild("backend"))
             log.info("model %s", models[m.name].describe())
@@ -146,6 +150,16 @@ def run_daemon(cfg: Config, max_seconds: float | None = None,
         notifier.ready(f"running {len(pipelines)} source(s)")
         log.info("ready: %d source(s), %d model(s); outbox %s", len(pipelines), len(models), cfg.outbox_path)
         code = _supervise(pipelines, stop, notifier, max_seconds, log, metrics)
+        finished = all(pl.finished for pl in pipelines) and not signals_seen
+        if sync is not None and finished and code == 0 and cfg.sync.drain_on_exit_s > 0:
+            # finite sources are done: give the link a bounded chance to deliver before the process ends
+            from edge.link.sync import wait_acknowledged
+
+            for pl in pipelines:
+                pl.join(pl.settings.drain_timeout_s)
+            log.info("sources finished; waiting up to %.0f s for the hospital to acknowledge the outbox",
+                     cfg.sync.drain_on_exit_s)
+            wait_acknowledged(cfg, cfg.sync.drain_on_exit_s, stop)
     except MedgeError:
         raise
     finally:
@@ -168,6 +182,7 @@ def run_daemon(cfg: Config, max_seconds: float | None = None,
                 log.warning("source %s: close failed (%s)", getattr(src, "name", "?"), e)
         if sync is not None:
             sync.stop()
+            _report_pending(cfg, log)
         metrics.stop()
         if pipelines:
             log.info("stopped: %s", metrics.summary_line())
@@ -177,6 +192,23 @@ def run_daemon(cfg: Config, max_seconds: float | None = None,
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
     return code
+
+
+def _report_pending(cfg: Config, log: logging.Logger) -> None:
+    """A stop says what the hospital does not have yet, so nobody powers a device off believing it synced."""
+    from edge.link.outbox import Outbox
+    from edge.link.sync import pending_line
+
+    try:
+        with Outbox.from_config(cfg, create=False) as ob:
+            st = ob.status()
+    except MedgeError as e:
+        log.warning("cannot read the outbox at stop (%s)", e)
+        return
+    if st.depth:
+        log.warning("%s", pending_line(st))
+    else:
+        log.info("the hospital has acknowledged every finding in the outbox")
 
 
 def _supervise(pipelines: list[Pipeline], stop: threading.Event, notifier: Notifier, max_seconds: float | None,

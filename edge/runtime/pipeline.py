@@ -306,6 +306,8 @@ class Pipeline:
         flags = self.sink.store(findings)
         for finding, new in zip(findings, flags, strict=True):
             self.metrics.finding(self.name, bool(new))
+            if new:  # the operator's record of what the device found, without opening the outbox
+                self.logger.info("finding %s  id %s", finding.describe(), finding.finding_id)
             if self.on_finding is not None:
                 self.on_finding(finding, bool(new))
 

@@ -3,6 +3,8 @@ without duplicates, `medge doctor`, `medge replay`, `medge demo`."""
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -228,6 +230,34 @@ def test_demo_runs_by_itself_and_explains_where_findings_went(tmp_path):
     text = "\n".join(lines)
     assert "finding [" in text and "in the local outbox" in text and "no broker is configured" in text
     assert (tmp_path / "demo" / "outbox.sqlite3").exists()
+    assert f"medge findings list -c firmware_configs/demo.yaml --data-dir {tmp_path / 'demo'}" in text
+
+
+def test_demo_keeps_its_findings_where_the_readme_says_and_they_can_be_listed(tmp_path):
+    """The README's newcomer path: medge demo, then medge findings list / outbox status on the demo profile."""
+    missing = _demo_inputs_missing()
+    if missing:
+        pytest.skip(missing)
+    env = {**os.environ, "HOME": str(tmp_path)}  # the demo profile's data_dir is ~/.local/share/medge/demo
+    run = lambda *a: subprocess.run([sys.executable, "-m", "edge.cli", *a], cwd=ROOT, env=env, capture_output=True,  # noqa: E731
+                                    text=True, timeout=120)
+    r = run("demo")
+    assert r.returncode == 0, r.stderr
+    assert "medge findings list -c firmware_configs/demo.yaml\n" in r.stdout
+    folder = tmp_path / ".local/share/medge/demo"
+    assert (folder / "outbox.sqlite3").is_file() and (folder / ".medge-demo").is_file()
+    r = run("findings", "list", "-c", "firmware_configs/demo.yaml", "--json")
+    rows = json.loads(r.stdout)
+    assert r.returncode == 0 and {x["label"] for x in rows} == {"free_fluid", "focal_opacity"}
+    assert {x["state"] for x in rows} == {"pending"} and {x["modality"] for x in rows} == {"US", "CR"}
+    assert all(x["model"].endswith("int8") and x["confidence"] is not None for x in rows)
+    r = run("findings", "show", rows[0]["finding_id"], "-c", "firmware_configs/demo.yaml")
+    assert r.returncode == 0 and '"finding_id": "' + rows[0]["finding_id"] in r.stdout
+    r = run("outbox", "status", "-c", "firmware_configs/demo.yaml")
+    assert r.returncode == 0 and "pending    urgent 1  routine 1" in r.stdout
+    r = run("demo")  # a second run starts its folder afresh: the same two findings, not four
+    r = run("findings", "list", "-c", "firmware_configs/demo.yaml", "--json")
+    assert len(json.loads(r.stdout)) == 2
 
 
 def test_run_refuses_a_tampered_bundle_before_starting(tmp_path):
@@ -274,3 +304,62 @@ def test_replay_real_bundles_on_demo_samples_match_truth():
     assert ev["measurements"]["area_mm2"] == pytest.approx(want, rel=0.2)
     assert [f["label"] for f in run("cxr_opacity.dcm", "cxr-opacity")] == ["focal_opacity"]
     assert run("cxr_normal.dcm", "cxr-opacity") == []
+
+
+def test_newcomer_sends_findings_to_a_local_broker_and_lists_them_at_the_receiver(tmp_path, signed_bundle, broker):
+    """medge run with a finite source logs one line per finding, waits for the hospital's acknowledgements
+    before it exits, and the receiver's findings are listed without SQL."""
+    from pydicom.data import get_testdata_file
+
+    from tests.support.sync_helpers import ReceiverThread
+
+    b = broker
+    prof = write_profile(tmp_path, signed_bundle.public_key, signed_bundle.bundle,
+                         [{"name": "cine", "kind": "replay", "path": str(get_testdata_file(CINE)), "model": "seg",
+                           "realtime": False}],
+                         sync={"enabled": True, "broker": b.url, "ca_file": str(b.ca), "cert_file": str(b.cert("d1")),
+                               "key_file": str(b.key("d1")), "backoff_min_s": 0.1, "backoff_max_s": 1.0,
+                               "drain_on_exit_s": 30})
+    data = yaml.safe_load(prof.read_text())
+    data["device"] = {"id": "d1", "site": "s1"}
+    prof.write_text(yaml.safe_dump(data))
+    db = tmp_path / "hospital.sqlite3"
+    with ReceiverThread(b, db):
+        r = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(prof)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    finding_lines = [ln for ln in out.splitlines() if ".pipeline: finding [" in ln]
+    assert finding_lines and all(" INFO " in ln and " US " in ln and "toy-seg 0.0.1 fp32" in ln for ln in finding_lines)
+    assert "waiting up to 30 s for the hospital to acknowledge" in out
+    assert "the hospital has acknowledged every finding in the outbox" in out
+    lst = subprocess.run([sys.executable, "-m", "edge.cli", "hospital", "findings", "list", "--db", str(db), "--json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    rows = json.loads(lst.stdout)
+    assert lst.returncode == 0 and len(rows) == len(finding_lines)
+    assert {x["device_id"] for x in rows} == {"d1"} and rows[0]["finding"]["label"] == "free_fluid"
+    show = subprocess.run([sys.executable, "-m", "edge.cli", "hospital", "findings", "show", rows[0]["finding_id"],
+                           "--db", str(db)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert show.returncode == 0 and "s1/d1" in show.stdout and '"confidence"' in show.stdout
+    device = subprocess.run([sys.executable, "-m", "edge.cli", "findings", "list", "-c", str(prof)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert device.returncode == 0 and device.stdout.count("acknowledged") == len(finding_lines)
+
+
+def test_without_the_hospital_a_finished_run_says_what_stays_pending(tmp_path, signed_bundle, broker):
+    from pydicom.data import get_testdata_file
+
+    b = broker
+    prof = write_profile(tmp_path, signed_bundle.public_key, signed_bundle.bundle,
+                         [{"name": "cine", "kind": "replay", "path": str(get_testdata_file(CINE)), "model": "seg",
+                           "realtime": False}],
+                         sync={"enabled": True, "broker": b.url, "ca_file": str(b.ca), "cert_file": str(b.cert("d1")),
+                               "key_file": str(b.key("d1")), "drain_on_exit_s": 2})
+    data = yaml.safe_load(prof.read_text())
+    data["device"] = {"id": "d1", "site": "s1"}
+    prof.write_text(yaml.safe_dump(data))
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(prof)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "not acknowledged by the hospital yet" in out and "they stay in the outbox" in out
