@@ -30,108 +30,137 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 ACK_MODES = ("end-to-end", "broker")
 
 
-def _meta(*, exists: str | None = None, choices: tuple | None = None, ge: float | None = None,
-          le: float | None = None, help: str = "") -> dict[str, Any]:
-    """Validation rules attached to a dataclass field. exists: 'file' | 'dir' | 'parent'."""
-    return {"exists": exists, "choices": choices, "ge": ge, "le": le, "help": help}
+def _k(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = None, exists: str | None = None,
+       choices: tuple | None = None, ge: float | None = None, le: float | None = None) -> Any:
+    """A profile key: its default, what it means (docs/PROFILE.md is generated from ``doc``) and its rules.
+
+    exists: 'file' | 'dir' | 'parent' (checked unless --structure-only). A required key's ``doc`` also ends
+    the "required key is missing; set it to ..." message, so it is written as a noun phrase.
+    """
+    meta = {"exists": exists, "choices": choices, "ge": ge, "le": le, "doc": doc}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class DeviceConfig:
-    id: str = field(metadata=_meta(help="a short unique id, e.g. pocus-cart-07"))
-    site: str = field(metadata=_meta(help="the hospital or site code used in MQTT topics"))
-    description: str = ""
+    id: str = _k(doc="a short unique id for this device, e.g. pocus-cart-07 (one MQTT topic level: no / + # or spaces)")
+    site: str = _k(doc="the hospital or site code used in MQTT topics, e.g. st-mary (one topic level)")
+    description: str = _k("", "free text for the people who look after the device (not sent anywhere)")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str
-    bundle: Path = field(metadata=_meta(exists="dir", help="path to an exported model bundle folder"))
-    variant: str | None = field(default=None, metadata=_meta(choices=(None, "fp32", "int8", "fp16")))
-    providers: tuple[str, ...] = ("cpu",)
-    intra_op_threads: int = field(default=2, metadata=_meta(ge=1, le=64))
-    inter_op_threads: int = field(default=1, metadata=_meta(ge=1, le=64))
-    warmup_runs: int = field(default=3, metadata=_meta(ge=0, le=100))
-    require_signature: bool = True
-    dla_core: int | None = field(default=None, metadata=_meta(ge=0, le=1))
+    name: str = _k(doc="the name sources refer to in sources[].model")
+    bundle: Path = _k(doc="the path to an exported model bundle folder (made by 'medge export quantize')", exists="dir")
+    variant: str | None = _k(None, "which of the bundle's variants to run; null: the bundle's default_variant",
+                             choices=(None, "fp32", "int8", "fp16"))
+    providers: tuple[str, ...] = _k(("cpu",), "execution providers to try in order; the first that loads and warms "
+                                    "up is used (cpu, cuda, tensorrt, trt-native)")
+    intra_op_threads: int = _k(2, "threads one inference may use (ONNX Runtime intra-op)", ge=1, le=64)
+    inter_op_threads: int = _k(1, "ONNX Runtime inter-op threads (parallel branches of a graph)", ge=1, le=64)
+    warmup_runs: int = _k(3, "inferences run at start, before the first frame, so the first finding is not slow",
+                          ge=0, le=100)
+    require_signature: bool = _k(True, "refuse a bundle whose manifest is not signed by one of trusted_keys")
+    dla_core: int | None = _k(None, "Jetson: run a trt-native engine built for this DLA core (0 or 1); null: the GPU",
+                              ge=0, le=1)
 
 
 @dataclass(frozen=True)
 class SourceConfig:
-    name: str
-    kind: str = field(metadata=_meta(help="a source kind (edge.sources.SOURCE_KINDS)"))
-    model: str = field(metadata=_meta(help="name of an entry under models"))
-    path: Path | None = None  # replay file, dicom-folder folder, or video file
-    device: int | None = field(default=None, metadata=_meta(ge=0))  # video capture device index
-    url: str | None = None  # RTSP/GStreamer URL for video
-    realtime: bool = True  # replay at the recorded frame rate (False: as fast as possible)
-    loop: bool = False
-    max_fps: float | None = field(default=None, metadata=_meta(ge=0.1, le=1000))
-    ae_title: str = "MEDGE"
-    bind: str = "127.0.0.1"
-    port: int = field(default=11112, metadata=_meta(ge=1, le=65535))
-    allowed_aes: tuple[str, ...] = ()
-    settle_s: float = field(default=2.0, metadata=_meta(ge=0, le=3600))
-    poll_interval_s: float = field(default=1.0, metadata=_meta(ge=0.01, le=3600))
-    reopen_backoff_max_s: float = field(default=30.0, metadata=_meta(ge=0.1, le=3600))
-    # what a video stream shows (DICOM carries its own): US ultrasound, ES endoscopy, XA fluoroscopy, OT other
-    modality: str = field(default="US", metadata=_meta(choices=VIDEO_MODALITIES))
+    name: str = _k(doc="a name for this source, used in logs, metrics and findings")
+    kind: str = _k(doc="a source kind: video, dicom-folder, dicom-store or replay")
+    model: str = _k(doc="the name of an entry under models that runs on this source's frames")
+    path: Path | None = _k(None, "video: a file to read instead of a device; dicom-folder: the folder to watch; "
+                           "replay: the recording to replay")
+    device: int | None = _k(None, "video: capture device index (/dev/videoN)", ge=0)
+    url: str | None = _k(None, "video: an RTSP or GStreamer URL to read instead of a device")
+    realtime: bool = _k(True, "video file / replay: play at the recorded frame rate (false: as fast as inference goes)")
+    loop: bool = _k(False, "video file / replay: start again at the end instead of finishing")
+    max_fps: float | None = _k(None, "frames per second taken from the source at most; the rest are skipped and "
+                               "counted (null: all)", ge=0.1, le=1000)
+    ae_title: str = _k("MEDGE", "dicom-store: this receiver's AE title")
+    bind: str = _k("127.0.0.1", "dicom-store: address to listen on (0.0.0.0: every interface)")
+    port: int = _k(11112, "dicom-store: TCP port to listen on", ge=1, le=65535)
+    allowed_aes: tuple[str, ...] = _k((), "dicom-store: calling AE titles allowed to send; required, anyone else is "
+                                      "rejected")
+    settle_s: float = _k(2.0, "dicom-folder: a file is read once it has not changed for this long", ge=0, le=3600)
+    poll_interval_s: float = _k(1.0, "dicom-folder: how often the folder is scanned", ge=0.01, le=3600)
+    reopen_backoff_max_s: float = _k(30.0, "video: longest wait between attempts to re-open a lost device or stream",
+                                     ge=0.1, le=3600)
+    modality: str = _k("US", "video: what the stream shows (US ultrasound, ES endoscopy, XA fluoroscopy, OT other); "
+                       "DICOM carries its own", choices=VIDEO_MODALITIES)
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    queue_depth: int = field(default=4, metadata=_meta(ge=1, le=10000))
-    metrics_interval_s: float = field(default=10.0, metadata=_meta(ge=0.1, le=86400))
-    metrics_file: Path | None = field(default=None, metadata=_meta(exists="parent"))
-    metrics_port: int | None = field(default=None, metadata=_meta(ge=1, le=65535))
-    smoothing_window: int = field(default=5, metadata=_meta(ge=1, le=1000))
-    on_frames: int = field(default=3, metadata=_meta(ge=1, le=1000))
-    off_frames: int = field(default=5, metadata=_meta(ge=1, le=1000))
-    overlays: bool = False
-    opencv_threads: int | None = field(default=1, metadata=_meta(ge=0, le=256))  # null: OpenCV's default pool
+    queue_depth: int = _k(4, "frames buffered between two pipeline stages of a source; when full, a live source's "
+                          "oldest frame is dropped (counted), files wait", ge=1, le=10000)
+    metrics_interval_s: float = _k(10.0, "how often metrics are logged and written", ge=0.1, le=86400)
+    metrics_file: Path | None = _k(None, "write metrics to this JSON file (atomically) every metrics_interval_s",
+                                   exists="parent")
+    metrics_port: int | None = _k(None, "serve Prometheus metrics on 127.0.0.1:<port>/metrics (null: off)",
+                                  ge=1, le=65535)
+    smoothing_window: int = _k(5, "video: frames in the sliding window an event is decided on", ge=1, le=1000)
+    on_frames: int = _k(3, "video: positive frames within the window that start an event (at most smoothing_window)",
+                        ge=1, le=1000)
+    off_frames: int = _k(5, "video: consecutive negative frames that end an event", ge=1, le=1000)
+    overlays: bool = _k(False, "draw an overlay picture for each finding (kept on the device unless "
+                        "privacy.send_overlays)")
+    opencv_threads: int | None = _k(1, "OpenCV worker threads for decoding and resizing (null: OpenCV's default pool)",
+                                    ge=0, le=256)
 
 
 @dataclass(frozen=True)
 class TTLConfig:
-    urgent: float = field(default=24 * 30, metadata=_meta(ge=0.01))
-    routine: float = field(default=24 * 14, metadata=_meta(ge=0.01))
-    low: float = field(default=24 * 3, metadata=_meta(ge=0.01))
+    urgent: float = _k(24 * 30, "hours an undelivered urgent finding is kept before it expires (counted)", ge=0.01)
+    routine: float = _k(24 * 14, "hours an undelivered routine finding is kept", ge=0.01)
+    low: float = _k(24 * 3, "hours an undelivered low-priority finding is kept", ge=0.01)
 
 
 @dataclass(frozen=True)
 class OutboxConfig:
-    path: Path | None = None  # default: <data_dir>/outbox.sqlite3
-    quota_mb: float = field(default=512.0, metadata=_meta(ge=0.01, le=1_000_000))
-    ttl_hours: TTLConfig = field(default_factory=TTLConfig)
+    path: Path | None = _k(None, "the outbox database file (null: <data_dir>/outbox.sqlite3)")
+    quota_mb: float = _k(512.0, "MiB of undelivered findings kept; beyond it the oldest low-priority ones are dropped "
+                         "first, urgent and routine ones are kept and counted", ge=0.01, le=1_000_000)
+    ttl_hours: TTLConfig = _k(doc="how long undelivered findings are kept, per priority", factory=TTLConfig)
 
 
 @dataclass(frozen=True)
 class SyncConfig:
-    enabled: bool = False
-    broker: str = "mqtt://127.0.0.1:1883"  # mqtt://host:port or mqtts://host:port
-    client_id: str | None = None  # default: medge-<device id>
-    ca_file: Path | None = field(default=None, metadata=_meta(exists="file"))
-    cert_file: Path | None = field(default=None, metadata=_meta(exists="file"))
-    key_file: Path | None = field(default=None, metadata=_meta(exists="file"))
-    username: str | None = None
-    password_file: Path | None = field(default=None, metadata=_meta(exists="file"))
-    keepalive_s: int = field(default=30, metadata=_meta(ge=5, le=3600))
-    session_expiry_s: int = field(default=7 * 24 * 3600, metadata=_meta(ge=0))
-    inflight: int = field(default=32, metadata=_meta(ge=1, le=65535))
-    ack_timeout_s: float = field(default=30.0, metadata=_meta(ge=0.5, le=3600))  # the broker's PUBACK
-    # end-to-end: a finding leaves the outbox when the hospital's receiver says its store committed it;
-    # broker: on the broker's PUBACK (only for a receiver that does not acknowledge; loses findings when
-    # the broker drops a message it accepted)
-    ack_mode: str = field(default="end-to-end", metadata=_meta(choices=ACK_MODES))
-    hospital_ack_timeout_s: float = field(default=120.0, metadata=_meta(ge=1, le=86400))  # first resend after
-    hospital_ack_max_s: float = field(default=3600.0, metadata=_meta(ge=1, le=7 * 86400))  # longest wait between resends
-    # when every source is finite and done (a replay, a folder run to completion), how long `medge run`
-    # waits for the hospital's acknowledgements before it exits (0: do not wait)
-    drain_on_exit_s: float = field(default=30.0, metadata=_meta(ge=0, le=86400))
-    backoff_min_s: float = field(default=1.0, metadata=_meta(ge=0.01, le=3600))
-    backoff_max_s: float = field(default=120.0, metadata=_meta(ge=0.01, le=86400))
-    heartbeat_s: float = field(default=60.0, metadata=_meta(ge=1, le=86400))
-    topic_prefix: str = "medge"
+    enabled: bool = _k(False, "send findings to the hospital over MQTT")
+    broker: str = _k("mqtt://127.0.0.1:1883", "mqtts://host:port (TLS) or mqtt://host:port (plain, lab only; "
+                     "warned about); user:password@ is refused, use username and password_file")
+    client_id: str | None = _k(None, "MQTT client id (null: medge-<device id>); the broker keeps this device's "
+                               "session under it")
+    ca_file: Path | None = _k(None, "PEM CA certificate the broker's certificate is checked against (mqtts://)",
+                              exists="file")
+    cert_file: Path | None = _k(None, "PEM client certificate (mutual TLS; with key_file)", exists="file")
+    key_file: Path | None = _k(None, "PEM private key of cert_file", exists="file")
+    username: str | None = _k(None, "MQTT username (with password_file)")
+    password_file: Path | None = _k(None, "a file holding the MQTT password (keeps it out of the profile)",
+                                    exists="file")
+    keepalive_s: int = _k(30, "MQTT keepalive: a dead connection is noticed within about 1.5x this", ge=5, le=3600)
+    session_expiry_s: int = _k(7 * 24 * 3600, "how long the broker keeps this device's session while it is away",
+                               ge=0)
+    inflight: int = _k(32, "findings sent and not yet acknowledged by the broker, at most", ge=1, le=65535)
+    ack_timeout_s: float = _k(30.0, "wait for the broker's PUBACK before the connection is treated as dead",
+                              ge=0.5, le=3600)
+    ack_mode: str = _k("end-to-end", "end-to-end: a finding leaves the outbox when the hospital's receiver has "
+                       "committed it; broker: on the broker's PUBACK (only for a receiver that does not acknowledge; "
+                       "loses findings the broker drops)", choices=ACK_MODES)
+    hospital_ack_timeout_s: float = _k(120.0, "first resend of a finding the hospital has not acknowledged after "
+                                       "this; the wait doubles up to hospital_ack_max_s", ge=1, le=86400)
+    hospital_ack_max_s: float = _k(3600.0, "longest wait between resends of an unacknowledged finding",
+                                   ge=1, le=7 * 86400)
+    drain_on_exit_s: float = _k(30.0, "when every source is finite and done, how long 'medge run' waits for the "
+                                "hospital's acknowledgements before it exits (0: do not wait)", ge=0, le=86400)
+    backoff_min_s: float = _k(1.0, "first wait before reconnecting to the broker; doubles up to backoff_max_s",
+                              ge=0.01, le=3600)
+    backoff_max_s: float = _k(120.0, "longest wait between reconnect attempts", ge=0.01, le=86400)
+    heartbeat_s: float = _k(60.0, "how often device telemetry (outbox depth, counters) is published", ge=1, le=86400)
+    topic_prefix: str = _k("medge", "first MQTT topic level: <prefix>/<site>/<device>/... (one topic level)")
 
 
 @dataclass(frozen=True)
@@ -141,31 +170,35 @@ class InputLimitsConfig:
     16 bit) is 37 MB a frame, a long colour ultrasound cine about 1.5 GB in all (decoded one frame at a
     time)."""
 
-    max_frame_mb: float = field(default=64.0, metadata=_meta(ge=0.01, le=65536))
-    max_object_mb: float = field(default=2048.0, metadata=_meta(ge=0.01, le=1_048_576))
+    max_frame_mb: float = _k(64.0, "MiB one decoded frame may take; larger objects are quarantined unread",
+                             ge=0.01, le=65536)
+    max_object_mb: float = _k(2048.0, "MiB all frames of one object may take together", ge=0.01, le=1_048_576)
 
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    pseudonym_key_file: Path | None = None  # default: <data_dir>/pseudonym.key, created on first start
-    send_overlays: bool = False
+    pseudonym_key_file: Path | None = _k(None, "secret key for pseudonymous patient and study ids (null: "
+                                         "<data_dir>/pseudonym.key, created on first start); keep it per site")
+    send_overlays: bool = _k(False, "include overlay pictures in findings sent off the device (they show the "
+                             "image, so they are off by default)")
 
 
 @dataclass(frozen=True)
 class Config:
-    device: DeviceConfig
-    models: tuple[ModelConfig, ...]
-    sources: tuple[SourceConfig, ...]
-    schema_version: int = SCHEMA_VERSION
-    data_dir: Path = field(default=Path("/var/lib/medge"))
-    trusted_keys: tuple[Path, ...] = ()
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    outbox: OutboxConfig = field(default_factory=OutboxConfig)
-    sync: SyncConfig = field(default_factory=SyncConfig)
-    input_limits: InputLimitsConfig = field(default_factory=InputLimitsConfig)
-    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
-    log_level: str = field(default="info", metadata=_meta(choices=LOG_LEVELS))
-    source_file: Path | None = field(default=None, compare=False)
+    device: DeviceConfig = _k(doc="a device section with id and site")
+    models: tuple[ModelConfig, ...] = _k(doc="a list of models (one entry per bundle)")
+    sources: tuple[SourceConfig, ...] = _k(doc="a list of sources (where frames come from)")
+    schema_version: int = _k(SCHEMA_VERSION, "profile format version")
+    data_dir: Path = _k(Path("/var/lib/medge"), "where the outbox, inbox, quarantine and pseudonym key live")
+    trusted_keys: tuple[Path, ...] = _k((), "Ed25519 public keys (PEM) bundles must be signed with")
+    pipeline: PipelineConfig = _k(doc="frame queues, temporal smoothing, metrics, overlays", factory=PipelineConfig)
+    outbox: OutboxConfig = _k(doc="the durable store of findings waiting to be delivered", factory=OutboxConfig)
+    sync: SyncConfig = _k(doc="delivery of findings to the hospital over MQTT", factory=SyncConfig)
+    input_limits: InputLimitsConfig = _k(doc="what one DICOM object may declare before it is decoded",
+                                         factory=InputLimitsConfig)
+    privacy: PrivacyConfig = _k(doc="pseudonymisation and what pictures leave the device", factory=PrivacyConfig)
+    log_level: str = _k("info", "debug, info, warning or error", choices=LOG_LEVELS)
+    source_file: Path | None = field(default=None, compare=False)  # set by load_config, not a profile key
 
     def model(self, name: str) -> ModelConfig:
         for m in self.models:
@@ -275,7 +308,7 @@ def _build(cls: type, data: Any, prefix: str, ctx: _Ctx) -> Any:
         key = _join(prefix, name)
         if name not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                ctx.report(key, "required key is missing", f.metadata.get("help", "") and f"set it to {f.metadata['help']}")
+                ctx.report(key, "required key is missing", f.metadata.get("doc", "") and f"set it to {f.metadata['doc']}")
                 bad = True
             continue
         try:
