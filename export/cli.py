@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from edge.cli import Commands
+from edge.errors import InputError
 
 app = typer.Typer(cls=Commands, help="Workstation toolchain: quantize, sign, verify, build TensorRT engines.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -23,32 +24,81 @@ def _log(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
+def _floats(text: str | None, flag: str, n: int | None = None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        vals = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise InputError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+    if not vals or (n is not None and len(vals) != n):
+        raise InputError(f"{flag} {text!r}: expected {n or 'one or more'} comma-separated numbers")
+    return vals
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
+
+
 @app.command("quantize")
 def quantize_cmd(
-    model: Path = typer.Argument(..., help="trained FP32 ONNX model"),
-    calib: Path = typer.Option(..., "--calib", help="calibration folder (PNG/JPEG/DICOM/video)"),
-    val: Path = typer.Option(..., "--val", help="labelled validation folder"),
-    out: Path = typer.Option(..., "--out", help="bundle folder to create"),
-    task: str | None = typer.Option(None, "--task", help="classify | segment | detect (default: the spec's)"),
+    model: Path = typer.Argument(..., help="trained FP32 ONNX model (one NCHW image input)", metavar="MODEL.onnx"),
+    calib: Path = typer.Option(..., "--calib", help="calibration images: PNG/JPEG/DICOM/video, flat or in class folders",
+                               metavar="DIR"),
+    out: Path | None = typer.Option(None, "--out", help="bundle folder to create (default: <name>-<version>-<target> "
+                             "next to the model)", metavar="DIR"),
+    val: Path | None = typer.Option(None, "--val", help="labelled validation folder (labels.csv or class folders, "
+                                    "masks/, boxes.json); without it the gate measures agreement with FP32",
+                                    metavar="DIR"),
     target: str = typer.Option("cpu", "--target", help="cpu | tensorrt"),
-    spec: Path | None = typer.Option(None, "--spec", help="model spec YAML (default: model.yaml next to the model)"),
+    spec: Path | None = typer.Option(None, "--spec", help="model spec YAML (default: model.yaml next to the model if "
+                                     "present; docs/MODEL_SPEC.md)", metavar="FILE"),
+    write_spec: Path | None = typer.Option(None, "--write-spec", help="save the spec this export used", metavar="FILE"),
+    task: str | None = typer.Option(None, "--task", help="classify | segment | detect (default: from the output shape)"),
+    name: str | None = typer.Option(None, "--name", help="model name (default: the model file's name)"),
+    model_version: str | None = typer.Option(None, "--model-version", help="model version (default: ONNX "
+                                             "model_version, else 0.1.0)", metavar="TEXT"),
+    labels: str | None = typer.Option(None, "--labels", help="comma-separated, one per output channel in order "
+                                      "(default: class folder names of --val, else placeholders)", metavar="A,B,..."),
+    threshold: float | None = typer.Option(None, "--threshold", help="positive at or above (default 0.5)"),
+    review_band: str | None = typer.Option(None, "--review-band", help="needs-review band (default 0.4,0.6)",
+                                           metavar="LOW,HIGH"),
+    urgent: str | None = typer.Option(None, "--urgent", help="labels whose positive findings are urgent",
+                                      metavar="A,B,..."),
+    activation: str | None = typer.Option(None, "--activation", help="sigmoid | softmax | none (default: none if "
+                                          "the graph ends in Sigmoid/Softmax, else by channel count)"),
+    mean: str | None = typer.Option(None, "--mean", help="per-channel mean on 0..1 pixels (default 0)", metavar="M[,M,M]"),
+    std: str | None = typer.Option(None, "--std", help="per-channel std on 0..1 pixels (default 1)", metavar="S[,S,S]"),
+    color: str | None = typer.Option(None, "--color", help="gray | rgb (default: from the input's channels)"),
+    resize: str | None = typer.Option(None, "--resize", help="letterbox | stretch (default letterbox)"),
+    roi: str | None = typer.Option(None, "--roi", help="full | us_region (default full)"),
     method: str = typer.Option("minmax", "--method", help="calibration: minmax | entropy | percentile"),
     max_drop: float | None = typer.Option(None, "--max-drop", help="allowed drop of the primary metric "
                                           "(default: AUROC 0.01, Dice 0.02, detection recall 0.02)"),
-    input_shape: str | None = typer.Option(None, "--input-shape", help="pin dynamic dims, e.g. 1x1x256x256"),
+    input_shape: str | None = typer.Option(None, "--input-shape", help="pin dynamic dims (default: the spec's size)",
+                                           metavar="NxCxHxW"),
     max_fallback: int = typer.Option(8, "--max-fallback", help="max nodes the accuracy gate may keep in float"),
     video_step: int = typer.Option(10, "--video-step", help="use every k-th frame of videos / multi-frame DICOM"),
     latency_runs: int = typer.Option(30, "--latency-runs", help="runs per variant for the latency table"),
     fp16: bool | None = typer.Option(None, "--fp16/--no-fp16", help="add an FP16 variant (default: GPU targets only)"),
-    key: Path | None = typer.Option(None, "--key", help="sign the bundle with this Ed25519 private key"),
+    key: Path | None = typer.Option(None, "--key", help="sign the bundle with this Ed25519 private key", metavar="FILE"),
     force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
 ) -> None:
-    """Quantize MODEL for a target, gate it on the validation set and write a bundle."""
+    """Quantize MODEL for a target, gate it against FP32 and write a bundle; no spec file needed."""
     from .make_bundle import ExportOptions, run_export
+    from .report import drop_text, speed_phrase
+    from .spec import SpecFlags
 
-    opts = ExportOptions(model=model, calib=calib, val=val, out=out, target=target, task=task, spec=spec, method=method,
-                         max_drop=max_drop, input_shape=input_shape, max_fallback=max_fallback, video_step=video_step,
-                         latency_runs=latency_runs, fp16=fp16, sign_key=key, force=force)
+    rb = _floats(review_band, "--review-band", 2)
+    pre = {k: v for k, v in (("mean", _floats(mean, "--mean")), ("std", _floats(std, "--std")), ("color", color),
+                             ("resize", resize), ("roi", roi)) if v is not None}
+    flags = SpecFlags(name=name, version=model_version, task=task, labels=_names(labels), threshold=threshold,
+                      review_band=(rb[0], rb[1]) if rb else None, urgent_labels=_names(urgent), activation=activation,
+                      preprocess=pre)
+    opts = ExportOptions(model=model, calib=calib, val=val, out=out, target=target, spec=spec, spec_flags=flags,
+                         write_spec=write_spec, method=method, max_drop=max_drop, input_shape=input_shape,
+                         max_fallback=max_fallback, video_step=video_step, latency_runs=latency_runs, fp16=fp16,
+                         sign_key=key, force=force)
     with ExitStack() as stack:
         def progress(label: str, total: int):
             """One bar per folder, finished as soon as its last file is read so bars never overlap."""
@@ -66,9 +116,9 @@ def quantize_cmd(
 
         res = run_export(opts, log=_log, progress=progress)
     g = res.gate
-    typer.echo(f"{res.out}: {g['primary_metric']} drop {g['drop']:.4f} (budget {g['budget']}), INT8 "
-               f"{res.latency['speedup_int8']:.2f}x faster than FP32 on this machine; "
-               f"{len(res.float_nodes)} node(s) kept in float")
+    ref = "vs its labels" if g["reference"] == "labels" else "vs FP32's own decisions (no --val)"
+    typer.echo(f"{res.out}: {g['primary_metric']} {drop_text(g['drop'])} {ref} (budget {g['budget']}), INT8 "
+               f"{speed_phrase(res.latency['speedup_int8'])} on this machine; {len(res.float_nodes)} node(s) kept in float")
 
 
 @app.command("keygen")

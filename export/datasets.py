@@ -6,10 +6,12 @@ accuracy collapses silently on the device. So every image here becomes a `Frame`
 same reader the device uses for DICOM) and then a tensor via `edge.inference.preprocess.Preprocessor` built from
 the exact `PreprocessSpec` that goes into the manifest. There is no other resize/normalise code.
 
-Folder format: images ``*.png *.jpg *.jpeg *.dcm`` and videos ``*.mp4 *.avi`` (every k-th frame).
+Folder format: images ``*.png *.jpg *.jpeg *.dcm`` and videos ``*.mp4 *.avi`` (every k-th frame), at the
+top level or one folder down (a folder-per-class tree, ``val/<label>/*.png``, works for calibration too).
 Validation labels are what each task kind reads (`edge.inference.tasks.TASK_KINDS`, ``truth``):
-``labels.csv`` (file,label) for classify; ``masks/<file name>.png`` for segment; ``boxes.json``
-({file: [[x0, y0, x1, y1, label], ...]}, image pixels) for detect.
+``labels.csv`` (file,label) or class folders for classify; ``masks/<file name>.png`` for segment;
+``boxes.json`` ({file: [[x0, y0, x1, y1, label], ...]}, image pixels) for detect. A file is named by its
+path inside the folder (``img001.png``, ``opacity/img001.png``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ VIDEO_EXTS = (".mp4", ".avi")
 class Sample:
     """One preprocessed input: the tensor the model sees and how it maps back to the image."""
 
-    key: str  # file name, plus "#frame" for video frames
+    key: str  # path inside the folder, plus "#frame" for video frames
     tensor: np.ndarray  # (1, C, H, W) float32
     geometry: Geometry
     spacing_mm: tuple[float, float] | None = None  # the frame's pixel spacing (DICOM), as the device sees it
@@ -55,14 +57,35 @@ class ValidationSet:
     truth: list[Any] = field(default_factory=list)
 
 
+RESERVED_FOLDERS = ("masks",)  # hold labels, not inputs
+
+
+def _is_input(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTS + VIDEO_EXTS and not p.name.startswith(".")
+
+
 def list_inputs(folder: Path, what: str) -> list[Path]:
+    """Inputs at the top level and one folder down (class folders), in a stable order."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: {what} folder not found")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS + VIDEO_EXTS)
+    files = [p for p in folder.iterdir() if _is_input(p)]
+    for sub in class_folders(folder):
+        files += [p for p in (folder / sub).iterdir() if _is_input(p)]
+    files.sort(key=lambda p: p.relative_to(folder).as_posix())
     if not files:
-        raise InputError(f"{folder}: {what} folder has no images or videos ({', '.join(IMAGE_EXTS + VIDEO_EXTS)})")
+        raise InputError(f"{folder}: {what} folder has no images or videos ({', '.join(IMAGE_EXTS + VIDEO_EXTS)}), "
+                         "at the top level or in class folders")
     return files
+
+
+def class_folders(folder: Path) -> list[str]:
+    """Sub-folders holding inputs, sorted (torchvision's ImageFolder numbers classes in this order)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
+                  and d.name not in RESERVED_FOLDERS and any(_is_input(p) for p in d.iterdir()))
 
 
 def read_frames(path: Path, video_step: int = 10) -> Iterator[Frame]:
@@ -118,9 +141,10 @@ def load_samples(folder: Path, pre: Preprocessor, what: str, video_step: int = 1
     samples = []
     for p in list_inputs(folder, what):
         frames = list(read_frames(p, video_step))
+        rel = p.relative_to(folder).as_posix()
         for fr in frames:
             t, g = pre.apply(fr)
-            key = p.name if len(frames) == 1 and p.suffix.lower() not in VIDEO_EXTS else f"{p.name}#{fr.index}"
+            key = rel if len(frames) == 1 and p.suffix.lower() not in VIDEO_EXTS else f"{rel}#{fr.index}"
             samples.append(Sample(key=key, tensor=t, geometry=g, spacing_mm=fr.spacing_mm))
         if progress:
             progress(1)

@@ -92,3 +92,9 @@ def gate(vs: ValidationSet, task: Task, ref: Predictions, cand: Predictions, bud
     if primary in M.LOWER_IS_BETTER:
         drop = -drop
     return GateResult(a, b, deltas, M.agreement(decisions(ref, task), decisions(cand, task)), primary, drop, budget)
+
+
+def truth_from(ref: Predictions, task: Task) -> list[Any]:
+    """FP32's own decisions as ground truth: the gate then measures what quantization changes (agreement)."""
+    kind = task_kind(task.m.task).load()
+    return [kind.truth_from_prediction(task, p) for p in ref.items]

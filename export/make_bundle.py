@@ -1,9 +1,11 @@
-"""`medge export quantize`: model + spec + calibration + validation -> a verified, hashed bundle.
+"""`medge export quantize`: model + calibration (+ validation, + spec) -> a verified, hashed bundle.
 
-The steps are deliberately in one place so the order is visible: pin and prepare the FP32 graph, build the
-device Preprocessor from the spec that goes into the manifest, calibrate, quantize with the target's
-recipe, gate on clinical metrics (with float fallback), measure latency, write everything into a staging
-folder and publish it atomically. Any failure before the publish leaves nothing behind.
+The steps are deliberately in one place so the order is visible: resolve the spec (`export.spec`: flags,
+spec file, the graph itself), pin and prepare the FP32 graph, build the device Preprocessor from the spec
+that goes into the manifest, calibrate, quantize with the target's recipe, gate on clinical metrics (or,
+without a labelled validation set, on agreement with FP32) with float fallback, measure latency, write
+everything into a staging folder and publish it atomically. Any failure before the publish leaves
+nothing behind.
 """
 
 from __future__ import annotations
@@ -13,23 +15,22 @@ import hashlib
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
+import onnx
 
-from edge.errors import InputError, MedgeError
+from edge.durable_files import write_atomic
+from edge.errors import MedgeError
 from edge.inference.bundle import SCHEMA_VERSION, load_bundle, sha256_file
-from edge.inference.preprocess import Preprocessor, PreprocessSpec
+from edge.inference.preprocess import Preprocessor
 from edge.inference.tasks import TASK_KINDS, Output, TaskConfig, build_task
 
 from . import datasets, evaluate, quantize, report, sensitivity
 from .bundle_writer import finalize_manifest, staging
+from .spec import SPEC_FILE, ResolvedSpec, SpecFlags, SpecResolver
 from .speed import choose_narrow_exclusions
-
-SPEC_KEYS = {"name", "version", "task", "description", "labels", "threshold", "review_band", "urgent_labels", "input",
-             "outputs", "preprocess", "postprocess"}
 
 
 class GateFailed(MedgeError):
@@ -43,11 +44,13 @@ MIN_USEFUL_SPEEDUP = 1.1  # below this, int8 costs accuracy for a speed-up withi
 class ExportOptions:
     model: Path
     calib: Path
-    val: Path
-    out: Path
+    val: Path | None  # None: the gate measures agreement with FP32 on the calibration inputs
+    out: Path | None  # None: <name>-<version>-<target> next to the model
     target: str = "cpu"
-    task: str | None = None
-    spec: Path | None = None
+    task: str | None = None  # shorthand for spec_flags.task
+    spec: Path | None = None  # default: model.yaml next to the model, if there is one
+    spec_flags: SpecFlags = field(default_factory=SpecFlags)
+    write_spec: Path | None = None  # also save the resolved spec here
     method: str = "minmax"
     max_drop: float | None = None
     input_shape: str | None = None
@@ -66,31 +69,7 @@ class ExportResult:
     latency: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     float_nodes: list[str] = field(default_factory=list)
-
-
-def load_spec(opts: ExportOptions) -> tuple[dict[str, Any], Path]:
-    path = Path(opts.spec) if opts.spec else Path(opts.model).with_name("model.yaml")
-    if not path.is_file():
-        raise InputError(f"{path}: model spec not found (put model.yaml next to the model or pass --spec FILE)")
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise InputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(spec, dict):
-        raise InputError(f"{path}: model spec must be a mapping")
-    unknown = set(spec) - SPEC_KEYS
-    if unknown:
-        raise InputError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(SPEC_KEYS))}")
-    if opts.task:
-        spec["task"] = opts.task
-    for k in ("name", "version", "task", "labels", "preprocess"):
-        if k not in spec:
-            raise InputError(f"{path}: required key {k!r} is missing")
-    if spec["task"] not in TASK_KINDS:
-        raise InputError(f"{path}: task {spec['task']!r} is not one of {', '.join(TASK_KINDS)}")
-    if not isinstance(spec["labels"], list) or not spec["labels"]:
-        raise InputError(f"{path}: labels must be a non-empty list")
-    return spec, path
+    spec: ResolvedSpec | None = None
 
 
 def task_config(spec: dict[str, Any], labels: tuple[str, ...], out_specs: list[dict[str, Any]]) -> TaskConfig:
@@ -105,29 +84,37 @@ def task_config(spec: dict[str, Any], labels: tuple[str, ...], out_specs: list[d
 
 def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
                progress: Callable[[str, int], Callable[[int], None]] | None = None) -> ExportResult:
-    spec, spec_path = load_spec(opts)
-    try:
-        pre_spec = PreprocessSpec.from_dict(dict(spec["preprocess"]))
-    except (ValueError, TypeError) as e:
-        raise InputError(f"{spec_path}: preprocess: {e}") from None
-    task = spec["task"]
-    labels = tuple(str(x) for x in spec["labels"])
     recipe = quantize.recipe_for(opts.target, opts.method)
-    budget = float(opts.max_drop if opts.max_drop is not None else TASK_KINDS[task].default_max_drop)
     input_shape = quantize.parse_shape(opts.input_shape)
+    flags = opts.spec_flags if opts.task is None else replace(opts.spec_flags, task=opts.task)
+    resolver = SpecResolver(opts.model, quantize.load_onnx(opts.model), opts.spec, flags, input_shape, opts.val)
+    pre_spec = resolver.preprocess()
+    out = Path(opts.out) if opts.out is not None else resolver.default_out(opts.target)
     for what, folder in (("calibration", opts.calib), ("validation", opts.val)):
-        datasets.list_inputs(folder, what)  # fail fast, before any heavy work
+        if folder is not None:
+            datasets.list_inputs(folder, what)  # fail fast, before any heavy work
 
-    with tempfile.TemporaryDirectory(prefix="medge-export-") as scratch_s, staging(opts.out, opts.force) as stage:
+    with tempfile.TemporaryDirectory(prefix="medge-export-") as scratch_s, staging(out, opts.force) as stage:
         scratch = Path(scratch_s)
         fp32 = stage / "model.fp32.onnx"
         log(f"preparing {opts.model} (pin dims, shape inference, basic graph optimisation)")
         io = quantize.prepare_model(opts.model, fp32, pre_spec, input_shape)
         quantize.ensure_node_names(fp32)
-        want_in = (spec.get("input") or {}).get("name")
-        if want_in and want_in != io["input"]["name"]:
-            raise InputError(f"{spec_path}: input name {want_in!r} is not the model's input {io['input']['name']!r}")
-        out_specs = _outputs(spec, io, spec_path)
+        resolved = resolver.complete(onnx.load(str(fp32)), io)
+        spec = resolved.spec
+        log("model spec used:\n" + "\n".join(f"  {line}" for line in resolved.text().splitlines()))
+        for n in resolved.notes:
+            log(f"note: {n}")
+        spec_text = resolved.text()
+        (stage / SPEC_FILE).write_text(spec_text)
+        if opts.write_spec:
+            write_atomic(Path(opts.write_spec), spec_text.encode(), make_parents=True)
+            log(f"spec saved to {opts.write_spec} (export again with --spec {opts.write_spec})")
+        task = spec["task"]
+        labels = tuple(spec["labels"])
+        budget = float(opts.max_drop if opts.max_drop is not None else TASK_KINDS[task].default_max_drop)
+        out_specs = [{**next(o for o in io["outputs"] if o["name"] == d["name"]), "activation": d["activation"]}
+                     for d in spec["outputs"]]
 
         pre = Preprocessor(pre_spec)
         calib = datasets.load_samples(opts.calib, pre, "calibration", opts.video_step,
@@ -136,10 +123,15 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
         cal_summary, warnings = datasets.calibration_summary(calib)
         for w in warnings:
             log(f"WARNING: {w}")
-        vs = datasets.load_validation(opts.val, task, pre, labels, opts.video_step,
-                                      progress("validation", len(datasets.list_inputs(opts.val, "validation")))
-                                      if progress else None)
         tspec = build_task(task_config(spec, labels, out_specs))
+        if opts.val is not None:
+            vs = datasets.load_validation(opts.val, task, pre, labels, opts.video_step,
+                                          progress("validation", len(datasets.list_inputs(opts.val, "validation")))
+                                          if progress else None)
+        else:  # truth filled in from FP32's own decisions once FP32 has run
+            vs = datasets.ValidationSet(task=task, samples=calib)
+            log("no --val: the gate measures how far INT8 departs from FP32's own decisions on the calibration "
+                "inputs (agreement, not clinical accuracy; pass --val for a labelled set)")
 
         tensors = [s.tensor for s in calib]
         in_name = io["input"]["name"]
@@ -155,12 +147,14 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
                     f"{'float' if speed_rule['kept_float'] else 'int8'}")
         quantize.quantize(fp32, int8, recipe, tensors, in_name, cache)
 
-        log(f"evaluating FP32 and INT8 on {len(vs.samples)} validation inputs")
         ref = evaluate.predict(fp32, vs, tspec)
+        if opts.val is None:
+            vs.truth = evaluate.truth_from(ref, tspec)
+        log(f"evaluating FP32 and INT8 on {len(vs.samples)} {'validation' if opts.val else 'calibration'} inputs")
         exact = recipe.exact_int8  # evaluate and time with the device's session settings for this recipe
         res = evaluate.gate(vs, tspec, ref, evaluate.predict(int8, vs, tspec, exact), budget)
         log(f"gate: {res.primary} FP32 {_f(res.fp32[res.primary])} INT8 {_f(res.int8[res.primary])} "
-            f"drop {res.drop:.4f} (budget {budget}) -> {'pass' if res.passed else 'fail'}")
+            f"{report.drop_text(res.drop)} (budget {budget}) -> {'pass' if res.passed else 'fail'}")
         x0 = vs.samples[0].tensor
         first_lat = sensitivity.quick_latency(fp32, int8, x0, exact_int8=exact)
         steps: list[sensitivity.FallbackStep] = [sensitivity.FallbackStep(0, None, res.drop, res.passed, *first_lat,
@@ -186,7 +180,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
             res = state["res"]
             if not res.passed:
                 raise GateFailed(
-                    f"{opts.model}: accuracy gate failed: {res.primary} drop {res.drop:.4f} exceeds the budget {budget} "
+                    f"{opts.model}: accuracy gate failed: {res.primary} {report.drop_text(res.drop)} exceeds the budget {budget} "
                     f"even with {len(kept)} node(s) kept in float ({', '.join(kept) or 'none'}); improve the "
                     "calibration set, raise --max-drop, or allow more steps with --max-fallback")
             int8, recipe = state["path"], state["recipe"]
@@ -211,9 +205,10 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
                                   "device's CPU class before choosing; a profile can run the fp32 variant (variant: fp32)")
             warnings.append(latency["warning"])
             log(f"WARNING: {latency['warning']}")
-        gate = res.to_dict()
+        gate = {**res.to_dict(), "reference": "labels" if opts.val is not None else "fp32",
+                "evaluated_on": f"{'validation' if opts.val is not None else 'calibration'} ({len(vs.samples)} inputs)"}
         created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        provenance = _provenance(opts, spec_path, created)
+        provenance = _provenance(opts, spec_text, created)
         rep = {"name": str(spec["name"]), "version": str(spec["version"]), "task": task, "target": opts.target,
                "speed_rule": speed_rule, "gate": gate, "latency": latency, "recipe": recipe.to_dict(), "calibration": cal_summary,
                "fallback": {"ranking": ranking, "steps": [s.to_dict() for s in steps]}, "provenance": provenance}
@@ -223,7 +218,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
             "name": str(spec["name"]),
             "version": str(spec["version"]),
             "task": task,
-            "description": str(spec.get("description", "")),
+            "description": str(spec.get("description") or ""),
             "labels": list(labels),
             "threshold": float(spec.get("threshold", 0.5)),
             "review_band": [float(v) for v in spec.get("review_band", [0.4, 0.6])],
@@ -248,29 +243,15 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
 
             sign_bundle(stage, opts.sign_key)
     float_nodes = list(recipe.nodes_to_exclude)
-    return ExportResult(out=Path(opts.out), gate=gate, latency=latency, warnings=warnings, float_nodes=float_nodes)
+    return ExportResult(out=out, gate=gate, latency=latency, warnings=warnings, float_nodes=float_nodes,
+                        spec=resolved)
 
 
 def _f(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
-def _outputs(spec: dict, io: dict, spec_path: Path) -> list[dict]:
-    by_name = {o["name"]: o for o in io["outputs"]}
-    declared = spec.get("outputs") or [{"name": io["outputs"][0]["name"]}]
-    out = []
-    for o in declared:
-        if o.get("name") not in by_name:
-            raise InputError(f"{spec_path}: output {o.get('name')!r} is not an output of the model "
-                             f"({', '.join(by_name)})")
-        act = str(o.get("activation", "none"))
-        if act not in ("sigmoid", "softmax", "none"):
-            raise InputError(f"{spec_path}: output {o['name']!r} activation {act!r} is not sigmoid, softmax or none")
-        out.append({**by_name[o["name"]], "activation": act})
-    return out
-
-
-def _provenance(opts: ExportOptions, spec_path: Path, created: str) -> dict[str, Any]:
+def _provenance(opts: ExportOptions, spec_text: str, created: str) -> dict[str, Any]:
     import onnx
     import onnxruntime as ort
 
@@ -279,9 +260,9 @@ def _provenance(opts: ExportOptions, spec_path: Path, created: str) -> dict[str,
     return {
         "source_model": Path(opts.model).name,
         "source_model_sha256": sha256_file(Path(opts.model)),
-        "spec_sha256": sha256_file(spec_path),
+        "spec_sha256": hashlib.sha256(spec_text.encode()).hexdigest(),  # of model_spec.yaml in the bundle
         "calibration_set_sha256": _folder_hash(opts.calib),
-        "validation_set_sha256": _folder_hash(opts.val),
+        "validation_set_sha256": _folder_hash(opts.val) if opts.val is not None else None,
         "created_at": created,
         "tool": f"medge {medge_version}",
         "onnxruntime": ort.__version__,

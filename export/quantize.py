@@ -139,13 +139,8 @@ def prepare_model(src: Path, dst: Path, spec: PreprocessSpec, input_shape: tuple
             if v is not None and v != want[i]:
                 raise InputError(f"{src}: --input-shape {'x'.join(map(str, want))} contradicts the model's input dim {i} = {v}")
             v = want[i]
-        elif v is None:
-            if i == 0:
-                v = 1
-            else:
-                name = d.dim_param or "?"
-                raise InputError(f"{src}: input {inp.name!r} has dynamic {('channel', 'height', 'width')[i - 1]} dim "
-                                 f"{name!r}; pass --input-shape e.g. 1x{spec.channels}x{spec.size[0]}x{spec.size[1]}")
+        elif v is None:  # dynamic: batch 1, the rest from the spec (its size came from the graph or the user)
+            v = spec.input_shape[i]
         fixed.append(v)
     if fixed[0] != 1:
         raise InputError(f"{src}: batch size {fixed[0]} is not supported; the device runs batch 1")

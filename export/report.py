@@ -63,6 +63,23 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "isa": isa, "python": platform.python_version(), "onnxruntime": ort.__version__}
 
 
+def drop_text(drop: float) -> str:
+    """One sign convention everywhere: a drop is positive; INT8 scoring better is said in words, never as
+    a negative drop or a '-0.0000'."""
+    if drop >= -5e-5:
+        return f"drop {drop if drop > 0 else 0.0:.4f}"
+    return f"no drop (INT8 better by {-drop:.4f})"
+
+
+def speed_phrase(ratio: float) -> str:
+    """'1.84x faster than FP32' / '0.91x the speed of FP32 (slower)': a ratio below 1 is never called faster."""
+    return f"{ratio:.2f}x faster than FP32" if ratio >= 1.0 else f"{ratio:.2f}x the speed of FP32 (slower)"
+
+
+def _ratio(ratio: float) -> str:
+    return f"{ratio:.2f}x" + ("" if ratio >= 1.0 else " (slower)")
+
+
 def write_reports(root: Path, report: dict[str, Any]) -> None:
     (root / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
     (root / "report.md").write_text(render_md(report))
@@ -76,14 +93,28 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _signed(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    return "0.0000" if abs(v) < 5e-5 else f"{v:+.4f}"
+
+
 def render_md(r: dict[str, Any]) -> str:
     g = r["gate"]
     lines = [f"# Export report: {r['name']} {r['version']} ({r['task']}, target {r['target']})", ""]
-    lines += [f"Gate: **{'PASSED' if g['passed'] else 'FAILED'}** - {g['primary_metric']} drop {_fmt(g['drop'])} "
+    by_labels = g.get("reference", "labels") == "labels"
+    lines += [f"Gate: **{'PASSED' if g['passed'] else 'FAILED'}** - {g['primary_metric']} {drop_text(g['drop'])} "
               f"(budget {_fmt(g['budget'])}), FP32/INT8 decision agreement {_fmt(g['agreement'])}.", ""]
-    lines += ["## Accuracy (validation set)", "", "| metric | FP32 | INT8 | delta |", "| --- | --- | --- | --- |"]
+    if by_labels:
+        lines += [f"## Accuracy ({g.get('evaluated_on', 'validation set')}, against its labels)", ""]
+    else:
+        lines += [f"## Agreement with FP32 ({g.get('evaluated_on', 'calibration set')})", "",
+                  "No labelled validation set was given: the truth here is FP32's own decisions, so FP32 scores "
+                  "perfectly and the INT8 column is how far quantization moves the decisions. This is not clinical "
+                  "accuracy; export again with --val for that.", ""]
+    lines += ["| metric | FP32 | INT8 | change (INT8 - FP32) |", "| --- | --- | --- | --- |"]
     for k in g["fp32"]:
-        lines.append(f"| {k} | {_fmt(g['fp32'][k])} | {_fmt(g['int8'].get(k))} | {_fmt(g['delta_int8_minus_fp32'].get(k))} |")
+        lines.append(f"| {k} | {_fmt(g['fp32'][k])} | {_fmt(g['int8'].get(k))} | {_signed(g['delta_int8_minus_fp32'].get(k))} |")
     lat = r["latency"]
     isa = "/".join(lat["machine"].get("isa", [])) or "no AVX2"
     lines += ["", f"## Latency on the exporting machine ({lat['machine']['cpu']}, {isa}, ORT {lat['machine']['onnxruntime']}, "
@@ -91,7 +122,7 @@ def render_md(r: dict[str, Any]) -> str:
               "| variant | median ms | p90 ms | speed-up vs FP32 |", "| --- | --- | --- | --- |"]
     base = lat["variants"]["fp32"]["median_ms"]
     for k, v in lat["variants"].items():
-        lines.append(f"| {k} | {v['median_ms']:.2f} | {v['p90_ms']:.2f} | {base / v['median_ms']:.2f}x |")
+        lines.append(f"| {k} | {v['median_ms']:.2f} | {v['p90_ms']:.2f} | {_ratio(base / v['median_ms'])} |")
     if lat.get("warning"):
         lines += ["", f"WARNING: {lat['warning']}."]
     if r["target"] != "cpu":
@@ -108,8 +139,8 @@ def render_md(r: dict[str, Any]) -> str:
                   "| step | node kept in float | drop | INT8 ms | speed-up vs FP32 | gate |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for s in fb["steps"]:
-            lines.append(f"| {s['step']} | {s['node_kept_float'] or '(initial)'} | {s['drop']:.4f} | "
-                         f"{s['int8_latency_ms']:.2f} | {s['speedup_vs_fp32']:.2f}x | {'pass' if s['passed'] else 'fail'} |")
+            lines.append(f"| {s['step']} | {s['node_kept_float'] or '(initial)'} | {drop_text(s['drop'])} | "
+                         f"{s['int8_latency_ms']:.2f} | {_ratio(s['speedup_vs_fp32'])} | {'pass' if s['passed'] else 'fail'} |")
     cal = r["calibration"]
     lines += ["", "## Calibration", "", f"{cal['inputs']} inputs, method {rec['method']}; tensor mean {cal['tensor_mean']}, "
               f"std {cal['tensor_std']}."]

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from .report import drop_text, speed_phrase
+
 DQ_SUFFIX = "_DequantizeLinear_Output"
 Q_INPUT_SUFFIX = "_QuantizeLinear_Input"
 SKIP_OPS = {"QuantizeLinear", "DequantizeLinear", "Constant", "Shape", "Identity"}
@@ -168,7 +170,7 @@ def fallback_loop(candidates: list[str], try_exclude: Callable[[list[str]], tupl
         kept += node.split("+")
         drop, ok, lat, speedup, met = try_exclude(list(kept))
         steps.append(FallbackStep(i, node, drop, ok, lat, speedup, met))
-        log(f"fallback step {i}: keep {node} in float -> drop {drop:.4f}, int8 {lat:.2f} ms = {speedup:.2f}x FP32 "
+        log(f"fallback step {i}: keep {node} in float -> {drop_text(drop)}, int8 {lat:.2f} ms, {speed_phrase(speedup)} "
             f"({'pass' if ok else 'fail'})")
         if ok:
             break

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import cv2
@@ -28,16 +28,23 @@ INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "nearest":
 class PreprocessSpec:
     """Declarative description of frame -> tensor, stored verbatim in the bundle manifest."""
 
-    size: tuple[int, int]  # model input (height, width)
-    color: str = "gray"  # gray -> 1 channel, rgb -> 3 channels
-    resize: str = "letterbox"  # keep aspect ratio and pad, or stretch to fill
-    roi: str = "full"  # crop to the ultrasound region first when the frame has one
-    interpolation: str = "area"
-    window: tuple[float, float] | None = None  # optional (center, width) on [0, 1] display values
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    pad_value: float = 0.0  # display value [0, 1] used for letterbox padding
-    layout: str = "NCHW"
+    size: tuple[int, int] = field(metadata={"doc": "model input [height, width] in pixels"})
+    color: str = field(default="gray", metadata={"doc": "gray: 1 channel; rgb: 3 channels (grey frames are repeated)"})
+    resize: str = field(default="letterbox", metadata={
+        "doc": "letterbox: keep the aspect ratio and pad; stretch: fill the input, distorting the aspect ratio"})
+    roi: str = field(default="full", metadata={
+        "doc": "full: the whole frame; us_region: crop to the ultrasound sector DICOM declares (else the whole frame)"})
+    interpolation: str = field(default="area", metadata={
+        "doc": "resampling when shrinking: area, linear or nearest (enlarging is always linear)"})
+    window: tuple[float, float] | None = field(default=None, metadata={
+        "doc": "optional [center, width] contrast window on 0..1 display values, applied after resizing"})
+    mean: tuple[float, ...] = field(default=(0.0,), metadata={
+        "doc": "subtracted per channel from 0..1 display values (1 value, or one per channel; ImageNet: "
+               "[0.485, 0.456, 0.406])"})
+    std: tuple[float, ...] = field(default=(1.0,), metadata={
+        "doc": "then divided by, per channel (ImageNet: [0.229, 0.224, 0.225])"})
+    pad_value: float = field(default=0.0, metadata={"doc": "0..1 display value of the letterbox padding"})
+    layout: str = field(default="NCHW", metadata={"doc": "tensor layout; only NCHW"})
 
     def __post_init__(self) -> None:
         h, w = self.size

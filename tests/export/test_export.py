@@ -135,7 +135,7 @@ def test_cpu_recipe_is_u8s8_per_channel_and_bundle_loads_signed(ws, cpu_bundle):
     m = b.manifest
     assert b.signed_by and m.default_variant == "int8" and m.target == "cpu"
     assert m.preprocess == PreprocessSpec.from_dict(PRE) and m.raw["preprocess_sha256"] == m.preprocess.sha256()
-    assert set(m.files) == {"model.fp32.onnx", "model.int8.onnx", "report.json", "report.md"}
+    assert set(m.files) == {"model.fp32.onnx", "model.int8.onnx", "model_spec.yaml", "report.json", "report.md"}
     assert m.calibration["inputs"] == 22 and m.metrics["gate"]["passed"]
     q = onnx.load(str(b.model_path("int8")))
     inits = _inits(q)
@@ -284,14 +284,16 @@ def test_bad_inputs_give_one_clear_line_and_no_output(ws, tmp_path):
     (tmp_path / "empty").mkdir()
     r = _medge(*base, str(ws["cls"]), "--calib", str(tmp_path / "empty"), "--val", val, "--out", str(tmp_path / "o3"))
     _one_line_error(r, "empty", "calibration folder has no images")
-    # dynamic spatial dims without --input-shape
+    # dynamic spatial dims with neither --input-shape nor a size in the spec
     dyn = tmp_path / "dyn"
     m = onnx.load(str(ws["cls"]))
     for i, name in ((2, "height"), (3, "width")):
         m.graph.input[0].type.tensor_type.shape.dim[i].dim_param = name
-    save_model(dyn, m, yaml.safe_load(ws["cls"].with_name("model.yaml").read_text()))
+    spec = yaml.safe_load(ws["cls"].with_name("model.yaml").read_text())
+    del spec["preprocess"]["size"]
+    save_model(dyn, m, spec)
     r = _medge(*base, str(dyn / "model.onnx"), "--calib", calib, "--val", val, "--out", str(tmp_path / "o4"))
-    _one_line_error(r, "dynamic height dim", "--input-shape")
+    _one_line_error(r, "dynamic height or width", "--input-shape 1x1xHxW")
     # labels missing from the validation set
     val2 = tmp_path / "val_nolabels"
     shutil.copytree(ws["val"], val2)

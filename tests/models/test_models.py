@@ -316,3 +316,27 @@ def test_device_decoder_sees_exactly_the_display_values_the_models_were_trained_
     px = f.pixels if f.pixels.dtype == np.uint8 else np.round(f.pixels * 255).astype(np.uint8)
     cine = synth_ultrasound.make_cine(make_samples.US_SEED, n_frames=60, n_pockets=1, schedule=make_samples.US_SCHEDULE)
     assert np.array_equal(px, cine.frames[30])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter's own deprecation notice
+def test_readme_torch_export_recipe_gives_a_graph_the_export_accepts_without_a_spec(tmp_path):
+    """models/README.md: the pinned torch exports with dynamo=False (no onnxscript), and that graph resolves
+    into a complete spec from the graph alone."""
+    import onnx
+    import torch
+
+    from export.quantize import io_spec
+    from export.spec import SpecFlags, SpecResolver
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 1)).eval()
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 1, 64, 64),), str(path), input_names=["input"], output_names=["logits"],
+                      opset_version=17, dynamo=False)
+    m = onnx.load(str(path))
+    r = SpecResolver(path, m, None, SpecFlags(labels=["normal", "opacity"], preprocess={"mean": [0.5], "std": [0.25]}),
+                     None, None)
+    assert r.preprocess().size == (64, 64)
+    spec = r.complete(m, io_spec(m)).spec
+    assert spec["task"] == "classify" and spec["labels"] == ["normal", "opacity"]
+    assert spec["outputs"] == [{"name": "logits", "activation": "sigmoid"}]

@@ -10,6 +10,7 @@ its `Task` subclass (``TASK``) and what the gate needs from it:
     gate_prediction(task, outputs, geom)    the device's positive decisions in model space
     score(truth, predictions, task)         the kind's clinical metrics
     decision(prediction)                    does the sample produce a positive finding?
+    truth_from_prediction(task, pred)       FP32's decision as truth (the gate without labels: agreement)
 
 The gate and the device both decode through ``Task.model_space``, so the gate's number is the device's
 number for post-processing as much as for preprocessing. Adding a kind: one entry below and one module.

@@ -6,14 +6,7 @@ A frame's result is a list of `Detection` in *frame* coordinates and physical un
 letterbox/resize is undone with the frame's `Geometry`, and areas use the frame's pixel spacing, because
 a clinician reads "312 mm²" and a contour on the image they see, never model pixels.
 
-``postprocess`` keys understood (all optional):
-  background_labels  labels that never produce a finding (default: background, normal, none, bg, negative)
-  mask_threshold               segmentation: per-pixel threshold (default: the manifest threshold)
-  min_area_mm2 / min_area_px   segmentation components smaller than this are noise (default 0 mm², 16 px)
-  max_contour_points           polygon simplification budget per contour (default 64)
-  max_regions                  contours reported per finding (default 5)
-  box_format                   detection: xyxy | cxcywh (default xyxy); boxes_normalized: true if 0..1
-  nms_iou                      detection NMS IoU (default 0.45); max_detections (default 50)
+``postprocess`` keys: `POSTPROCESS_KEYS` below (export refuses any other; docs/MODEL_SPEC.md lists them).
 """
 
 from __future__ import annotations
@@ -28,6 +21,34 @@ if TYPE_CHECKING:
     from edge.inference.preprocess import Geometry
 
 DEFAULT_BACKGROUND = ("background", "normal", "none", "bg", "negative")
+
+
+@dataclass(frozen=True)
+class PostprocessKey:
+    """One ``postprocess`` option of a bundle manifest: which task kinds read it, its default, its meaning."""
+
+    name: str
+    tasks: tuple[str, ...]
+    default: Any
+    doc: str
+
+
+POSTPROCESS_KEYS: dict[str, PostprocessKey] = {k.name: k for k in (
+    PostprocessKey("background_labels", ("classify", "segment", "detect"), list(DEFAULT_BACKGROUND),
+                   "labels that never produce a finding (a model's 'normal' class is evidence of absence, not a "
+                   "finding); give [] to report every label"),
+    PostprocessKey("mask_threshold", ("segment",), "the spec's threshold", "per-pixel probability a region needs"),
+    PostprocessKey("min_area_mm2", ("segment",), 0.0, "regions smaller than this (with the frame's pixel spacing) "
+                   "are noise"),
+    PostprocessKey("min_area_px", ("segment",), 16, "regions with fewer model-input pixels than this are noise"),
+    PostprocessKey("max_contour_points", ("segment",), 64, "polygon points per reported contour at most"),
+    PostprocessKey("max_regions", ("segment",), 5, "contours reported per finding at most (largest first)"),
+    PostprocessKey("box_format", ("detect",), "xyxy", "how the model's boxes are written: xyxy or cxcywh"),
+    PostprocessKey("boxes_normalized", ("detect",), False, "true if box coordinates are 0..1 of the input size"),
+    PostprocessKey("nms_iou", ("detect",), 0.45,
+                   "a box overlapping a stronger box of its label by more than this IoU is dropped (NMS)"),
+    PostprocessKey("max_detections", ("detect",), 50, "boxes kept per frame at most"),
+)}
 
 
 @dataclass(frozen=True)

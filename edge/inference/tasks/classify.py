@@ -95,10 +95,20 @@ def label_index(raw: str, labels: tuple[str, ...], where: str) -> int:
     raise InputError(f"{where}: label {raw!r} is not one of the model's labels {list(labels)}")
 
 
-def _table(folder: Path, labels: tuple[str, ...]) -> dict[str, int]:
+def _table(folder: Path, files: list[Path], labels: tuple[str, ...]) -> dict[str, int]:
+    """File (path inside the folder) -> class index, from labels.csv or else from class folders."""
     src = folder / "labels.csv"
     if not src.is_file():
-        raise InputError(f"{src}: labels missing from the validation set (classify needs labels.csv with file,label)")
+        in_class = [p for p in files if p.parent != folder]
+        if not in_class:
+            raise InputError(f"{src}: labels missing from the validation set (classify needs labels.csv with "
+                             "file,label, or one folder per class: <val>/<label>/<image>)")
+        top = [p.name for p in files if p.parent == folder]
+        if top:
+            raise InputError(f"{folder}: {len(top)} file(s) outside the class folders (e.g. {top[0]}) and no labels.csv; "
+                             "move them into a class folder")
+        return {p.relative_to(folder).as_posix(): label_index(p.parent.name, labels, f"{folder}/{p.parent.name}/ "
+                                                              "(class folder)") for p in files}
     table: dict[str, int] = {}
     with open(src, newline="") as f:
         for i, row in enumerate(csv.reader(f)):
@@ -111,12 +121,20 @@ def _table(folder: Path, labels: tuple[str, ...]) -> dict[str, int]:
 
 
 def check_truth(folder: Path, files: list[Path], labels: tuple[str, ...]) -> None:
-    table = _table(folder, labels)
-    missing = [p.name for p in files if p.name not in table]
+    table = _table(folder, files, labels)
+    missing = [r for r in (p.relative_to(folder).as_posix() for p in files) if r not in table]
     if missing:
         raise InputError(f"{folder / 'labels.csv'}: labels missing for {len(missing)} validation file(s), e.g. {missing[0]}")
 
 
 def read_truth(folder: Path, samples: list, labels: tuple[str, ...]) -> list[int]:
-    table = _table(folder, labels)
+    files = sorted({folder / s.file for s in samples})
+    table = _table(folder, files, labels)
     return [table[s.file] for s in samples]
+
+
+def truth_from_prediction(task: Classify, pred: ClassScores) -> int:
+    """FP32's own decision as the label, for the agreement gate (no labelled validation set)."""
+    if len(pred.probs) <= 2:
+        return int(pred.probs[-1] >= task.threshold)
+    return int(np.argmax(pred.probs))

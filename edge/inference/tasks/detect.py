@@ -155,7 +155,7 @@ def _boxes(folder: Path) -> dict:
 
 def check_truth(folder: Path, files: list[Path], labels: tuple[str, ...]) -> None:
     table = _boxes(folder)
-    missing = [p.name for p in files if p.name not in table]
+    missing = [r for r in (p.relative_to(folder).as_posix() for p in files) if r not in table]
     if missing:
         raise InputError(f"{folder / 'boxes.json'}: labels missing for {len(missing)} validation file(s), e.g. {missing[0]}")
 
@@ -178,3 +178,8 @@ def boxes_to_model(rows: list, geom: Geometry, labels: tuple[str, ...], where: s
 def read_truth(folder: Path, samples: list, labels: tuple[str, ...]) -> list[np.ndarray]:
     table = _boxes(folder)
     return [boxes_to_model(table[s.file], s.geometry, labels, f"{folder / 'boxes.json'}[{s.file}]") for s in samples]
+
+
+def truth_from_prediction(task: Detect, pred: np.ndarray) -> np.ndarray:
+    """FP32's own boxes (x0 y0 x1 y1 label) as the truth, for the agreement gate."""
+    return pred[:, :5]

@@ -167,7 +167,8 @@ def _mask_file(folder: Path, name: str) -> Path:
 
 
 def check_truth(folder: Path, files: list[Path], labels: tuple[str, ...]) -> None:
-    missing = [p.name for p in files if not _mask_file(folder, p.name).is_file()]
+    rel = [p.relative_to(folder).as_posix() for p in files]
+    missing = [r for r in rel if not _mask_file(folder, r).is_file()]
     if missing:
         raise InputError(f"{folder / 'masks'}: labels missing from the validation set: no mask for {len(missing)} "
                          f"file(s), e.g. masks/{missing[0]}.png")
@@ -185,3 +186,8 @@ def read_truth(folder: Path, samples: list, labels: tuple[str, ...]) -> list[np.
         except ValueError as e:
             raise InputError(f"{mp}: {e}") from None
     return out
+
+
+def truth_from_prediction(task: Segment, pred: np.ndarray) -> np.ndarray:
+    """FP32's own mask as the truth, for the agreement gate (no labelled validation set)."""
+    return pred
