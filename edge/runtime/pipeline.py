@@ -35,7 +35,7 @@ from edge.findings import Finding
 from edge.frames import Frame
 from edge.inference.backends import Backend
 from edge.inference.preprocess import Geometry, Preprocessor
-from edge.inference.smoothing import Hysteresis
+from edge.inference.smoothing import Event, Hysteresis
 from edge.inference.tasks import Task
 from edge.runtime.finding_builder import FindingBuilder, PseudonymFn
 from edge.runtime.metrics import Metrics
@@ -152,6 +152,8 @@ class Pipeline:
     metrics: Metrics
     settings: PipelineSettings = field(default_factory=PipelineSettings)
     on_finding: Callable[[Finding, bool], None] | None = None
+    # per frame, every reportable label's confidence (medge replay); called after the frame's latency is taken
+    on_scores: Callable[[Frame, dict[str, float]], None] | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("medge.pipeline"))
     stop_event: threading.Event = field(default_factory=threading.Event)
 
@@ -160,7 +162,7 @@ class Pipeline:
         d = self.settings.queue_depth
         self._q_pre, self._q_inf, self._q_post = FrameQueue(d), FrameQueue(d), FrameQueue(d)
         self._threads: list[threading.Thread] = []
-        self._smoothers: dict[Any, Hysteresis] = {}
+        self._smoothers: dict[Any, tuple[Hysteresis, Frame]] = {}  # with the stream's latest frame
         self.failure: BaseException | None = None
         self.events = 0
 
@@ -248,6 +250,10 @@ class Pipeline:
     def _post(self) -> None:
         while (w := self._q_post.get()) is not _END:
             self._finish(w)
+        # a recorded object whose last frame never came (skipped or unreadable): its episodes end with the run
+        for key, (sm, f) in list(self._smoothers.items()):
+            self._emit_events(sm.flush(), f)
+            del self._smoothers[key]
 
     def _finish(self, w: Work) -> None:
         f = w.frame
@@ -272,6 +278,8 @@ class Pipeline:
         latency = (time.monotonic() - f.captured_at) * 1000
         self.metrics.frame_done(self.name, latency, {"preprocess": w.t_pre_ms, "infer": w.t_infer_ms,
                                                      "post": (time.perf_counter() - t0) * 1000})
+        if ok and self.on_scores is not None and w.outputs is not None:
+            self.on_scores(f, self.task.peak_scores(w.outputs, w.geom, f))
 
     def _smoother_key(self, f: Frame) -> Any | None:
         if f.live:
@@ -287,17 +295,26 @@ class Pipeline:
         if key is None:
             self._emit([self.builder.build(d, f, (time.monotonic() - f.captured_at) * 1000) for d in dets])
             return
-        sm = self._smoothers.get(key)
-        if sm is None:
+        if key not in self._smoothers:
             s = self.settings
-            sm = self._smoothers[key] = Hysteresis(s.on_frames, s.off_frames, s.smoothing_window)
+            self._smoothers[key] = (Hysteresis(s.on_frames, s.off_frames, s.smoothing_window,
+                                               emit="onset" if f.live else "episode"), f)
+        sm = self._smoothers[key][0]
+        self._smoothers[key] = (sm, f)
         events = sm.update(f.index, dets)
-        self.events += len(events)
-        self._emit([self.builder.build(ev.peak, f, (time.monotonic() - f.captured_at) * 1000,
-                                       frame_range=ev.frame_range, event_start=ev.first_frame, frame_index=ev.peak_frame)
-                    for ev in events])
         if not f.live and f.frame_count is not None and f.index >= f.frame_count - 1:
-            self._smoothers.pop(key, None)  # object finished
+            events += sm.flush()
+            del self._smoothers[key]  # object finished
+        self._emit_events(events, f)
+
+    def _emit_events(self, events: list[Event], f: Frame) -> None:
+        self.events += len(events)
+        out = []
+        for ev in events:
+            det, at = ev.summary()
+            out.append(self.builder.build(det, f, (time.monotonic() - f.captured_at) * 1000, frame_range=ev.frame_range,
+                                          event_start=ev.first_frame, frame_index=at))
+        self._emit(out)
 
     def _emit(self, findings: list[Finding]) -> None:
         """All findings of one frame go to the outbox in one durable transaction (one fsync)."""
@@ -315,9 +332,10 @@ class Pipeline:
 def build_pipeline(source: Source, model: LoadedModel, device_id: str, pseudonymize: PseudonymFn | None,
                    sink: FindingSink, metrics: Metrics, settings: PipelineSettings | None = None, *,
                    stop_event: threading.Event | None = None, logger: logging.Logger | None = None,
-                   on_finding: Callable[[Finding, bool], None] | None = None) -> Pipeline:
+                   on_finding: Callable[[Finding, bool], None] | None = None,
+                   on_scores: Callable[[Frame, dict[str, float]], None] | None = None) -> Pipeline:
     """The one way the daemon, `medge replay` and the demo put a source in front of a loaded model."""
     return Pipeline(source=source, preprocessor=model.preprocessor, backend=model.backend, task=model.task,
                     builder=FindingBuilder(device_id, model.ref, pseudonymize), sink=sink, metrics=metrics,
-                    settings=settings or PipelineSettings(), on_finding=on_finding,
+                    settings=settings or PipelineSettings(), on_finding=on_finding, on_scores=on_scores,
                     logger=logger or logging.getLogger("medge.pipeline"), stop_event=stop_event or threading.Event())

@@ -22,7 +22,7 @@ def test_flickering_event_gives_one_finding():
     events = _feed(Hysteresis(on_frames=3, off_frames=5, window=5), pattern)
     assert len(events) == 1
     ev = events[0]
-    assert ev.first_frame == 10 and 10 <= ev.confirm_frame <= 14
+    assert ev.first_frame == 10 and 10 <= ev.last_frame <= 14
     # raw per-frame output would have "turned on" many times
     raw_onsets = sum(1 for i in range(1, len(pattern)) if pattern[i] == "1" and pattern[i - 1] == "0")
     assert raw_onsets > 8
@@ -46,3 +46,33 @@ def test_short_gap_does_not_split_an_event_but_long_gap_does():
 
 def test_isolated_blips_never_confirm():
     assert _feed(Hysteresis(on_frames=3, off_frames=5, window=5), "1000100010001") == []
+
+
+def test_episode_mode_reports_the_whole_episode_when_it_ends():
+    """A recorded cine: one finding per episode, first to last positive frame, peak over all of it."""
+    pattern = "0011111011111100000000" + "111"
+    confs = [0.1] * 2 + [0.6, 0.7, 0.6, 0.6, 0.6, 0.1, 0.6, 0.95, 0.6, 0.6, 0.6, 0.6] + [0.1] * 8 + [0.7, 0.8, 0.9]
+    h = Hysteresis(on_frames=3, off_frames=5, window=5, emit="episode")
+    events = []
+    for i, c in enumerate(pattern):
+        got = h.update(i, _det(confs[i] if c == "1" else 0.1))
+        assert all(e.last_frame < i for e in got)  # reported after its end, never at onset
+        events += got
+    events += h.flush()  # the object's last frame: the second episode is still running
+    assert [e.frame_range for e in events] == [(2, 13), (22, 24)]
+    assert events[0].confidence == 0.95 and events[0].peak_frame == 9
+    assert events[1].confidence == 0.9 and h.flush() == []
+    # the same frames in onset mode (a live stream) alert at confirmation instead
+    onset = _feed(Hysteresis(on_frames=3, off_frames=5, window=5), pattern, confs)
+    assert [e.frame_range for e in onset] == [(2, 4), (22, 24)]
+
+
+def test_episode_reports_the_largest_extent_with_the_peak_confidence():
+    h = Hysteresis(on_frames=2, off_frames=2, window=3, emit="episode")
+    areas, confs = [10.0, 40.0, 25.0, 12.0], [0.7, 0.8, 0.99, 0.6]
+    for i, (a, c) in enumerate(zip(areas, confs, strict=True)):
+        assert h.update(i, [Detection("free_fluid", c, True, False, measurements={"area_mm2": a})]) == []
+    (ev,) = h.update(4, []) + h.update(5, [])
+    det, frame = ev.summary()
+    assert ev.frame_range == (0, 3) and frame == 1 and det.measurements["area_mm2"] == 40.0
+    assert det.confidence == 0.99 and ev.peak_frame == 2

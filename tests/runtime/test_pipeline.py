@@ -133,7 +133,9 @@ def test_multiframe_object_flicker_gives_one_event_with_deterministic_id(parts):
     p, store = _pipeline(parts, ListSource(obj()))
     assert p.start().join(30)
     (f,) = store.values()
-    assert f.frame_range[0] == 3 and f.priority == "urgent" and f.measurements["area_mm2"] > 0
+    # a recorded object: the finding covers the whole episode (first to last positive frame), not its onset
+    assert f.frame_range == (3, 18) and f.priority == "urgent" and f.measurements["area_mm2"] > 0
+    assert 3 <= f.frame_index <= 18
     p2, store2 = _pipeline(parts, ListSource(obj()))  # re-processing after a restart
     assert p2.start().join(30)
     assert list(store2) == list(store)
@@ -192,5 +194,6 @@ def test_live_video_flicker_gives_one_event_per_episode(parts):
     assert p.metrics.snapshot()["total"]["dropped"] == 0  # the toy model keeps up, so the count is exact
     evs = sorted(store.values(), key=lambda f: f.frame_range)
     assert [f.frame_range[0] for f in evs] == [4, 27]
+    assert all(f.frame_range[1] <= f.frame_range[0] + 4 for f in evs)  # live: alerted at confirmation
     assert all(f.latency_ms is not None and f.latency_ms >= 0 for f in evs)
     assert evs[0].finding_id != evs[1].finding_id and len({f.finding_id for f in evs}) == 2
