@@ -358,7 +358,11 @@ def _convert(tp: Any, value: Any, key: str, ctx: _Ctx, meta: typing.Mapping[str,
         ex = meta.get("exists") if ctx.check_files else None
         missing = ((ex == "file" and not p.is_file()) or (ex == "dir" and not p.is_dir())
                    or (ex == "parent" and not p.parent.is_dir()))
-        if missing:  # reported, but the profile is still built so every other check runs too
+        if missing and ex == "dir" and p.is_file():  # there, but the wrong thing: a workstation has it too
+            from edge.inference.bundle import not_a_bundle
+
+            ctx.report(key, not_a_bundle(p, value).split(": ", 1)[1])
+        elif missing:  # reported, but the profile is still built so every other check runs too
             ctx.missing_files += 1
             if ex == "file":
                 ctx.report(key, f"file {value} does not exist (looked in {p.parent.name}/)", "fix the path or create the file")

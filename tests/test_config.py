@@ -66,6 +66,7 @@ def test_minimal_profile_resolves_paths_relative_to_profile(tmp_path):
         (lambda d: d["models"][0].update(intra_op_threads="two"), "models[0].intra_op_threads: expected a whole number, got 'two'"),
         (lambda d: d["models"][0].update(intra_op_threads=0), "models[0].intra_op_threads: 0 is too small; use a value >= 1"),
         (lambda d: d["models"][0].update(bundle="missing"), "models[0].bundle: folder missing does not exist"),
+        (lambda d: d["models"][0].update(bundle="cine.dcm"), "models[0].bundle: is a file; a bundle is a folder"),
         (lambda d: d["sources"][0].update(kind="usb"), "sources[0].kind: 'usb' is not allowed; use one of video, dicom-folder"),
         (lambda d: d["sources"][0].update(modality="MR"), "sources[0].modality: 'MR' is not allowed; use one of US, ES, XA, OT"),
         (lambda d: d["sources"][0].update(model="nope"), "sources[0].model: no model named 'nope'; use one of m"),
@@ -141,6 +142,20 @@ def test_missing_device_files_suggest_structure_only(tmp_path):
     r = subprocess.run([sys.executable, "-m", "edge.cli", "config", "check", "--structure-only", str(p)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_an_onnx_model_named_as_bundle_says_to_export_it_first(tmp_path):
+    data = _base(tmp_path)
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    data["models"][0]["bundle"] = "model.onnx"
+    p = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    assert ei.value.problems == [f"{p}: models[0].bundle: is an ONNX model, not a bundle; make a bundle from it first: "
+                                 "medge export quantize model.onnx --calib IMAGES_DIR"]
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "replay", str(tmp_path / "cine.dcm"), "--bundle",
+                        str(tmp_path / "model.onnx")], capture_output=True, text=True)
+    assert r.returncode == 2 and "make a bundle from it first: medge export quantize" in r.stderr
 
 
 def test_invalid_yaml_names_line(tmp_path):

@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from edge.errors import MedgeError
+from edge.units import MIB, mib
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
@@ -101,14 +102,15 @@ def check_disk(path: Path, quota_mb: float) -> list[Check]:
     p = Path(path)
     while not p.exists() and p != p.parent:
         p = p.parent
-    free_mb = shutil.disk_usage(p).free / 2**20
-    if free_mb < 100:
-        return [Check(FAIL, "disk", f"only {free_mb:.0f} MB free for {path}; findings cannot be stored safely. "
+    free = shutil.disk_usage(p).free
+    quota = mib(quota_mb * MIB)
+    if free < 100 * MIB:
+        return [Check(FAIL, "disk", f"only {mib(free)} free for {path}; findings cannot be stored safely. "
                       "Free space or move data_dir")]
-    if free_mb < quota_mb:
-        return [Check(WARN, "disk", f"{free_mb:.0f} MB free for {path}, less than the outbox quota of {quota_mb:.0f} MB; "
+    if free < quota_mb * MIB:
+        return [Check(WARN, "disk", f"{mib(free)} free for {path}, less than the outbox quota of {quota}; "
                       "the disk would fill before the quota applies")]
-    return [Check(OK, "disk", f"{free_mb:.0f} MB free for {path} (outbox quota {quota_mb:.0f} MB)")]
+    return [Check(OK, "disk", f"{mib(free)} free for {path} (outbox quota {quota})")]
 
 
 def check_writable(path: Path) -> list[Check]:
@@ -274,7 +276,8 @@ def check_profile(config_path: Path) -> list[Check]:
     for m in cfg.models:
         try:
             b = load_model_bundle(cfg, m)
-            sig = f"signature OK (key {b.signed_by})" if b.signed_by else "unsigned (allowed by the profile)"
+            sig = (f"signature OK (key {b.signed_by})" if b.signed_by else
+                   f"{b.signature_state.split(' (')[0]} (allowed: require_signature is false)")
             out.append(Check(OK, f"model {m.name}", f"{b.manifest.name} {b.manifest.version}, hashes OK, {sig}"))
         except MedgeError as e:
             out.append(Check(FAIL, f"model {m.name}", str(e)))

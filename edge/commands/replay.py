@@ -53,10 +53,12 @@ def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: 
         def show(f: Finding, new: bool) -> None:
             echo(json.dumps({"finding": f.to_dict()}, sort_keys=True) if as_json else finding_line(f, new))
 
+        peaks = PeakScores()
+
         metrics = Metrics(logger=log)
         pl = build_pipeline(source, lm, "replay", pseudonymizer.study_ids, sink, metrics,
                             settings or PipelineSettings(queue_depth=1 if realtime else 4), stop_event=stop,
-                            logger=log, on_finding=show)
+                            logger=log, on_finding=show, on_scores=peaks.add)
         if not as_json:
             echo(f"replaying {file.name} through {lm.describe()} ({'real time' if realtime else 'as fast as possible'})")
         t0 = time.perf_counter()
@@ -70,12 +72,16 @@ def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: 
         source.close()
         lm.close()
         snap = metrics.snapshot()
+        task = lm.task
         if as_json:
             echo(json.dumps({"summary": {**snap["total"], "wall_s": round(wall, 3),
                                          "fps": round(snap["total"]["frames_done"] / wall, 2) if wall > 0 else 0.0,
-                                         "model": lm.ref.__dict__, "provider": lm.backend.provider}}, sort_keys=True))
+                                         "model": lm.ref.__dict__, "provider": lm.backend.provider,
+                                         "peak_scores": peaks.to_dict(), "threshold": task.threshold,
+                                         "review_band": list(task.band)}}, sort_keys=True))
         else:
             echo(summary_line(snap, wall))
+            echo(peaks.line(task.threshold, task.band))
         stats = getattr(source, "stats", None)
         if stats is not None and stats.errors:
             echo(f"medge: error: {stats.last_error}")
@@ -83,6 +89,30 @@ def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: 
         if pl.failure is not None:
             return 1
         return 0 if snap["total"]["errors"] == 0 else 1
+
+
+class PeakScores:
+    """The highest confidence each label reached, and where: what a clip that found nothing came close to."""
+
+    def __init__(self) -> None:
+        self.best: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, frame, scores: dict[str, float]) -> None:
+        with self._lock:
+            for label, conf in scores.items():
+                if label not in self.best or conf > self.best[label][0]:
+                    self.best[label] = (conf, frame.index)
+
+    def to_dict(self) -> dict[str, dict[str, float]]:
+        return {k: {"confidence": round(c, 4), "frame": i} for k, (c, i) in sorted(self.best.items())}
+
+    def line(self, threshold: float, band: tuple[float, float]) -> str:
+        if not self.best:
+            return "highest confidence: no frame was scored"
+        parts = [f"{k} {c:.2f} at frame {i}" for k, (c, i) in sorted(self.best.items())]
+        return (f"highest confidence: {', '.join(parts)} (positive at >= {threshold:.2f}, needs review "
+                f"{band[0]:.2f}-{band[1]:.2f})")
 
 
 class MemorySink:

@@ -162,7 +162,17 @@ class Bundle:
 
     root: Path
     manifest: Manifest
-    signed_by: str | None  # fingerprint of the key that verified the signature, or None if unsigned
+    signed_by: str | None  # fingerprint of the key that verified the signature, or None if not verified
+
+    @property
+    def signature_state(self) -> str:
+        """'signed by <fp>', 'signature not verified (no trusted key given)' or 'unsigned': a bundle loaded
+        without trusted keys may well be signed, and calling it unsigned sends people hunting a problem."""
+        if self.signed_by:
+            return f"signed by {self.signed_by}"
+        if (self.root / SIGNATURE).is_file():
+            return "signature not verified (no trusted key given)"
+        return "unsigned"
 
     def variant(self, name: str | None = None) -> Variant:
         name = name or self.manifest.default_variant
@@ -228,6 +238,18 @@ def verify_signature(root: Path, manifest_bytes: bytes, trusted_keys: list[Path]
     )
 
 
+def not_a_bundle(path: Path, shown: str | None = None) -> str:
+    """Why ``path`` is no bundle folder (``shown``: how the user wrote it); a bare ONNX model is the usual
+    mix-up, so say how to make one."""
+    name = shown or str(path)
+    if path.is_file() and path.suffix.lower() == ".onnx":
+        return (f"{name}: is an ONNX model, not a bundle; make a bundle from it first: "
+                f"medge export quantize {name} --calib IMAGES_DIR")
+    if path.is_file():
+        return f"{name}: is a file; a bundle is a folder (made by medge export quantize)"
+    return f"{name}: bundle folder not found"
+
+
 def load_bundle(root: Path | str, trusted_keys: list[Path] | None = None, require_signature: bool = False) -> Bundle:
     """Read and verify a bundle: manifest schema, every file hash, and the signature when required.
 
@@ -237,7 +259,7 @@ def load_bundle(root: Path | str, trusted_keys: list[Path] | None = None, requir
     root = Path(root)
     mpath = root / MANIFEST
     if not root.is_dir():
-        raise BundleError(f"{root}: bundle folder not found")
+        raise BundleError(not_a_bundle(root))
     try:
         mbytes = mpath.read_bytes()
     except FileNotFoundError:

@@ -30,7 +30,7 @@ class LoadedModel:
 
     def describe(self) -> str:
         m = self.bundle.manifest
-        sig = f"signed by {self.bundle.signed_by}" if self.bundle.signed_by else "unsigned"
+        sig = self.bundle.signature_state
         return (f"{self.config.name}: {m.name} {m.version} {self.ref.variant} on {self.backend.name}/"
                 f"{self.backend.provider} ({m.task}, sha256 {self.ref.sha256[:12]}, {sig})")
 

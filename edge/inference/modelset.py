@@ -26,7 +26,7 @@ def verify_models(cfg: Config) -> list[str]:
     for m in cfg.models:
         b = load_model_bundle(cfg, m)
         v = b.variant(m.variant)
-        sig = f"signed by key {b.signed_by}" if b.signed_by else "unsigned"
+        sig = b.signature_state
         lines.append(f"model {m.name}: {b.manifest.name} {b.manifest.version} {v.name} "
                      f"sha256 {b.model_sha256(v.name)[:12]} ({sig})")
     return lines

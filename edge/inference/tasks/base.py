@@ -140,6 +140,11 @@ class Task:
     def decode(self, outputs: dict[str, np.ndarray], geom: Geometry, frame: Frame) -> list[Detection]:
         raise NotImplementedError
 
+    def peak_scores(self, outputs: dict[str, np.ndarray], geom: Geometry, frame: Frame) -> dict[str, float]:
+        """Each reportable label's confidence in this frame, finding or not: `medge replay` shows how close a
+        clip came to the threshold, so "no findings" can be told apart from "nearly"."""
+        raise NotImplementedError
+
 
 def clip01(v: float) -> float:
     return min(1.0, max(0.0, float(v)))

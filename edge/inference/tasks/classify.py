@@ -50,6 +50,10 @@ class Classify(Task):
             out.append(Detection(label, conf, j[0], j[1], j[2], measurements={"probability": round(conf, 4)}))
         return out
 
+    def peak_scores(self, outputs: dict[str, np.ndarray], geom: Geometry, frame: Frame) -> dict[str, float]:
+        r = self.model_space(outputs, geom)
+        return {n: clip01(v) for n, v in zip(r.labels, r.probs, strict=False) if n not in self.background}
+
 
 TASK = Classify
 

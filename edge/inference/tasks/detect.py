@@ -118,6 +118,9 @@ class Detect(Task):
             out.append(det)
         return out
 
+    def peak_scores(self, outputs: dict[str, np.ndarray], geom: Geometry, frame: Frame) -> dict[str, float]:
+        return {r.label: r.confidence for r in self.model_space(outputs, geom)}
+
 
 TASK = Detect
 

@@ -133,6 +133,9 @@ class Segment(Task):
         pts = poly.reshape(-1, 2).astype(np.float64) + np.array([geom.pad_left, geom.pad_top])
         return np.round(geom.points_to_frame(pts), 1).tolist()
 
+    def peak_scores(self, outputs: dict[str, np.ndarray], geom: Geometry, frame: Frame) -> dict[str, float]:
+        return {r.label: r.confidence for r in self.model_space(outputs, geom, frame.spacing_mm)}
+
 
 TASK = Segment
 
