@@ -28,6 +28,7 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from edge.imaging.limits import DEFAULT_LIMITS, MB, DecodeLimits
+from edge.units import mib
 
 __all__ = ["DEFAULT_LIMITS", "DecodeLimits", "codestream_refusal", "deflate_refusal", "size_refusal", "value_refusal"]
 VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
@@ -41,7 +42,7 @@ _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OW", b"OV", b"SQ", b"SV", b"UC", b"UN
 
 
 def _mb(n: float) -> str:
-    return f"{n / MB:,.0f} MB" if n >= 10 * MB else f"{n / MB:.1f} MB"
+    return mib(n)
 
 
 # ------------------------------------------------------------------------------- before reading

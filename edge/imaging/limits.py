@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MB = 1024 * 1024
+from edge.units import MIB as MB  # the profile's *_mb keys are MiB
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,13 @@ class VideoInfo:
     readable: bool  # the first frame decodes
 
 
+def frame_count(cap: cv2.VideoCapture) -> int | None:
+    """The container's frame count, or None: streams, still images and some codecs report 0 or a negative
+    sentinel (-2**63), which is "unknown", not a count."""
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    return n if n > 0 else None
+
+
 def probe(path: Path | str) -> VideoInfo | None:
     """What a video file holds, from its first frame; None when OpenCV cannot open it at all."""
     cap = cv2.VideoCapture(str(path))
@@ -49,7 +56,7 @@ def probe(path: Path | str) -> VideoInfo | None:
         if not cap.isOpened():
             return None
         ok, img = cap.read()
-        return VideoInfo(frames=int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None,
+        return VideoInfo(frames=frame_count(cap),
                          rows=int(img.shape[0]) if ok else None, columns=int(img.shape[1]) if ok else None,
                          frame_rate=capture_fps(cap), readable=bool(ok and img is not None))
     finally:
@@ -65,7 +72,7 @@ def read_video(path: Path | str, step: int = 1) -> Iterator[tuple[int, np.ndarra
         cap.release()
         raise InputError(f"{path}: cannot open as a video (OpenCV could not read it)")
     try:
-        info = VideoInfo(frames=int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None, rows=None, columns=None,
+        info = VideoInfo(frames=frame_count(cap), rows=None, columns=None,
                          frame_rate=capture_fps(cap), readable=True)
         i = n = 0
         while True:

@@ -45,6 +45,7 @@ from typing import Any
 
 from edge.errors import MedgeError
 from edge.findings import PRIORITIES, Finding
+from edge.units import MIB, mib
 
 log = logging.getLogger("medge.outbox")
 
@@ -186,8 +187,8 @@ class OutboxStatus:
             f"  at broker  {self.at_broker} (the broker has them; waiting for the hospital's acknowledgement;"
             f" resent {self.resent})",
             f"  oldest     {oldest} (oldest finding the hospital does not have yet)",
-            f"  size       {self.pending_bytes / 1e6:.2f} MB of {self.quota_bytes / 1e6:.2f} MB quota"
-            f"{'  OVER QUOTA' if self.over_quota else ''} (file {self.file_bytes / 1e6:.2f} MB)",
+            f"  size       {mib(self.pending_bytes)} of {mib(self.quota_bytes)} quota"
+            f"{'  OVER QUOTA' if self.over_quota else ''} (file {mib(self.file_bytes)})",
             f"  acknowledged {self.delivered} by the hospital (ids kept for de-duplication"
             f"{f'; {self.hospital_rejected} rejected there' if self.hospital_rejected else ''})",
             f"  dropped    {self.dropped_low} low-priority (quota); accepted over quota {self.over_quota_accepted}",
@@ -210,7 +211,7 @@ def _fmt_age(s: float) -> str:
 class Outbox:
     """One thread's handle on the outbox file. Open one per thread; close it (or use ``with``)."""
 
-    def __init__(self, path: Path | str, quota_bytes: int = 512 * 1024 * 1024,
+    def __init__(self, path: Path | str, quota_bytes: int = 512 * MIB,
                  ttl_s: Mapping[str, float] | None = None, busy_timeout_s: float = 30.0, create: bool = True) -> None:
         """``create=False``: only open an outbox that exists (commands that look must not make one; an empty
         new outbox on a device would hide a typo in the profile)."""
@@ -279,7 +280,7 @@ class Outbox:
     @classmethod
     def from_config(cls, cfg: Any, create: bool = True) -> Outbox:
         ttl = cfg.outbox.ttl_hours
-        return cls(cfg.outbox_path, quota_bytes=int(cfg.outbox.quota_mb * 1024 * 1024),
+        return cls(cfg.outbox_path, quota_bytes=int(cfg.outbox.quota_mb * MIB),
                    ttl_s={"urgent": ttl.urgent * 3600, "routine": ttl.routine * 3600, "low": ttl.low * 3600},
                    create=create)
 

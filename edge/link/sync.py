@@ -52,6 +52,7 @@ from edge.link.backoff import Backoff
 from edge.link.mqtt import SESSION_TAKEN_OVER, describe_error, new_client, parse_broker_url
 from edge.link.outbox import Outbox, OutboxItem
 from edge.link.topics import DeviceTopics, device_topics, parse_ack
+from edge.units import MIB
 
 log = logging.getLogger("medge.sync")
 
@@ -480,7 +481,7 @@ class SyncClient:
         st = self._ob.status()
         try:
             disk = shutil.disk_usage(self._ob.path.parent)
-            disk_free_mb = round(disk.free / 1e6, 1)
+            disk_free_mb = round(disk.free / MIB, 1)
         except OSError:
             disk_free_mb = None
         doc: dict[str, Any] = {

@@ -98,7 +98,7 @@ def test_deflate_bomb_is_refused_before_pydicom_inflates_it(tmp_path):
     bomb = tmp_path / "deflate-bomb.dcm"
     bomb.write_bytes(small.read_bytes()[:offset] + body)
     assert bomb.stat().st_size < 200_000
-    with pytest.raises(InputError, match=r"deflated data set inflates to more than 32 MB, over the device's limit"):
+    with pytest.raises(InputError, match=r"deflated data set inflates to more than 32 MiB, over the device's limit"):
         list(frames_from_file(bomb, "t", DecodeLimits.from_mb(8, 16)))
 
 

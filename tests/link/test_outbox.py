@@ -314,3 +314,14 @@ def test_outbox_from_before_end_to_end_acks_is_upgraded_and_a_newer_one_refused(
         db.execute("PRAGMA user_version=99")
     with pytest.raises(OutboxError, match="outbox schema 99 is newer than this medge understands"):
         Outbox(p)
+
+
+def test_sizes_are_mib_everywhere_the_quota_appears(tmp_path):
+    """The profile's quota_mb is MiB; status and doctor print the same number in the same unit."""
+    from edge.commands.doctor import check_disk
+    from edge.units import MIB
+
+    ob = Outbox(tmp_path / "o.sqlite3", quota_bytes=512 * MIB)
+    assert "of 512 MiB quota" in ob.status().describe()
+    (c,) = check_disk(tmp_path, 512)
+    assert "outbox quota 512 MiB" in c.detail and " MB" not in c.detail

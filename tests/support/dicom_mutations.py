@@ -253,8 +253,8 @@ POISONS = {
     "bits-allocated-vr.dcm": (lambda d: bits_allocated_vr(find("RG3_J2KI.dcm"), d / "bits-allocated-vr.dcm"),
                               "header element (0028,0100) BitsAllocated cannot be read"),
     "rle-60000.dcm": (lambda d: huge_rle(d / "rle-60000.dcm"),
-                      "declares 1 frame(s) of 60000x60000x1 at 8 bits: 3,433 MB a frame decoded, over the device's "
-                      "limit of 64 MB (input_limits.max_frame_mb)"),
+                      "declares 1 frame(s) of 60000x60000x1 at 8 bits: 3,433 MiB a frame decoded, over the device's "
+                      "limit of 64 MiB (input_limits.max_frame_mb)"),
 }
 
 
