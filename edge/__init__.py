@@ -1,3 +1,8 @@
 """medge on-device runtime. Everything here runs on the device; nothing here imports `export`."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # one source of truth: pyproject.toml's version, as installed
+    __version__ = version("medge")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"

@@ -13,14 +13,34 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from edge.errors import MedgeError
 from edge.link.topics import DEFAULT_GROUP, findings_filter
 
 
+class Command(TyperCommand):
+    """Usage lines name arguments the way manuals do (``medge inspect [OPTIONS] FILE``), not typer's ``{file}``."""
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        out = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if isinstance(p, TyperArgument):
+                name = (p.metavar or (p.name or "arg").upper()) + ("..." if p.nargs != 1 else "")
+                out.append(name if p.required else f"[{name}]")
+            else:
+                out.extend(p.get_usage_pieces(ctx))
+        return out
+
+
 class Commands(TyperGroup):
     """Every subcommand runs inside `invoke`: the one place a `MedgeError` becomes the error line."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        for cmd in self.commands.values():  # typer builds plain TyperCommands; give them medge's usage line
+            if type(cmd) is TyperCommand:
+                cmd.__class__ = Command
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
@@ -39,15 +59,33 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-config_app = typer.Typer(help="Firmware profiles.", no_args_is_help=True, rich_markup_mode=None)
-outbox_app = typer.Typer(help="The durable findings outbox on this device.", no_args_is_help=True,
+config_app = typer.Typer(cls=Commands, help="Firmware profiles.", no_args_is_help=True, rich_markup_mode=None)
+outbox_app = typer.Typer(cls=Commands, help="The durable findings outbox on this device.", no_args_is_help=True,
                          rich_markup_mode=None)
-findings_app = typer.Typer(help="What this device found, and whether the hospital has it.", no_args_is_help=True,
+findings_app = typer.Typer(cls=Commands, help="What this device found, and whether the hospital has it.", no_args_is_help=True,
                            rich_markup_mode=None)
-hospital_app = typer.Typer(help="Hospital side: the broker configuration and the findings the receivers stored.",
+hospital_app = typer.Typer(cls=Commands, help="Hospital side: the broker configuration and the findings the receivers stored.",
                            no_args_is_help=True, rich_markup_mode=None)
-hospital_findings_app = typer.Typer(help="Findings in the receivers' database.", no_args_is_help=True,
+hospital_findings_app = typer.Typer(cls=Commands, help="Findings in the receivers' database.", no_args_is_help=True,
                                     rich_markup_mode=None)
+
+
+def _version(value: bool) -> None:
+    if value:
+        import onnxruntime
+
+        from edge import __version__
+
+        typer.echo(f"medge {__version__} (onnxruntime {onnxruntime.__version__}, python {sys.version.split()[0]})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _top(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                      help="print medge's version and exit")) -> None:
+    """medge: edge inference for portable medical imaging (decision support, not a diagnosis)."""
+
+
 app.add_typer(config_app, name="config")
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(findings_app, name="findings")
@@ -96,11 +134,13 @@ def run(
 def demo(
     data_dir: Path | None = typer.Option(None, help="where the demo keeps its outbox (default: the demo profile's, "
                                          "~/.local/share/medge/demo, started afresh each run)"),
+    broker: str | None = typer.Option(None, "--broker", metavar="URL", help="also send the findings to this MQTT "
+                                      "broker (e.g. mqtt://127.0.0.1:1883 with 'medge receive' on it)"),
 ) -> None:
     """Run the built-in demo: both reference models on bundled sample input, CPU only, no broker."""
     from edge.commands.demo import run_demo
 
-    raise typer.Exit(run_demo(data_dir))
+    raise typer.Exit(run_demo(data_dir, broker=broker))
 
 
 @app.command()
@@ -110,7 +150,8 @@ def replay(
     variant: str | None = typer.Option(None, help="fp32 | int8 | fp16 (default: the bundle's)"),
     realtime: bool = typer.Option(True, "--realtime/--fast", help="play at the recorded frame rate or as fast as possible"),
     as_json: bool = typer.Option(False, "--json", help="print findings and the summary as JSON lines"),
-    trusted_key: list[Path] = typer.Option([], "--trusted-key", help="require a signature by this public key"),
+    trusted_key: list[Path] = typer.Option([], "--trusted-key", help="require a signature by this public key (PEM); "
+                                           "repeatable", metavar="PEM"),
 ) -> None:
     """Run the device pipeline offline on one file and print findings and the latency summary."""
     from edge.commands.replay import replay_file
@@ -215,7 +256,8 @@ def outbox_purge(config: Path = PROFILE, data_dir: Path | None = DATA_DIR) -> No
 @findings_app.command("list")
 def findings_list(config: Path = PROFILE, data_dir: Path | None = DATA_DIR, as_json: bool = AS_JSON,
                   limit: int = typer.Option(50, help="show at most this many, newest first"),
-                  state: list[str] = typer.Option([], "--state", help="pending, in-flight, at-broker, acknowledged "
+                  state: list[str] = typer.Option([], "--state", metavar="STATE",
+                                                  help="pending, in-flight, at-broker, acknowledged "
                                                   "(repeat for several; default all)")) -> None:
     """What this device found: label, confidence, modality, review flag, model and delivery state."""
     import json
@@ -358,7 +400,7 @@ def export_cmd(ctx: typer.Context) -> None:
 
 def main() -> None:
     try:
-        app()
+        app(prog_name="medge")  # the same name in help whether started as medge or python -m edge.cli
     except KeyboardInterrupt:
         sys.exit(130)
 

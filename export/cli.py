@@ -149,7 +149,7 @@ def sign_cmd(
 @app.command("verify")
 def verify_cmd(
     bundle: Path = typer.Argument(..., help="bundle folder"),
-    key: list[Path] = typer.Option([], "--key", help="trusted Ed25519 public key (PEM); repeatable"),
+    key: list[Path] = typer.Option([], "--key", help="trusted Ed25519 public key (PEM); repeatable", metavar="PEM"),
 ) -> None:
     """Check every hash and the signature exactly as the device does."""
     from .sign import verify_bundle

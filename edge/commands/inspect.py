@@ -42,6 +42,21 @@ def inspect_dicom(path: Path) -> dict[str, Any]:
     return info
 
 
+def inspect_image(path: Path) -> dict[str, Any] | None:
+    """A still image (PNG, JPEG, ...) is not something the daemon reads; say what it is instead of probing it
+    as a one-frame video."""
+    import cv2
+
+    if not cv2.haveImageReader(str(path)):
+        return None
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    rows, cols = (img.shape[0], img.shape[1]) if img is not None else (None, None)
+    fmt = path.suffix.lstrip(".").upper() or "image"
+    return {"path": str(path), "kind": "image", "accepted": False, "rows": rows, "columns": cols,
+            "reason": f"{path}: a still {fmt} image, not DICOM or video: the daemon's sources read DICOM (dicom-folder, "
+                      "dicom-store) and video; export's --calib/--val folders take images like this"}
+
+
 def inspect_video(path: Path) -> dict[str, Any]:
     v = probe(path)
     if v is None:
@@ -56,9 +71,17 @@ def inspect_video(path: Path) -> dict[str, Any]:
 def inspect_file(path: Path | str, as_json: bool = False, echo: Callable[[str], None] = print) -> int:
     """Print the report; exit code 0 if the daemon would accept the file, 1 if it would refuse it."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give one file in it")
     if not path.is_file():
         raise InputError(f"{path}: file not found")
-    info = inspect_dicom(path) if is_dicom_file(path) else inspect_video(path)
+    if path.stat().st_size == 0:
+        info: dict[str, Any] = {"path": str(path), "kind": "empty", "accepted": False,
+                                "reason": f"{path}: empty file (0 bytes; an interrupted copy or transfer?)"}
+    elif is_dicom_file(path):
+        info = inspect_dicom(path)
+    else:
+        info = inspect_image(path) or inspect_video(path)
     if as_json:
         echo(json.dumps(info, indent=2, sort_keys=True, default=str))
     else:

@@ -410,3 +410,21 @@ def test_small_or_uniform_calibration_set_is_warned_about(ws, tmp_path):
     assert summary["warnings"] == warnings
     _, ok = calibration_summary(load_samples(ws["calib"], pre, "calibration"), min_samples=8)
     assert ok == []
+
+
+def test_report_uses_one_sign_for_a_drop_and_never_calls_a_slowdown_faster(cpu_bundle):
+    from export.report import drop_text, render_md, speed_phrase
+
+    assert drop_text(0.0197) == "drop 0.0197" and drop_text(-0.0) == "drop 0.0000" and drop_text(-1e-6) == "drop 0.0000"
+    assert drop_text(-0.0123) == "no drop (INT8 better by 0.0123)"
+    assert speed_phrase(1.84) == "1.84x faster than FP32" and speed_phrase(0.91) == "0.91x the speed of FP32 (slower)"
+    rep = json.loads((cpu_bundle / "report.json").read_text())
+    rep["gate"].update(drop=-0.0123, delta_int8_minus_fp32={k: 0.0123 if v is not None else None
+                                                             for k, v in rep["gate"]["fp32"].items()})
+    lat = rep["latency"]["variants"]
+    lat["int8"]["median_ms"] = lat["fp32"]["median_ms"] / 0.9
+    md = render_md(rep)
+    assert "no drop (INT8 better by 0.0123)" in md and "| +0.0123 |" in md and "-0.0" not in md
+    assert "0.90x (slower)" in md and "Accuracy (validation" in md
+    rep["gate"]["reference"] = "fp32"
+    assert "Agreement with FP32" in render_md(rep) and "not clinical accuracy" in render_md(rep)

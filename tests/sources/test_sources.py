@@ -175,6 +175,28 @@ def test_inspect_video_file(tmp_path):
     assert info["frame_rate"] == pytest.approx(20.0) and info["frames"] == 6
 
 
+def test_inspect_says_what_a_file_is_when_the_daemon_cannot_read_it(tmp_path):
+    """A PNG is a still image (not a one-frame video with -2**63 frames), a folder and an empty file say so."""
+    import cv2
+    import numpy as np
+
+    from edge.commands.inspect import inspect_file
+    from edge.errors import InputError
+
+    png = tmp_path / "shot.png"
+    cv2.imwrite(str(png), np.zeros((10, 12), np.uint8))
+    lines: list[str] = []
+    assert inspect_file(png, echo=lines.append) == 1
+    assert lines[0].startswith("shot.png: REFUSED") and "a still PNG image, not DICOM or video" in lines[0]
+    assert "  kind              image" in lines and not any("frames" in ln for ln in lines)
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    lines = []
+    assert inspect_file(empty, echo=lines.append) == 1 and "empty file (0 bytes" in lines[0]
+    with pytest.raises(InputError, match="is a folder; give one file in it"):
+        inspect_file(tmp_path)
+
+
 def test_unreachable_rtsp_stream_backs_off_and_stops_promptly(tmp_path):
     import socket
 
