@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,6 +74,21 @@ def _stored(row: tuple) -> StoredFinding:
     return StoredFinding(fid, site, device, prio, str(received), payload if isinstance(payload, dict) else json.loads(payload))
 
 
+def _wal(db: sqlite3.Connection, timeout_s: float = 30.0) -> None:
+    """Switch to WAL. Two receivers opening a new database at once (the shared-subscription set-up on one
+    host) race on this switch, and SQLite answers it with 'database is locked' at once instead of
+    waiting in its busy handler; so wait here."""
+    end = time.monotonic() + timeout_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > end:
+                raise
+            time.sleep(0.05)
+
+
 class SqliteStore:
     """Findings in a local SQLite file (WAL, synchronous=FULL), finding_id as the primary key."""
 
@@ -85,7 +101,7 @@ class SqliteStore:
                 raise ConfigError(f"{self.path}: folder {self.path.parent} does not exist; create it (the receiver does "
                                   "not guess where the hospital keeps its database)")
             self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            _wal(self.db)
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("CREATE TABLE IF NOT EXISTS findings (finding_id TEXT PRIMARY KEY, site TEXT NOT NULL,"
                             " device_id TEXT NOT NULL, priority TEXT NOT NULL, topic TEXT NOT NULL,"

@@ -1,9 +1,11 @@
 """`medge demo`: the whole device path on bundled samples, in under a minute, with no hardware.
 
 Runs the daemon exactly as a device would (same profile loader, bundle signature check, pipeline and
-outbox) on ``firmware_configs/demo.yaml`` from this checkout, with a throw-away data folder, and prints
-each finding as it lands. The demo profile has no broker, so findings stay in the local outbox; saying
-so explicitly avoids the natural question "where did they go?".
+outbox) on ``firmware_configs/demo.yaml`` from this checkout, with its data folder started afresh, and
+prints each finding as it lands. The demo profile has no broker, so findings stay in the local outbox;
+saying so explicitly avoids the natural question "where did they go?". ``--broker URL`` turns sync on,
+so the same run also shows the hospital side: a `medge receive` on that broker stores and acknowledges
+the findings, and the demo waits (``sync.drain_on_exit_s``) until it has.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def _fresh(folder: Path) -> None:
     (folder / MARKER).write_text("made by medge demo; removed and re-made by the next demo run\n")
 
 
-def run_demo(data_dir: Path | None = None, echo=print) -> int:
+def run_demo(data_dir: Path | None = None, echo=print, broker: str | None = None) -> int:
     from edge.config import load_config
     from edge.runtime.daemon import LOG_FORMAT, run_daemon
 
@@ -56,6 +58,11 @@ def run_demo(data_dir: Path | None = None, echo=print) -> int:
         logging.basicConfig(level="WARNING", format=LOG_FORMAT)
     cfg = load_config(profile, data_dir=Path(data_dir))
     cfg = _quiet(cfg)
+    if broker:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, sync=dataclasses.replace(cfg.sync, enabled=True, broker=broker,
+                                                                backoff_min_s=0.5, backoff_max_s=2.0))
     echo(f"medge demo: device {cfg.device.id}, {len(cfg.models)} model(s), {len(cfg.sources)} sample source(s); "
          "synthetic data, decision support only")
     for s in cfg.sources:
@@ -71,8 +78,13 @@ def run_demo(data_dir: Path | None = None, echo=print) -> int:
     n = _count(cfg.outbox_path)
     echo(f"medge demo: done in {time.monotonic() - t0:.1f} s; {len(seen)} finding(s) produced, {n} in the local "
          f"outbox {cfg.outbox_path}")
-    echo("  no broker is configured in the demo profile (sync.enabled: false), so findings stay in the local "
-         "outbox; on a device they are sent to the hospital broker when the link is up")
+    if broker:
+        acked = _acknowledged(cfg)
+        echo(f"  sent to {broker}: {acked} of {n} acknowledged by the hospital"
+             + ("" if acked == n else " (is 'medge receive' running on that broker?)"))
+    else:
+        echo("  no broker is configured in the demo profile (sync.enabled: false), so findings stay in the local "
+             "outbox; on a device they are sent to the hospital broker when the link is up (try --broker)")
     extra = "" if Path(data_dir) == load_config(profile, check_files=False).data_dir else f" --data-dir {data_dir}"
     shown = os.path.relpath(profile) if Path(os.path.relpath(profile)).parts[:1] != ("..",) else str(profile)
     echo(f"  they are kept in {data_dir}; look at them with:")
@@ -86,6 +98,16 @@ def _quiet(cfg):
     import dataclasses
 
     return dataclasses.replace(cfg, log_level="warning") if cfg.log_level == "info" else cfg
+
+
+def _acknowledged(cfg) -> int:
+    from edge.link.outbox import Outbox
+
+    ob = Outbox.from_config(cfg, create=False)
+    try:
+        return ob.status().delivered
+    finally:
+        ob.close()
 
 
 def _count(path: Path) -> int:

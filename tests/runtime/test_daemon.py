@@ -180,8 +180,11 @@ def test_replay_prints_findings_and_latency_summary(tmp_path, signed_bundle):
     assert len(findings) < 10 and all(f["frame_range"][0] <= f["frame_range"][1] for f in findings)
     text: list[str] = []
     assert replay_file(Path(get_testdata_file(CINE)), bundle, realtime=False, echo=text.append) == 0
-    assert text[0].startswith("replaying color3d_jpeg_baseline.dcm") and "latency p50" in text[-1]
-    assert any("free_fluid" in t and "mm²" in t for t in text[1:-1])
+    assert text[0].startswith("replaying color3d_jpeg_baseline.dcm") and "latency p50" in text[-2]
+    # signed, but no key was given to check it with: that is "not verified", not "unsigned"
+    assert "signature not verified (no trusted key given)" in text[0]
+    assert text[-1].startswith("highest confidence: free_fluid 1.00 at frame")
+    assert any("free_fluid" in t and "mm²" in t for t in text[1:-2])
 
 
 def test_replay_bad_inputs_are_one_line_errors(tmp_path, signed_bundle):
@@ -260,6 +263,50 @@ def test_demo_keeps_its_findings_where_the_readme_says_and_they_can_be_listed(tm
     assert len(json.loads(r.stdout)) == 2
 
 
+@pytest.mark.slow
+def test_readme_local_broker_path_demo_to_receiver_to_hospital_list(tmp_path):
+    """The README's hospital-side try-out, as written: a local mosquitto, 'medge receive' on it, 'medge demo
+    --broker', then 'medge hospital findings list': the demo's findings arrive, each acknowledged once."""
+    from tests.support.mqtt_broker import free_port, mosquitto_path, wait_port
+
+    missing = _demo_inputs_missing()
+    if missing:
+        pytest.skip(missing)
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"  # what 'mosquitto -p PORT' does, bound to 127.0.0.1 only
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    url, db = f"mqtt://127.0.0.1:{port}", tmp_path / "hospital.sqlite3"
+    env = {**os.environ, "HOME": str(tmp_path)}
+    cmd = [sys.executable, "-m", "edge.cli"]
+    mq = subprocess.Popen([mosquitto_path(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rx = None
+    try:
+        wait_port("127.0.0.1", port)
+        rx = subprocess.Popen([*cmd, "receive", "--broker", url, "--db", str(db)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 20
+        while not db.exists() and time.monotonic() < deadline:  # the receiver opens its store, then subscribes
+            time.sleep(0.1)
+        time.sleep(1.0)
+        r = subprocess.run([*cmd, "demo", "--broker", url], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"sent to {url}: 2 of 2 acknowledged by the hospital" in r.stdout, r.stdout
+        assert "is plain MQTT" in r.stderr  # allowed for a try-out, but said out loud
+        r = subprocess.run([*cmd, "hospital", "findings", "list", "--db", str(db), "--json"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=60)
+        rows = json.loads(r.stdout)
+        assert r.returncode == 0 and sorted(x["finding"]["label"] for x in rows) == ["focal_opacity", "free_fluid"]
+        assert {x["device_id"] for x in rows} == {"demo-01"}
+    finally:
+        if rx is not None:
+            rx.terminate()
+            out = rx.communicate(timeout=30)[0]
+            assert rx.returncode == 0, out
+        mq.terminate()
+        mq.wait(10)
+
+
 def test_run_refuses_a_tampered_bundle_before_starting(tmp_path):
     key = Ed25519PrivateKey.generate()
     pub = write_public_key(tmp_path / "pub.pem", key)
@@ -302,7 +349,13 @@ def test_replay_real_bundles_on_demo_samples_match_truth():
     assert first <= ev["frame_range"][0] <= first + 3
     want = us["fluid_area_mm2"][ev["frame_index"]]
     assert ev["measurements"]["area_mm2"] == pytest.approx(want, rel=0.2)
+    last = us["fluid_frames"][-1]
+    assert last - 3 <= ev["frame_range"][1] <= last  # the finding covers the whole episode, not its onset
     assert [f["label"] for f in run("cxr_opacity.dcm", "cxr-opacity")] == ["focal_opacity"]
+    # nothing on the normal radiograph, and the summary says how close it came
+    lines: list[str] = []
+    assert replay_file(samples / "cxr_normal.dcm", bundles / "cxr-opacity", realtime=False, echo=lines.append) == 0
+    assert "findings 0" in lines[-2] and lines[-1].startswith("highest confidence: focal_opacity 0.")
     assert run("cxr_normal.dcm", "cxr-opacity") == []
 
 
