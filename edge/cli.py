@@ -260,8 +260,6 @@ def findings_list(config: Path = PROFILE, data_dir: Path | None = DATA_DIR, as_j
                                                   help="pending, in-flight, at-broker, acknowledged "
                                                   "(repeat for several; default all)")) -> None:
     """What this device found: label, confidence, modality, review flag, model and delivery state."""
-    import json
-
     from edge.link.outbox import STATE_NAMES
 
     bad = [x for x in state if x not in STATE_NAMES.values()]
@@ -269,6 +267,13 @@ def findings_list(config: Path = PROFILE, data_dir: Path | None = DATA_DIR, as_j
         raise _usage(f"--state {bad[0]!r}: use one of {', '.join(STATE_NAMES.values())}")
     with _outbox(config, data_dir) as ob:
         rows = ob.list_findings(limit, tuple(state) or None)
+    _print_rows(rows, limit, as_json)
+
+
+def _print_rows(rows: list, limit: int, as_json: bool) -> None:
+    """Device and hospital listings alike: one line each (or a JSON list), and whether more were cut off."""
+    import json
+
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
         return
@@ -286,7 +291,7 @@ def findings_show(finding_id: str = typer.Argument(..., help="a finding id from 
     from edge.errors import InputError
 
     with _outbox(config, data_dir) as ob:
-        rows = [r for r in ob.list_findings(1_000_000) if r.finding_id == finding_id]
+        rows = ob.list_findings(1, finding_id=finding_id)
         item = ob.get(finding_id)
     if not rows:
         raise InputError(f"finding {finding_id}: not in this device's outbox (ids of acknowledged findings are kept "
@@ -343,8 +348,6 @@ HOSPITAL_DB = typer.Option(..., "--db", help="the receiver's SQLite file, or a p
 def hospital_findings_list(db: str = HOSPITAL_DB, as_json: bool = AS_JSON,
                            limit: int = typer.Option(50, help="show at most this many, newest first")) -> None:
     """What the receivers stored: label, confidence, modality, review flag, device and model."""
-    import json
-
     from hospital.store import open_store
 
     store = open_store(db, create=False)
@@ -352,12 +355,7 @@ def hospital_findings_list(db: str = HOSPITAL_DB, as_json: bool = AS_JSON,
         rows = store.recent(limit)
     finally:
         store.close()
-    if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
-        return
-    for r in rows:
-        typer.echo(r.describe())
-    typer.echo(f"{len(rows)} finding(s)" + (f" (newest {limit}; --limit for more)" if len(rows) == limit else ""))
+    _print_rows(rows, limit, as_json)
 
 
 @hospital_findings_app.command("show")

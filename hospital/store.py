@@ -74,6 +74,9 @@ def _stored(row: tuple) -> StoredFinding:
     return StoredFinding(fid, site, device, prio, str(received), payload if isinstance(payload, dict) else json.loads(payload))
 
 
+_COLS = "finding_id, site, device_id, priority, received_at, payload"  # what a StoredFinding is read from
+
+
 def _wal(db: sqlite3.Connection, timeout_s: float = 30.0) -> None:
     """Switch to WAL. Two receivers opening a new database at once (the shared-subscription set-up on one
     host) race on this switch, and SQLite answers it with 'database is locked' at once instead of
@@ -132,11 +135,11 @@ class SqliteStore:
 
     def recent(self, n: int = 50) -> list[StoredFinding]:
         return [_stored(r) for r in self.db.execute(
-            "SELECT finding_id, site, device_id, priority, received_at, payload FROM findings"
+            f"SELECT {_COLS} FROM findings"
             " ORDER BY received_at DESC, rowid DESC LIMIT ?", (n,))]
 
     def get(self, finding_id: str) -> StoredFinding | None:
-        row = self.db.execute("SELECT finding_id, site, device_id, priority, received_at, payload FROM findings"
+        row = self.db.execute(f"SELECT {_COLS} FROM findings"
                               " WHERE finding_id = ?", (finding_id,)).fetchone()
         return _stored(row) if row else None
 
@@ -181,11 +184,11 @@ class PostgresStore:
 
     def recent(self, n: int = 50) -> list[StoredFinding]:
         return [_stored(r) for r in self.db.execute(
-            "SELECT finding_id, site, device_id, priority, received_at, payload FROM medge_findings"
+            f"SELECT {_COLS} FROM medge_findings"
             " ORDER BY received_at DESC LIMIT %s", (n,))]
 
     def get(self, finding_id: str) -> StoredFinding | None:
-        row = self.db.execute("SELECT finding_id, site, device_id, priority, received_at, payload FROM medge_findings"
+        row = self.db.execute(f"SELECT {_COLS} FROM medge_findings"
                               " WHERE finding_id = %s", (finding_id,)).fetchone()
         return _stored(row) if row else None
 

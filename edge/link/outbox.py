@@ -495,13 +495,17 @@ class Outbox:
                                " FROM findings WHERE finding_id=?", (finding_id,)).fetchone()
         return _item(row) if row else None
 
-    def list_findings(self, n: int = 50, states: tuple[str, ...] | None = None) -> list[FindingRow]:
-        """The newest findings with their delivery state (summaries survive the payload)."""
+    def list_findings(self, n: int = 50, states: tuple[str, ...] | None = None,
+                      finding_id: str | None = None) -> list[FindingRow]:
+        """The newest findings (or the one with ``finding_id``) with their delivery state (summaries survive
+        the payload)."""
         where, args = "", []
         if states:
             codes = [k for k, v in STATE_NAMES.items() if v in states]
             where = f" WHERE state IN ({', '.join('?' * len(codes))})"
             args = codes
+        if finding_id is not None:
+            where, args = " WHERE finding_id = ?", [finding_id]
         rows = self._db.execute(
             "SELECT finding_id, priority, state, created_at, delivered_at, attempts, payload IS NOT NULL, "
             + ", ".join(SUMMARY_COLUMNS) + f" FROM findings{where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
