@@ -7,7 +7,8 @@ same reader the device uses for DICOM) and then a tensor via `edge.inference.pre
 the exact `PreprocessSpec` that goes into the manifest. There is no other resize/normalise code.
 
 Folder format: images ``*.png *.jpg *.jpeg *.dcm`` and videos ``*.mp4 *.avi`` (every k-th frame), at the
-top level or one folder down (a folder-per-class tree, ``val/<label>/*.png``, works for calibration too).
+top level, or one folder down in a folder-per-class tree (``val/<label>/*.png``, calibration too); a
+folder with ``labels.csv``, ``boxes.json`` or ``masks/`` is flat and its sub-folders are not read.
 Validation labels are what each task kind reads (`edge.inference.tasks.TASK_KINDS`, ``truth``):
 ``labels.csv`` (file,label) or class folders for classify; ``masks/<file name>.png`` for segment;
 ``boxes.json`` ({file: [[x0, y0, x1, y1, label], ...]}, image pixels) for detect. A file is named by its
@@ -57,7 +58,7 @@ class ValidationSet:
     truth: list[Any] = field(default_factory=list)
 
 
-RESERVED_FOLDERS = ("masks",)  # hold labels, not inputs
+LABEL_FILES = ("labels.csv", "boxes.json", "masks")  # a flat folder's labels: its sub-folders are not classes
 
 
 def _is_input(p: Path) -> bool:
@@ -80,12 +81,13 @@ def list_inputs(folder: Path, what: str) -> list[Path]:
 
 
 def class_folders(folder: Path) -> list[str]:
-    """Sub-folders holding inputs, sorted (torchvision's ImageFolder numbers classes in this order)."""
+    """Sub-folders holding inputs, sorted (torchvision's ImageFolder numbers classes in this order); none
+    when the folder is a flat one with its own labels (an ``archive/`` beside ``labels.csv`` is no class)."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if not folder.is_dir() or any((folder / name).exists() for name in LABEL_FILES):
         return []
     return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
-                  and d.name not in RESERVED_FOLDERS and any(_is_input(p) for p in d.iterdir()))
+                  and any(_is_input(p) for p in d.iterdir()))
 
 
 def read_frames(path: Path, video_step: int = 10) -> Iterator[Frame]:

@@ -28,9 +28,12 @@ import yaml
 from edge.errors import InputError
 from edge.inference.preprocess import PreprocessSpec
 from edge.inference.tasks import TASK_KINDS
-from edge.inference.tasks.base import DEFAULT_BACKGROUND, POSTPROCESS_KEYS
+from edge.inference.tasks.base import POSTPROCESS_KEYS, background_set
 
 ACTIVATIONS = ("sigmoid", "softmax", "none")
+# ops that move or reshape values without changing them: a Sigmoid before a Flatten still ends the graph
+PASSTHROUGH_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Resize", "Upsample",
+                             "Cast"})
 SPEC_FILE = "model_spec.yaml"  # the resolved spec, inside the bundle
 
 
@@ -48,12 +51,13 @@ SPEC_KEYS: dict[str, SpecKey] = {k.name: k for k in (
             "model name on every finding and in the bundle"),
     SpecKey("version", "text", "the ONNX model_version if set, else 0.1.0", "--model-version",
             "model version on every finding; a new export of a changed model needs a new version"),
-    SpecKey("task", "classify | segment | detect", "from the first output's shape: (1, K) classify, (1, K, H, W) "
-            "segment; detect must be given", "--task", "how outputs become findings (edge.inference.tasks)"),
+    SpecKey("task", "classify | segment | detect", "from the first output's shape: (1, K) or (1, K, 1, 1) classify, "
+            "(1, K, H, W) segment; anything else (detect included) must be given", "--task",
+            "how outputs become findings (edge.inference.tasks)"),
     SpecKey("description", "text", "the ONNX doc_string, else empty", "", "what the model finds, for people"),
-    SpecKey("labels", "list of text", "classify with a folder-per-class --val: the class folders' names in sorted "
-            "order (as torchvision's ImageFolder numbers them); else placeholder names (finding; negative, finding; "
-            "class_0 ...)", "--labels",
+    SpecKey("labels", "list of text", "classify with a folder-per-class --val (no labels.csv): the class folders' "
+            "names in sorted order (as torchvision's ImageFolder numbers them); else placeholder names (finding; "
+            "negative, finding; class_0 ...); detect with more than one class must be given", "--labels",
             "one name per output channel, in the model's order. A single-logit classifier reports the probability "
             "of the last label. Labels in postprocess.background_labels never produce a finding"),
     SpecKey("threshold", "number 0..1", "0.5", "--threshold", "confidence at or above which a finding is positive"),
@@ -62,8 +66,9 @@ SPEC_KEYS: dict[str, SpecKey] = {k.name: k for k in (
     SpecKey("urgent_labels", "list of labels", "[]", "--urgent",
             "positive findings of these labels outside the review band get priority urgent"),
     SpecKey("input", "{name: text}", "the graph's only input", "", "checked against the graph"),
-    SpecKey("outputs", "list of {name, activation}", "the first graph output; activation none when the graph "
-            "ends in Sigmoid or Softmax, else sigmoid for one channel and softmax for several", "--activation",
+    SpecKey("outputs", "list of {name, activation}", "the first graph output (detect: all of them, boxes first); "
+            "activation none when the graph ends in Sigmoid or Softmax (through reshapes), else sigmoid for one "
+            "channel and softmax for several (detect: none)", "--activation",
             "which outputs the task reads, and the activation (sigmoid | softmax | none) that makes them "
             "probabilities"),
     SpecKey("preprocess", "mapping (below)", "size and colour from the graph's input; the rest as below",
@@ -176,9 +181,10 @@ class SpecResolver:
             raise InputError(f"{self.model_path}: input {inp.name!r} has rank {len(dims)}; expected N x C x H x W")
         if self.input_shape:
             dims = [v if v is not None else self.input_shape[i] for i, v in enumerate(dims)]
-        given = dict(self.given.get("preprocess") or {})
+        given = self.given.get("preprocess") or {}
         if not isinstance(given, dict):
-            raise InputError(f"{self.where}: preprocess must be a mapping")
+            raise InputError(f"{self.where}: preprocess must be a mapping of the keys in docs/MODEL_SPEC.md")
+        given = dict(given)
         pre = {**given, **self.flags.preprocess}
         src = [s for s, used in ((self.file.name if self.file else "", bool(given)), ("flags", bool(self.flags.preprocess)))
                if used]
@@ -217,27 +223,41 @@ class SpecResolver:
                 raise InputError(f"{w}: {k} must be non-empty text")
             self.spec[k] = str(v).strip()
 
-        want_in = (self.given.get("input") or {}).get("name")
+        given_in = self.given.get("input") or {}
+        if not isinstance(given_in, dict):
+            raise InputError(f"{w}: input must be a mapping like {{name: input}}")
+        want_in = given_in.get("name")
         if want_in and want_in != io["input"]["name"]:
             raise InputError(f"{w}: input name {want_in!r} is not the model's input {io['input']['name']!r}")
         self.spec["input"], self.origin["input"] = {"name": io["input"]["name"]}, "graph"
 
-        outputs = self._outputs(prepared, io)
-        first = next(o for o in io["outputs"] if o["name"] == outputs[0]["name"])
-        shape = first["shape"]
+        shapes = {o["name"]: o["shape"] for o in io["outputs"]}
+        declared = self.given.get("outputs")
+        if declared is not None and not (isinstance(declared, list) and declared and isinstance(declared[0], dict)):
+            raise InputError(f"{w}: outputs must be a list of {{name, activation}}")
+        first = str(declared[0].get("name")) if declared else io["outputs"][0]["name"]
+        shape = shapes.get(first, [])
         task = self._take("task", f.task, *_guess_task(shape))
         if task is None:
-            raise InputError(f"{self.model_path}: cannot tell the task from output {first['name']!r} shape {shape}; "
+            raise InputError(f"{self.model_path}: cannot tell the task from output {first!r} shape {shape}; "
                              f"pass --task {' | '.join(TASK_KINDS)}")
         if task not in TASK_KINDS:
             raise InputError(f"{w}: task {task!r} is not one of {', '.join(TASK_KINDS)}")
-        channels = _channels(task, shape)
+        outputs = self._outputs(io, task)
+        channels = _channels(task, [shapes[o["name"]] for o in outputs])
         if f.activation is None and "outputs" not in self.given:
-            final = _final_op(prepared, outputs[0]["name"])
-            outputs[0]["activation"] = "none" if final in ("Sigmoid", "Softmax") else \
-                ("softmax" if (channels or 1) > 1 and task != "detect" else "sigmoid" if task != "detect" else "none")
-            self.origin["outputs"] = f"graph (ends in {final})" if final in ("Sigmoid", "Softmax") else \
-                "graph + default activation"
+            scores = outputs[-1]["name"] if task == "detect" else outputs[0]["name"]
+            final = _final_op(prepared, scores)
+            if final in ("Sigmoid", "Softmax"):
+                outputs[0]["activation"], how = "none", f"graph (ends in {final})"
+            elif task == "detect":
+                outputs[0]["activation"], how = "none", "graph + default activation"
+                self.notes.append("detect: scores are taken as probabilities already; pass --activation sigmoid if "
+                                  "the model outputs logits")
+            else:
+                outputs[0]["activation"] = "softmax" if (channels or 1) > 1 else "sigmoid"
+                how = "graph + default activation"
+            self.origin["outputs"] = how
         self.spec["outputs"] = outputs
 
         labels = self._labels(task, channels)
@@ -248,9 +268,10 @@ class SpecResolver:
         self._check(task, labels, channels)
         return ResolvedSpec(self.spec, self.origin, self.file, self.notes)
 
-    def _outputs(self, prepared: onnx.ModelProto, io: dict[str, Any]) -> list[dict[str, Any]]:
+    def _outputs(self, io: dict[str, Any], task: str) -> list[dict[str, Any]]:
         by_name = {o["name"]: o for o in io["outputs"]}
-        declared = self.given.get("outputs") or [{"name": io["outputs"][0]["name"]}]
+        graph = [{"name": o["name"]} for o in io["outputs"]]
+        declared = self.given.get("outputs") or (graph if task == "detect" else graph[:1])
         self.origin["outputs"] = self.file.name if "outputs" in self.given and self.file else "graph"
         if not isinstance(declared, list):
             raise InputError(f"{self.where}: outputs must be a list of {{name, activation}}")
@@ -282,8 +303,12 @@ class SpecResolver:
                 labels = ["finding"] if k == 1 else ["negative", "finding"] if k == 2 else [f"class_{i}" for i in range(k)]
             elif task == "segment":
                 labels = ["region"] if k == 1 else ["background", *(f"class_{i}" for i in range(1, k))]
-            else:
+            elif channels == 1:
                 labels = ["finding"]
+            else:
+                what = f"{channels} score columns" if channels else "score columns medge cannot count from the graph"
+                raise InputError(f"{self.model_path}: a detector with {what} needs its class names: pass --labels "
+                                 "(one per score column, in order)")
             self._take("labels", None, labels, "placeholder names")
             self.notes.append(f"labels not given: findings will be called {', '.join(labels)}; pass --labels "
                               "(one per output channel, in the model's order) or use folder-per-class validation")
@@ -322,20 +347,20 @@ class SpecResolver:
                 raise InputError(f"{w}: postprocess key {k!r} is unknown; allowed: {', '.join(POSTPROCESS_KEYS)}")
             if task not in spec_key.tasks:
                 raise InputError(f"{w}: postprocess.{k} is for {'/'.join(spec_key.tasks)} models, not {task}")
-        if channels is not None and channels > 1 and task in ("classify", "segment") and len(labels) != channels:
+        if channels is not None and channels > 1 and len(labels) != channels:
             raise InputError(f"{w}: the model's output has {channels} channels but {len(labels)} label(s) are given "
                              f"({', '.join(labels)}); give one label per channel, in order")
         if channels == 1 and task == "classify" and len(labels) > 2:
             raise InputError(f"{w}: the model has one output but {len(labels)} labels; a single logit is the "
                              "probability of the last label ([negative, positive] or [positive])")
-        background = set(pp.get("background_labels", DEFAULT_BACKGROUND))
+        background = background_set(pp)
         reported = labels[-1:] if channels == 1 and task == "classify" else labels
-        if all(lb in background for lb in reported):
+        if all(lb.casefold() in background for lb in reported):
             what = (f"the model's single output is the probability of {labels[-1]!r}" if len(reported) == 1 else
                     f"every label ({', '.join(reported)})")
             raise InputError(f"{w}: {what} is a background label (postprocess.background_labels), so no finding could "
                              "ever be produced; order the labels [negative, positive] or set background_labels")
-        quiet = [lb for lb in labels if lb in background]
+        quiet = [lb for lb in labels if lb.casefold() in background]
         if quiet:
             self.notes.append(f"label(s) {', '.join(quiet)} never produce a finding (background_labels)")
 
@@ -347,24 +372,36 @@ def _default_name(model_path: Path) -> str:
 
 
 def _guess_task(shape: list[Any]) -> tuple[str | None, str]:
+    """Only shapes that cannot mean anything else: batch 1 and a known channel count."""
     dims = [d if isinstance(d, int) else None for d in shape]
-    if len(dims) == 2:
+    if len(dims) < 2 or dims[0] != 1 or dims[1] is None:
+        return None, "graph"
+    if len(dims) == 2 or (len(dims) == 4 and dims[2] == 1 and dims[3] == 1):
         return "classify", f"graph: output shape {shape}"
-    if len(dims) == 4 and dims[2] == 1 and dims[3] == 1:
-        return "classify", f"graph: output shape {shape}"
-    if len(dims) == 4:
+    if len(dims) == 4 and all(d is None or d > 1 for d in dims[2:]):
         return "segment", f"graph: output shape {shape}"
     return None, "graph"
 
 
-def _channels(task: str, shape: list[Any]) -> int | None:
-    if task in ("classify", "segment") and len(shape) >= 2 and isinstance(shape[1], int):
-        return shape[1]
-    return None
+def _channels(task: str, shapes: list[list[Any]]) -> int | None:
+    """Output channels the labels name: classes (classify, segment) or score columns (detect), if known."""
+    shape = shapes[0] if shapes else []
+    if task in ("classify", "segment"):
+        return shape[1] if len(shape) >= 2 and isinstance(shape[1], int) else None
+    last = shapes[-1][-1] if shapes and shapes[-1] and isinstance(shapes[-1][-1], int) else None
+    if last is None:
+        return None
+    return last if len(shapes) >= 2 else (last - 4 if last > 4 else None)  # one output: x0 y0 x1 y1 + scores
 
 
 def _final_op(model: onnx.ModelProto, output: str) -> str:
-    for n in model.graph.node:
-        if output in n.output:
+    """The op that last changes ``output``'s values, looking back through reshapes and copies."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    name, seen = output, set()
+    while name in producer and name not in seen:
+        seen.add(name)
+        n = producer[name]
+        if n.op_type not in PASSTHROUGH_OPS or not n.input:
             return n.op_type
+        name = n.input[0]
     return "?"

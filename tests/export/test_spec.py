@@ -50,14 +50,21 @@ def _tiny(in_shape: list, out_channels: int, kind: str = "classify", final: str 
         shape = numpy_helper.from_array(np.array([1, out_channels, -1], np.int64), "shape")
         nodes.append(helper.make_node("Reshape", ["c", "shape"], ["y"], name="reshape"))
         out_shape = [1, out_channels, None]
+    elif kind == "rows":  # (N, K) rows, e.g. detections after NMS: not a batch-1 classifier
+        shape = numpy_helper.from_array(np.array([-1, out_channels], np.int64), "shape")
+        nodes.append(helper.make_node("Reshape", ["c", "shape"], ["y"], name="reshape"))
+        out_shape = [None, out_channels]
     else:
         nodes.append(helper.make_node("Identity", ["c"], ["y"], name="id"))
         out_shape = [1, out_channels, h, wd]
-    if final:
+    if final == "Softmax+Flatten":  # a probability, then a reshape: the reshape does not undo the softmax
+        nodes += [helper.make_node("Softmax", ["y"], ["p"], name="final", axis=1),
+                  helper.make_node("Flatten", ["p"], ["out"], name="flat_out", axis=1)]
+    elif final:
         nodes.append(helper.make_node(final, ["y"], ["out"], name="final", **({"axis": 1} if final == "Softmax" else {})))
     else:
         nodes.append(helper.make_node("Identity", ["y"], ["out"], name="final"))
-    inits = [w] + ([shape] if kind == "rank3" else [])
+    inits = [w] + ([shape] if kind in ("rank3", "rows") else [])
     g = helper.make_graph(nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
                           [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)], inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
@@ -134,11 +141,72 @@ def test_flags_override_the_spec_file_which_overrides_the_graph(tmp_path):
     (_tiny([1, 1, 8, 8], 4, kind="rank3"), {}, "cannot tell the task"),
     (_tiny([1, 1, 8, 8], 1), {"spec": {"lables": ["x"]}}, "unknown key(s) lables"),
     (_tiny([1, 2, 8, 8], 1), {}, "has 2 channels"),
+    (_tiny([1, 1, 8, 8], 6, kind="rows"), {}, "cannot tell the task"),
+    (_tiny([1, 1, 8, 8], 1), {"spec": {"preprocess": [32, 32]}}, "preprocess must be a mapping"),
+    (_tiny([1, 1, 8, 8], 1), {"spec": {"input": "x"}}, "input must be a mapping"),
+    (_tiny([1, 1, 8, 8], 2), {"flags": SpecFlags(labels=["NORMAL", "Negative"])}, "every label (NORMAL, Negative)"),
 ])
 def test_impossible_specs_are_refused_with_the_reason(tmp_path, model, kw, needle):
     with pytest.raises(InputError) as e:
         _resolve(tmp_path, model, **kw)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_activation_before_a_reshape_is_still_the_last_one(tmp_path):
+    r = _resolve(tmp_path, _tiny([1, 1, 8, 8], 3, final="Softmax+Flatten"))
+    assert r.spec["outputs"][0]["activation"] == "none" and "ends in Softmax" in r.origin["outputs"]
+
+
+def test_upper_case_normal_folder_is_background_on_the_device_too(tmp_path):
+    r = _resolve(tmp_path, _tiny([1, 1, 8, 8], 2), flags=SpecFlags(labels=["NORMAL", "PNEUMONIA"]))
+    assert any("NORMAL never produce a finding" in n for n in r.notes)
+    from edge.inference.tasks import Output, TaskConfig
+
+    task = build_task(TaskConfig("classify", ("NORMAL", "PNEUMONIA"), (Output("out", "softmax"),)))
+    scores = task.model_space({"out": np.array([[4.0, 0.0]], np.float32)})
+    assert scores.candidates == ()  # NORMAL won: no finding
+
+
+def test_class_folders_name_labels_only_without_labels_csv(tmp_path):
+    val = tmp_path / "val"
+    write_images(val, 4, seed=3)
+    write_images(val / "archive", 2, seed=4)  # an old batch kept beside the labelled images
+    (val / "labels.csv").write_text("file,label\n" + "".join(f"img{i:03d}.png,{i % 2}\n" for i in range(4)))
+    r = _resolve(tmp_path, _tiny([1, 1, 8, 8], 1), val=val)
+    assert r.spec["labels"] == ["finding"] and r.origin["labels"] == "placeholder names"
+    from export.datasets import list_inputs
+
+    assert [p.name for p in list_inputs(val, "validation")] == [f"img{i:03d}.png" for i in range(4)]
+    (val / "labels.csv").unlink()
+    shutil.move(str(val / "archive"), str(val / "opacity"))
+    (val / "normal").mkdir()
+    for p in sorted(val.glob("img*.png")):
+        shutil.move(str(p), str(val / "normal" / p.name))
+    r = _resolve(tmp_path, _tiny([1, 1, 8, 8], 1), val=val)
+    assert r.spec["labels"] == ["normal", "opacity"] and r.origin["labels"] == "validation class folders"
+
+
+def test_two_output_detector_declares_both_and_needs_class_names(tmp_path):
+    """boxes (1, 64, 4) and sigmoid scores (1, 64, 3) from one conv: the layout of many exported detectors."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((7, 1, 1, 1)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1, 7, -1], np.int64), "s"),
+             numpy_helper.from_array(np.array([4, 3], np.int64), "sizes")]
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv"),
+             helper.make_node("Reshape", ["c", "s"], ["r"], name="reshape"),
+             helper.make_node("Transpose", ["r"], ["t"], name="t", perm=[0, 2, 1]),
+             helper.make_node("Split", ["t", "sizes"], ["boxes", "logits"], name="split", axis=2),
+             helper.make_node("Sigmoid", ["logits"], ["scores"], name="sig")]
+    g = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 8, 8])],
+                          [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 64, 4]),
+                           helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 64, 3])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    with pytest.raises(InputError, match="a detector with 3 score columns needs its class names"):
+        _resolve(tmp_path, m, flags=SpecFlags(task="detect"))
+    r = _resolve(tmp_path, m, flags=SpecFlags(task="detect", labels=["a", "b", "c"]))
+    assert [o["name"] for o in r.spec["outputs"]] == ["boxes", "scores"]
+    assert r.spec["outputs"][0]["activation"] == "none" and "ends in Sigmoid" in r.origin["outputs"]
 
 
 def _fp32_class(model: Path, files: list[Path]) -> dict[Path, int]:

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 DEFAULT_BACKGROUND = ("background", "normal", "none", "bg", "negative")
 
 
+def background_set(postprocess: dict[str, Any]) -> frozenset[str]:
+    """Labels that never produce a finding, compared without case: class folders are often named NORMAL."""
+    return frozenset(str(x).casefold() for x in postprocess.get("background_labels", DEFAULT_BACKGROUND))
+
+
 @dataclass(frozen=True)
 class PostprocessKey:
     """One ``postprocess`` option of a bundle manifest: which task kinds read it, its default, its meaning."""
@@ -35,8 +40,8 @@ class PostprocessKey:
 
 POSTPROCESS_KEYS: dict[str, PostprocessKey] = {k.name: k for k in (
     PostprocessKey("background_labels", ("classify", "segment", "detect"), list(DEFAULT_BACKGROUND),
-                   "labels that never produce a finding (a model's 'normal' class is evidence of absence, not a "
-                   "finding); give [] to report every label"),
+                   "labels that never produce a finding, in any letter case (a model's 'normal' class is evidence "
+                   "of absence, not a finding); give [] to report every label"),
     PostprocessKey("mask_threshold", ("segment",), "the spec's threshold", "per-pixel probability a region needs"),
     PostprocessKey("min_area_mm2", ("segment",), 0.0, "regions smaller than this (with the frame's pixel spacing) "
                    "are noise"),
@@ -107,13 +112,16 @@ class Task:
         manifest = self.m = config if isinstance(config, TaskConfig) else config.task_config()
         pp = manifest.postprocess
         self.labels = tuple(manifest.labels)
-        self.background = tuple(pp.get("background_labels", DEFAULT_BACKGROUND))
+        self.background = background_set(pp)
         self.threshold = float(manifest.threshold)
         self.band = manifest.review_band
         self.urgent = set(manifest.urgent_labels)
         self.overlays = overlays
         self.output_name = manifest.outputs[0].name if manifest.outputs else None
         self.activation = manifest.outputs[0].activation if manifest.outputs else "none"
+
+    def is_background(self, label: str) -> bool:
+        return label.casefold() in self.background
 
     def judge(self, label: str, conf: float) -> tuple[bool, bool, str] | None:
         """(positive, needs_review, priority) for a confidence, or None when it is a clear negative.

@@ -39,7 +39,7 @@ class Classify(Task):
         pairs = [(n, clip01(v)) for n, v in zip(names, p, strict=False)]
         if self.activation == "softmax" and len(pairs) > 1:  # mutually exclusive classes: only the winner
             pairs = [max(pairs, key=lambda t: t[1])]
-        return ClassScores(names, p[: len(names)], tuple((n, c) for n, c in pairs if n not in self.background))
+        return ClassScores(names, p[: len(names)], tuple((n, c) for n, c in pairs if not self.is_background(n)))
 
     def decode(self, outputs: dict[str, np.ndarray], geom: Geometry, frame: Frame) -> list[Detection]:
         out = []
@@ -52,7 +52,7 @@ class Classify(Task):
 
     def peak_scores(self, outputs: dict[str, np.ndarray], geom: Geometry, frame: Frame) -> dict[str, float]:
         r = self.model_space(outputs, geom)
-        return {n: clip01(v) for n, v in zip(r.labels, r.probs, strict=False) if n not in self.background}
+        return {n: clip01(v) for n, v in zip(r.labels, r.probs, strict=False) if not self.is_background(n)}
 
 
 TASK = Classify

@@ -71,13 +71,13 @@ class Detect(Task):
             boxes = boxes * np.array([mw, mh, mw, mh], np.float32)
         labels = self.labels
         if scores.shape[1] == 1 and len(labels) > 1:
-            label_names = [lb for lb in labels if lb not in self.background][:1] or [labels[-1]]
+            label_names = [lb for lb in labels if not self.is_background(lb)][:1] or [labels[-1]]
         else:
             label_names = list(labels[: scores.shape[1]])
         lo = min(self.band[0], self.threshold)
         out = []
         for c, label in enumerate(label_names):
-            if label in self.background:
+            if self.is_background(label):
                 continue
             s = scores[:, c]
             idx = np.nonzero(s >= lo)[0]

@@ -56,9 +56,9 @@ class Segment(Task):
         y = apply_activation(y, self.activation, 0)
         labels = self.labels
         if y.shape[0] == 1:
-            fg = [lb for lb in labels if lb not in self.background] or list(labels[-1:])
+            fg = [lb for lb in labels if not self.is_background(lb)] or list(labels[-1:])
             return [(fg[0], y[0])]
-        return [(labels[c], y[c]) for c in range(min(len(labels), y.shape[0])) if labels[c] not in self.background]
+        return [(labels[c], y[c]) for c in range(min(len(labels), y.shape[0])) if not self.is_background(labels[c])]
 
     def model_space(self, outputs: dict[str, np.ndarray], geom: Geometry,
                     spacing_mm: tuple[float, float] | None = None) -> list[LabelRegions]:
