@@ -471,8 +471,9 @@ def _cross_checks(cfg: Config, ctx: _Ctx) -> None:
     if p.metrics_port is not None and p.metrics_port in ports:
         r("pipeline.metrics_port", f"port {p.metrics_port} is already used by source {ports[p.metrics_port]!r}")
     if p.on_frames > p.smoothing_window:
-        r("pipeline.on_frames", f"{p.on_frames} is larger than smoothing_window {p.smoothing_window}: no event could "
-          "ever start", "use on_frames <= smoothing_window")
+        r("pipeline.on_frames", f"{p.on_frames} is larger than smoothing_window {p.smoothing_window}: an event needs "
+          f"{p.on_frames} positive frames within the last {p.smoothing_window}", "set smoothing_window >= on_frames "
+          "(the window is otherwise silently widened to on_frames)")
 
 
 def _start_checks(cfg: Config, ctx: _Ctx) -> None:

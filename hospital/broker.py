@@ -83,7 +83,7 @@ class BrokerSettings:
     persistence_location: str = "/var/lib/mosquitto/"
     dynsec_file: str = "/etc/mosquitto/dynamic-security.json"
     dynsec_plugin: str = field(default_factory=find_dynsec_plugin)
-    # a receiver group that is down for hours queues the fleet's findings in its sessions
+    # receivers with fixed client ids that are down for hours queue the fleet's findings in their sessions
     max_queued_messages: int = 1_000_000
     max_inflight_messages: int = 100
     autosave_interval_s: int = 30

@@ -118,8 +118,12 @@ class ReceiverConfig:
     cert_file: Path | None = None
     key_file: Path | None = None
     # default: medge-receiver-<host>-<pid>-<random>, unique per receiver, so two receivers on one host (or
-    # in one process) never take each other's session; such a session expires SESSION_EXPIRY_DEFAULT_ID_S after the process ends.
-    # A fixed --client-id (or the broker's certificate identity) keeps its session for a week.
+    # in one process) never take each other's session. Such a session is never resumed, so it asks to expire
+    # SESSION_EXPIRY_DEFAULT_ID_S after the process ends (this also holds where the broker makes the
+    # certificate's name the client id). While every receiver is away longer than that, the share group has
+    # no subscriber and the findings stay on the devices (held after a "no matching subscribers" PUBACK, or
+    # resent when no acknowledgement comes): slower, never lost. Give --client-id to have the broker queue
+    # for a receiver that comes back (SESSION_EXPIRY_S).
     client_id: str | None = None
     backoff_min_s: float = 0.5
     # short on purpose: while a receiver is away after a broker restart, its shared subscription may be

@@ -97,8 +97,9 @@ class SqliteStore:
 
     def __init__(self, path: Path | str, create: bool = True) -> None:
         self.path = Path(path)
-        if not create and not self.path.is_file():
-            raise ConfigError(f"{self.path}: no receiver database here; check the --db path")
+        if not create:
+            self.db = self._open_to_read()
+            return
         try:
             if not self.path.parent.is_dir():
                 raise ConfigError(f"{self.path}: folder {self.path.parent} does not exist; create it (the receiver does "
@@ -113,6 +114,21 @@ class SqliteStore:
                             " reason TEXT, payload BLOB)")
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"{self.path}: cannot open receiver database ({e})") from None
+
+    def _open_to_read(self) -> sqlite3.Connection:
+        """Read-only: looking must not turn a mistyped --db (a device outbox, some other file) into a receiver
+        database by adding tables to it."""
+        if not self.path.is_file():
+            raise ConfigError(f"{self.path}: no receiver database here; check the --db path")
+        try:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=30)
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(f"{self.path}: cannot open receiver database ({e})") from None
+        if "findings" not in tables or "rejected" not in tables:
+            db.close()
+            raise ConfigError(f"{self.path}: not a receiver database (no findings/rejected tables); check the --db path")
+        return db
 
     def add(self, rows: list[Received], rejected: list[Rejected]) -> int:
         n = 0

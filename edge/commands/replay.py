@@ -96,10 +96,12 @@ class PeakScores:
 
     def __init__(self) -> None:
         self.best: dict[str, tuple[float, int]] = {}
+        self.frames = 0
         self._lock = threading.Lock()
 
     def add(self, frame, scores: dict[str, float]) -> None:
         with self._lock:
+            self.frames += 1
             for label, conf in scores.items():
                 if label not in self.best or conf > self.best[label][0]:
                     self.best[label] = (conf, frame.index)
@@ -108,8 +110,10 @@ class PeakScores:
         return {k: {"confidence": round(c, 4), "frame": i} for k, (c, i) in sorted(self.best.items())}
 
     def line(self, threshold: float, band: tuple[float, float]) -> str:
-        if not self.best:
+        if not self.frames:
             return "highest confidence: no frame was scored"
+        if not self.best:  # a detector reports only boxes from the lower of threshold and review band up
+            return f"highest confidence: nothing reached {min(threshold, band[0]):.2f} in {self.frames} frame(s)"
         parts = [f"{k} {c:.2f} at frame {i}" for k, (c, i) in sorted(self.best.items())]
         return (f"highest confidence: {', '.join(parts)} (positive at >= {threshold:.2f}, needs review "
                 f"{band[0]:.2f}-{band[1]:.2f})")

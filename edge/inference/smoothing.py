@@ -13,9 +13,11 @@ that raw would page a clinician sixty times per event and once for noise. So per
 
 When it is emitted depends on what the frames are (``emit``):
 
-* ``"episode"`` (a recorded cine: a multi-frame DICOM or a video file) - when the episode ends, or at the
-  object's last frame (`flush`), so the finding describes the whole episode: first to last positive
-  frame, and the peak over all of it. The clip is already recorded, so waiting costs no clinical time.
+* ``"episode"`` (a recorded object: a multi-frame DICOM, or a file played by the replay source; a
+  ``video`` source is live even when it reads a file) - when the episode ends, or when the object does
+  (`flush`: its last frame, the next object starting, the source ending), so the finding describes the
+  whole episode: first to last positive frame, and the peak over all of it. The clip is already
+  recorded, so waiting costs no clinical time.
 * ``"onset"`` (a live stream) - at confirmation, a few frames after onset, because capture-to-finding
   latency is what matters for an urgent finding on a patient being scanned now; the frame range and
   peak are those seen up to confirmation.

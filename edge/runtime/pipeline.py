@@ -250,22 +250,31 @@ class Pipeline:
     def _post(self) -> None:
         while (w := self._q_post.get()) is not _END:
             self._finish(w)
-        # a recorded object whose last frame never came (skipped or unreadable): its episodes end with the run
-        for key, (sm, f) in list(self._smoothers.items()):
-            self._emit_events(sm.flush(), f)
-            del self._smoothers[key]
+        open_objects = [k for k in self._smoothers if k[0] == "object"]
+        if self.stop_event.is_set():
+            # stopped part-way through an object: a durable source reads it again at the next start, and a
+            # truncated episode stored now would shadow the whole one (same finding id)
+            if open_objects:
+                self.logger.info("source %s: %d unfinished object(s) not reported; they are read again at the next "
+                                 "start", self.name, len(open_objects))
+            return
+        for key in open_objects:  # the source ended without an object's last frame (skipped or unreadable)
+            self._end_object(key)
 
     def _finish(self, w: Work) -> None:
         f = w.frame
         ok = True
         t0 = time.perf_counter()
-        if w.error is None:
-            try:
+        try:
+            if w.error is None:
                 self._publish_frame(w)
-            except MedgeError as e:
-                w.error = str(e)
-            except Exception as e:  # decoder bug or outbox failure: report, keep the file for a retry
-                w.error = f"post-processing failed ({type(e).__name__}: {e})"
+            key = self._smoother_key(f)
+            if key is not None and key[0] == "object" and f.frame_count is not None and f.index >= f.frame_count - 1:
+                self._end_object(key)  # the object's last frame, published or not: its episodes end here
+        except MedgeError as e:
+            w.error = w.error or str(e)
+        except Exception as e:  # decoder bug or outbox failure: report, keep the file for a retry
+            w.error = w.error or f"post-processing failed ({type(e).__name__}: {e})"
         if w.error is not None:
             ok = False
             self.metrics.error(self.name)
@@ -295,17 +304,26 @@ class Pipeline:
         if key is None:
             self._emit([self.builder.build(d, f, (time.monotonic() - f.captured_at) * 1000) for d in dets])
             return
+        if key[0] == "object":
+            # a source reads one object after another: a new object means the others have ended (read to the
+            # end or cut short by a decode error), and a frame index going back means this one started again
+            for other in [k for k in self._smoothers if k[0] == "object" and k != key]:
+                self._end_object(other)
+            if key in self._smoothers and f.index <= self._smoothers[key][1].index:
+                self._end_object(key)
         if key not in self._smoothers:
             s = self.settings
             self._smoothers[key] = (Hysteresis(s.on_frames, s.off_frames, s.smoothing_window,
                                                emit="onset" if f.live else "episode"), f)
         sm = self._smoothers[key][0]
         self._smoothers[key] = (sm, f)
-        events = sm.update(f.index, dets)
-        if not f.live and f.frame_count is not None and f.index >= f.frame_count - 1:
-            events += sm.flush()
-            del self._smoothers[key]  # object finished
-        self._emit_events(events, f)
+        self._emit_events(sm.update(f.index, dets), f)
+
+    def _end_object(self, key: Any) -> None:
+        """Report the episodes still running in a recorded object (with its latest frame's context)."""
+        entry = self._smoothers.pop(key, None)
+        if entry is not None:
+            self._emit_events(entry[0].flush(), entry[1])
 
     def _emit_events(self, events: list[Event], f: Frame) -> None:
         self.events += len(events)

@@ -48,6 +48,15 @@ def test_looking_creates_no_database_and_receive_needs_an_existing_folder(tmp_pa
     assert r.returncode == 2 and "folder" in r.stderr and "does not exist; create it" in r.stderr
     assert not (tmp_path / "no").exists()
     assert "is plain MQTT" in r.stderr  # and it says so loudly
+    # a mistyped --db naming some other SQLite file (a device's outbox) is refused and left untouched
+    import sqlite3
+
+    other = tmp_path / "outbox.sqlite3"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE findings (finding_id TEXT PRIMARY KEY, state INTEGER)")
+    before = other.read_bytes()
+    r = _medge("hospital", "findings", "list", "--db", str(other))
+    assert r.returncode == 2 and "not a receiver database" in r.stderr and other.read_bytes() == before
 
 
 def test_two_receivers_on_one_host_get_their_own_client_ids(tmp_path):

@@ -305,6 +305,10 @@ def test_readme_local_broker_path_demo_to_receiver_to_hospital_list(tmp_path):
             assert rx.returncode == 0, out
         mq.terminate()
         mq.wait(10)
+    # a normal stop is one readable INFO line with the counts, no traceback, no error
+    stop_line = next(ln for ln in out.splitlines() if "receiver stopped:" in ln)
+    assert " INFO " in stop_line and "received 2, stored 2, duplicates 0, rejected 0" in stop_line, out
+    assert "Traceback" not in out and " ERROR " not in out and "is plain MQTT" in out
 
 
 def test_run_refuses_a_tampered_bundle_before_starting(tmp_path):
@@ -386,6 +390,8 @@ def test_newcomer_sends_findings_to_a_local_broker_and_lists_them_at_the_receive
     assert finding_lines and all(" INFO " in ln and " US " in ln and "toy-seg 0.0.1 fp32" in ln for ln in finding_lines)
     assert "waiting up to 30 s for the hospital to acknowledge" in out
     assert "the hospital has acknowledged every finding in the outbox" in out
+    stop_line = next(ln for ln in out.splitlines() if ".daemon: stopped:" in ln or " stopped: " in ln)
+    assert " INFO " in stop_line and "Traceback" not in out
     lst = subprocess.run([sys.executable, "-m", "edge.cli", "hospital", "findings", "list", "--db", str(db), "--json"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     rows = json.loads(lst.stdout)

@@ -141,6 +141,30 @@ def test_multiframe_object_flicker_gives_one_event_with_deterministic_id(parts):
     assert list(store2) == list(store)
 
 
+def test_an_object_cut_short_is_reported_when_the_next_begins_and_a_stop_reports_nothing_partial(parts):
+    """Episodes end with their object: at its last frame, when the next object starts (the source gave up on
+    this one), or with the run; a shutdown part-way reports nothing (the durable source reads it again)."""
+    cut = [_stored(0, i >= 2, sop="7.7.1", count=20, index=i) for i in range(12)]  # decoding stopped at frame 12
+    nxt = [_stored(0, False, sop="7.7.2", count=10, index=i) for i in range(10)]
+    src = ListSource(cut + nxt)
+    p, store = _pipeline(parts, src)
+    completed_when_found: list[int] = []
+    p.on_finding = lambda f, new: completed_when_found.append(len(src.completed))
+    assert p.start().join(30)
+    (f,) = store.values()
+    assert f.frame_range == (2, 11) and completed_when_found == [12]  # before anything of the next object completed
+    # stopped in the middle of an object: no truncated finding (its id would shadow the whole episode's)
+    stop = threading.Event()
+    frames = [_stored(0, i >= 2, sop="7.7.3", count=200, index=i) for i in range(200)]
+    src2 = ListSource(frames, interval_s=0.005)
+    p2, store2 = _pipeline(parts, src2)
+    p2.stop_event = stop
+    p2.start()
+    time.sleep(0.3)
+    stop.set()
+    assert p2.join(30) and 0 < src2.yielded < 200 and store2 == {}
+
+
 def test_bad_frame_is_reported_and_the_stream_continues(parts, caplog):
     frames = [_stored(i, True) for i in range(4)]
     frames[1].pixels = np.zeros((0, 7), np.uint8)  # corrupt decode result
