@@ -11,9 +11,10 @@ can make up for it:
   would then hand it every other finding, PUBACK the device and drop the message at the read check.
   The dynamic-security plugin, shipped in the same Debian package, checks subscriptions; this module
   renders its JSON from a fleet inventory: each device may publish only under its own
-  ``<prefix>/<site>/<device>/`` (findings, status, telemetry) and read only its own ack topic;
-  receivers read findings only through the shared group and publish acknowledgements; monitors read
-  everything but may not join a shared group; every identity not listed is refused everything.
+  ``<prefix>/<site>/<device>/`` (findings, events, status, telemetry) and read only its own ack topic;
+  receivers read findings and device events only through the shared group and publish
+  acknowledgements; monitors read everything but may not join a shared group; every identity not listed
+  is refused everything.
 
 ``medge hospital broker-config FLEET.yaml --out DIR`` writes ``mosquitto.conf`` and ``dynamic-security.json``
 (deploy/mosquitto/ holds an example inventory and its output). The test suite's broker is rendered by
@@ -31,7 +32,7 @@ import yaml
 
 from edge.durable_files import write_atomic
 from edge.errors import ConfigError
-from edge.link.topics import DEFAULT_GROUP, DEFAULT_PREFIX, DeviceTopics, check_level, findings_filter, shared
+from edge.link.topics import DEFAULT_GROUP, DEFAULT_PREFIX, DeviceTopics, check_level, events_filter, findings_filter, shared
 
 DYNSEC_PLUGINS = (  # where Debian/Ubuntu (both architectures) and a source build put the plugin
     "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
@@ -100,12 +101,12 @@ def _acl(kind: str, topic: str, allow: bool = True, priority: int = 0) -> dict[s
 def dynsec_config(fleet: Fleet) -> dict[str, Any]:
     """The dynamic-security plugin's configuration: default deny, one role per identity."""
     p = fleet.prefix
+    receive = [acl for f in (findings_filter(p), events_filter(p))
+               for acl in (_acl("subscribePattern", shared(fleet.group, f)),
+                           _acl("unsubscribePattern", shared(fleet.group, f)), _acl("publishClientReceive", f))]
     roles = [
-        {"rolename": "medge-receiver", "textdescription": "stores findings, publishes acknowledgements",
-         "acls": [_acl("subscribePattern", shared(fleet.group, findings_filter(p))),
-                  _acl("unsubscribePattern", shared(fleet.group, findings_filter(p))),
-                  _acl("publishClientReceive", findings_filter(p)),
-                  _acl("publishClientSend", f"{p}/+/+/ack")]},
+        {"rolename": "medge-receiver", "textdescription": "stores findings and device events, publishes acknowledgements",
+         "acls": [*receive, _acl("publishClientSend", f"{p}/+/+/ack")]},
         {"rolename": "medge-monitor", "textdescription": "reads everything, may not take findings from receivers",
          "acls": [_acl("subscribePattern", "$share/#", allow=False, priority=10),
                   _acl("subscribePattern", "#"), _acl("publishClientReceive", f"{p}/#")]},
@@ -116,7 +117,8 @@ def dynsec_config(fleet: Fleet) -> dict[str, Any]:
         t = DeviceTopics(p, site, dev)
         role = f"medge-device-{dev}"
         roles.append({"rolename": role, "acls": [
-            _acl("publishClientSend", t.findings_filter), _acl("publishClientSend", t.status),
+            _acl("publishClientSend", t.findings_filter), _acl("publishClientSend", t.events_filter),
+            _acl("publishClientSend", t.status),
             _acl("publishClientSend", t.telemetry), _acl("subscribeLiteral", t.ack),
             _acl("unsubscribeLiteral", t.ack), _acl("publishClientReceive", t.ack)]})
         clients.append({"username": dev, "textdescription": f"device at {site}", "roles": [{"rolename": role}]})

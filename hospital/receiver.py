@@ -19,6 +19,10 @@ Why it is built this way:
   (a device can only write under its own topic, so a mismatch is a forgery or a bug), is recorded in
   a ``rejected`` table with the reason and acknowledged, so it neither blocks the queue nor vanishes;
   when it carries a finding id, the device is told it was refused (``rejected`` in the ack).
+- Device events (`edge.events`) arrive on the devices' ``events/<priority>`` topics through the same
+  shared group and are checked, stored (their own table, keyed by event id) and acknowledged in the same
+  commit-then-ack batch. A broker that refuses only the events subscription (its ACL predates events)
+  is logged as an error but does not stop findings: the devices keep their events until it is fixed.
 """
 
 from __future__ import annotations
@@ -42,10 +46,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.errors import ConfigError
-from edge.findings import iso_utc
+from edge.events import EVENT_SCHEMA
+from edge.findings import SCHEMA, iso_utc
 from edge.link.backoff import Backoff
 from edge.link.mqtt import SESSION_TAKEN_OVER, describe_error, new_client, parse_broker_url
-from edge.link.topics import DEFAULT_GROUP, ack_payload, findings_filter, parse_finding_topic, shared
+from edge.link.topics import DEFAULT_GROUP, TOPIC_LEVELS, ack_payload, findings_filter, parse_record_topic, shared
 from hospital.store import FindingStore, Received, Rejected, open_store
 
 log = logging.getLogger("medge.receive")
@@ -67,37 +72,47 @@ class ReceiverStats:
     acks_published: int = 0  # acknowledgement messages sent to devices
 
 
+# kind -> (what it is called, the schema its payload declares, whether it may leave the schema out: test
+# tools and monitors publish bare findings, while every event comes from a medge that tags it)
+_KINDS = {"finding": ("a finding", SCHEMA, True), "event": ("an event", EVENT_SCHEMA, False)}
+
+
 def parse_message(topic: str, payload: bytes, props: Any) -> Received | Rejected:
-    """Check a message against the topic scheme <prefix>/<site>/<device>/findings/<priority>."""
+    """Check a message against the topic scheme <prefix>/<site>/<device>/{findings,events}/<priority>."""
     now = iso_utc()
-    ft = parse_finding_topic(topic)
+    ft = parse_record_topic(topic)
     if ft is None:
-        return Rejected(topic, now, "topic does not follow <prefix>/<site>/<device>/findings/<priority>", payload)
+        return Rejected(topic, now, "topic does not follow <prefix>/<site>/<device>/findings|events/<priority>", payload)
+    kind, id_key = ft.kind, f"{ft.kind}_id"
     try:
         doc = json.loads(payload)
-        fid = doc["finding_id"]
+        fid = doc[id_key]
         if not isinstance(fid, str) or not fid:
-            raise ValueError("finding_id is empty")
+            raise ValueError(f"{id_key} is empty")
     except (ValueError, KeyError, TypeError) as e:
-        return Rejected(topic, now, f"payload is not a finding ({type(e).__name__}: {e})", payload)
-    prop_ids = [v for k, v in (getattr(props, "UserProperty", None) or []) if k == "finding_id"]
+        return Rejected(topic, now, f"payload is not {_KINDS[kind][0]} ({type(e).__name__}: {e})", payload)
+    _, schema, optional = _KINDS[kind]
+    if doc.get("schema", schema if optional else None) != schema:
+        return Rejected(topic, now, f"schema {doc.get('schema')!r} is not {schema!r} (on a {TOPIC_LEVELS[kind]} topic)",
+                        payload, fid)
+    prop_ids = [v for k, v in (getattr(props, "UserProperty", None) or []) if k == id_key]
     if prop_ids and prop_ids[0] != fid:
-        return Rejected(topic, now, f"finding_id property {prop_ids[0]!r} differs from the payload's {fid!r}", payload, fid)
+        return Rejected(topic, now, f"{id_key} property {prop_ids[0]!r} differs from the payload's {fid!r}", payload, fid)
     if doc.get("device_id") != ft.device:
         return Rejected(topic, now, f"device_id {doc.get('device_id')!r} does not match the topic's device {ft.device!r}",
                         payload, fid)
-    if doc.get("priority", "routine") != ft.priority:
+    if doc.get("priority", "routine" if kind == "finding" else None) != ft.priority:
         return Rejected(topic, now, f"priority {doc.get('priority')!r} does not match the topic", payload, fid)
-    return Received(fid, ft.site, ft.device, ft.priority, topic, now, payload.decode())
+    return Received(fid, ft.site, ft.device, ft.priority, topic, now, payload.decode(), kind)
 
 
 def acknowledgements(batch: list[Received | Rejected]) -> dict[str, tuple[list[str], dict[str, str]]]:
-    """Per device ack topic: the committed finding ids and the refused ones (with the reason)."""
+    """Per device ack topic: the committed finding and event ids and the refused ones (with the reason)."""
     out: dict[str, tuple[list[str], dict[str, str]]] = {}
     for m in batch:
-        ft = parse_finding_topic(m.topic)
+        ft = parse_record_topic(m.topic)
         if ft is None:
-            continue  # not a device's findings topic: nobody to tell
+            continue  # not a device's findings or events topic: nobody to tell
         ids, refused = out.setdefault(ft.device_topics.ack, ([], {}))
         if isinstance(m, Received):
             ids.append(m.finding_id)
@@ -114,6 +129,8 @@ class ReceiverConfig:
     db: str  # SQLite file path, or a postgresql:// URL
     group: str = DEFAULT_GROUP
     topic: str = field(default_factory=findings_filter)
+    # None: ``topic`` with its findings level replaced by events (same prefix, sites and devices)
+    events_topic: str | None = None
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
@@ -140,6 +157,7 @@ class Receiver:
         self.cfg = cfg
         self.url = parse_broker_url(cfg.broker)
         self.filter = shared(cfg.group, cfg.topic)
+        self.events_filter = shared(cfg.group, cfg.events_topic or _events_twin(cfg.topic))
         self.ca_file, self.cert_file, self.key_file = cfg.ca_file, cfg.cert_file, cfg.key_file
         self.client_id = cfg.client_id or f"medge-receiver-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.session_expiry_s = SESSION_EXPIRY_S if cfg.client_id else SESSION_EXPIRY_DEFAULT_ID_S
@@ -241,16 +259,20 @@ class Receiver:
             self._refused = str(reason_code)
             return
         self._connected = True
-        log.info("receiver: connected to %s as %s (session present: %s), subscribing %s", self.url,
-                 self.client_id, flags.session_present, self.filter)
-        client.subscribe(self.filter, options=SubscribeOptions(qos=1))
+        log.info("receiver: connected to %s as %s (session present: %s), subscribing %s and %s", self.url,
+                 self.client_id, flags.session_present, self.filter, self.events_filter)
+        client.subscribe([(self.filter, SubscribeOptions(qos=1)), (self.events_filter, SubscribeOptions(qos=1))])
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        bad = [str(rc) for rc in reason_codes if rc.is_failure]
-        if bad:
-            log.error("receiver: subscription %s refused: %s", self.filter, ", ".join(bad))
-            self._refused = f"subscription refused ({', '.join(bad)})"
+        findings_rc, *events_rc = reason_codes  # in the order subscribed: findings, events
+        if findings_rc.is_failure:
+            log.error("receiver: subscription %s refused: %s", self.filter, findings_rc)
+            self._refused = f"subscription refused ({findings_rc})"
             return
+        for rc in events_rc:
+            if rc.is_failure:
+                log.error("receiver: subscription %s refused (%s): device events stay on the devices until the broker "
+                          "ACL lets receivers read them (re-render it: medge hospital broker-config)", self.events_filter, rc)
         self.ready.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -265,6 +287,16 @@ class Receiver:
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         self.stats.received += 1
         self._pending.append((msg.mid, msg.qos, parse_message(msg.topic, msg.payload, msg.properties)))
+
+
+def _events_twin(findings_topic: str) -> str:
+    """The events filter matching a findings filter, so ``--topic`` narrows both alike."""
+    parts = findings_topic.split("/")
+    if len(parts) < 4 or parts[3] != TOPIC_LEVELS["finding"]:
+        raise ConfigError(f"--topic {findings_topic!r}: expected <prefix>/<site>/<device>/findings/..., from which the "
+                          "device events filter is derived")
+    parts[3] = TOPIC_LEVELS["event"]
+    return "/".join(parts)
 
 
 def run_receiver(cfg: ReceiverConfig, max_seconds: float | None = None) -> int:

@@ -7,7 +7,8 @@ import jsonschema
 import numpy as np
 import pytest
 
-from edge.findings import Finding, ModelRef
+from edge.events import EVENT_KINDS, DeviceEvent, event_id
+from edge.findings import Finding, ModelRef, iso_utc
 from edge.frames import Frame, Region, StudyRef
 from edge.inference.bundle import load_bundle
 from edge.inference.preprocess import Preprocessor
@@ -68,3 +69,36 @@ def test_minimal_finding_validates(validator):
     f = Finding("d", "CR", ModelRef("m", "1", "a" * 64), "opacity", 0.7, False)
     validator.validate(f.to_dict())
     assert np.isclose(f.to_dict()["confidence"], 0.7)
+
+
+@pytest.fixture(scope="module")
+def event_validator():
+    schema = json.loads(resources.files("edge").joinpath("schemas/event.v1.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["properties"]["kind"]["enum"] == list(EVENT_KINDS)  # one list of kinds, in the code
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+
+
+def _event(kind: str, **kw) -> DeviceEvent:
+    return DeviceEvent(device_id="cart-7", kind=kind, reason="modality" if kind == "out_of_scope" else "intensity_psi",
+                       detail="one line an operator can act on", **kw)
+
+
+@pytest.mark.parametrize("kind", list(EVENT_KINDS))
+def test_device_events_of_each_kind_validate(event_validator, kind):
+    full = _event(kind, model=ModelRef("m", "1", "a" * 64, "int8"), source="cine", modality="US", priority="routine",
+                  study_id="P-1", series_id="P-s", instance_id="P-i", acquired_at=iso_utc(0),
+                  measurements={"psi": 0.41, "frames": 120.0},
+                  event_id=event_id("cart-7", "1.2.3.4.5", "a" * 64, kind))
+    for e in (full, _event(kind)):  # every field, and only what is required (random uuid4 id)
+        event_validator.validate(e.to_dict())
+        assert DeviceEvent.from_dict(json.loads(e.to_json())) == e
+
+
+@pytest.mark.parametrize("field,value", [("kind", "finding"), ("priority", "asap"), ("event_id", "x"), ("detail", ""),
+                                         ("schema", "medge.finding/1"), ("label", "opacity"), ("patient_name", "DOE^JOHN")])
+def test_schema_rejects_bad_events(event_validator, field, value):
+    d = _event("drift").to_dict()
+    d[field] = value
+    with pytest.raises(jsonschema.ValidationError):
+        event_validator.validate(d)

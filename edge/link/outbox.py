@@ -29,6 +29,11 @@ Disk quota policy (``quota_bytes`` counts the payload bytes of undelivered rows)
 Findings whose time-to-live (per priority) has passed are not sent; ``purge_expired`` removes them
 and counts them per priority, never silently.
 
+Device events (`edge.events.DeviceEvent`: an object outside a model's intended use, input drift) are
+rows of the same table with ``kind = 'event'``: the hospital must not miss them any more than a finding,
+so they share the transaction, quota, TTL, priority and acknowledgement rules and the id space (the
+row id is the event id). They are listed apart (``list_events``) so no findings list shows one.
+
 Connections are per thread (sqlite3 enforces it): the pipeline thread and the sync thread each open
 their own ``Outbox`` on the same file.
 """
@@ -44,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import MedgeError
+from edge.events import DeviceEvent
 from edge.findings import PRIORITIES, Finding
 from edge.units import MIB, mib
 
@@ -52,10 +58,12 @@ log = logging.getLogger("medge.outbox")
 PENDING, IN_FLIGHT, DELIVERED, AT_BROKER = 0, 1, 2, 3  # DELIVERED: acknowledged by the hospital's store
 STATE_NAMES = {PENDING: "pending", IN_FLIGHT: "in-flight", AT_BROKER: "at-broker", DELIVERED: "acknowledged"}
 # 1: no at-broker state (PUBACK meant delivered); 2: end-to-end acknowledgements; 3: a summary of each
-# finding kept after its payload is dropped (what `medge findings list` shows)
-SCHEMA_VERSION = 3
+# finding kept after its payload is dropped (what `medge findings list` shows); 4: device events next to
+# findings (``kind``, and their summary: event_kind, reason, detail)
+SCHEMA_VERSION = 4
 SUMMARY_COLUMNS = {"label": "TEXT", "modality": "TEXT", "confidence": "REAL", "needs_review": "INTEGER",
-                   "model": "TEXT", "acquired_at": "TEXT", "source": "TEXT"}
+                   "model": "TEXT", "acquired_at": "TEXT", "source": "TEXT",
+                   "event_kind": "TEXT", "reason": "TEXT", "detail": "TEXT"}
 PRIO_RANK = {p: i for i, p in enumerate(PRIORITIES)}  # urgent=0, routine=1, low=2
 # Fraction of each lease batch kept for lower priorities when they have work waiting: urgent still
 # gets most of the link, but a routine/low backlog always moves.
@@ -77,7 +85,8 @@ CREATE TABLE IF NOT EXISTS findings (
     attempts     INTEGER NOT NULL DEFAULT 0,
     leased_at    REAL,
     delivered_at REAL,
-    due_at       REAL
+    due_at       REAL,
+    kind         TEXT NOT NULL DEFAULT 'finding'
 );
 CREATE INDEX IF NOT EXISTS findings_queue ON findings(state, priority, created_at);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -90,7 +99,7 @@ class OutboxError(MedgeError):
 
 @dataclass(frozen=True)
 class OutboxItem:
-    finding_id: str
+    finding_id: str  # the row id: a finding's finding_id or an event's event_id
     priority: str
     state: str
     payload: bytes | None
@@ -98,10 +107,11 @@ class OutboxItem:
     created_at: float  # wall clock (epoch seconds): survives reboots, unlike the monotonic clock
     expires_at: float
     attempts: int
+    kind: str = "finding"  # or "event": decides the topic it is published on
 
     def describe(self) -> str:
         age = max(0.0, time.time() - self.created_at)
-        return (f"{self.finding_id}  {self.priority:<7}  {self.state:<9}  age {_fmt_age(age):>7}  "
+        return (f"{self.finding_id}  {self.kind:<7}  {self.priority:<7}  {self.state:<9}  age {_fmt_age(age):>7}  "
                 f"attempts {self.attempts}  {self.size} B")
 
 
@@ -125,16 +135,48 @@ class FindingRow:
     source: str | None
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["created_at"] = _iso(self.created_at)
-        d["delivered_at"] = _iso(self.delivered_at) if self.delivered_at else None
-        return d
+        return _row_dict(self)
 
     def describe(self) -> str:
         review = " NEEDS REVIEW" if self.needs_review else ""
         conf = "-" if self.confidence is None else f"{self.confidence:.2f}"
         return (f"{_iso(self.created_at)}  {self.priority:<7}  {self.label or '?'}  {conf}  {self.modality or '?'}{review}  "
                 f"{self.state}  ({self.source or '-'}, {self.model or '?'})  {self.finding_id}")
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """What `medge events list` shows for one device event, delivered or not."""
+
+    event_id: str
+    priority: str
+    state: str
+    created_at: float
+    delivered_at: float | None
+    attempts: int
+    payload_held: bool
+    kind: str  # a key of edge.events.EVENT_KINDS
+    reason: str
+    detail: str
+    modality: str | None
+    model: str | None
+    acquired_at: str | None
+    source: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _row_dict(self)
+
+    def describe(self) -> str:
+        return (f"{_iso(self.created_at)}  {self.priority:<7}  {self.kind}  {self.reason}: {self.detail}  "
+                f"{self.state}  ({self.source or '-'}, {self.model or '-'})  {self.event_id}")
+
+
+def _row_dict(row: FindingRow | EventRow) -> dict[str, Any]:
+    """A listing row as JSON for scripts: times as ISO 8601 UTC."""
+    d = asdict(row)
+    d["created_at"] = _iso(row.created_at)
+    d["delivered_at"] = _iso(row.delivered_at) if row.delivered_at else None
+    return d
 
 
 def _iso(epoch: float) -> str:
@@ -160,11 +202,12 @@ class OutboxStatus:
     at_broker: int = 0  # the broker took them (PUBACK); the hospital has not acknowledged them yet
     resent: int = 0  # at-broker findings sent again because their acknowledgement was overdue
     hospital_rejected: int = 0  # acknowledged by the hospital as rejected (kept in its rejected table)
+    events: int = 0  # of the depth: device events (edge.events), not findings
     counters: dict[str, int] = field(default_factory=dict)
 
     @property
     def depth(self) -> int:
-        """Findings the hospital does not have yet (pending, in flight or at the broker)."""
+        """Findings and events the hospital does not have yet (pending, in flight or at the broker)."""
         return sum(self.pending.values()) + self.in_flight + self.at_broker
 
     @property
@@ -187,6 +230,7 @@ class OutboxStatus:
             f"  at broker  {self.at_broker} (the broker has them; waiting for the hospital's acknowledgement;"
             f" resent {self.resent})",
             f"  oldest     {oldest} (oldest finding the hospital does not have yet)",
+            f"  events     {self.events} of these are device events (out of scope, drift), not findings",
             f"  size       {mib(self.pending_bytes)} of {mib(self.quota_bytes)} quota"
             f"{'  OVER QUOTA' if self.over_quota else ''} (file {mib(self.file_bytes)})",
             f"  acknowledged {self.delivered} by the hospital (ids kept for de-duplication"
@@ -267,9 +311,11 @@ class Outbox:
             cols = {r[1] for r in self._db.execute("PRAGMA table_info(findings)")}
             if "due_at" not in cols:  # schema 1 file: add the acknowledgement deadline
                 self._db.execute("ALTER TABLE findings ADD COLUMN due_at REAL")
-            for name, kind in SUMMARY_COLUMNS.items():  # schema < 3: add the summary (NULL for older rows)
+            if "kind" not in cols:  # schema < 4: every existing row is a finding
+                self._db.execute("ALTER TABLE findings ADD COLUMN kind TEXT NOT NULL DEFAULT 'finding'")
+            for name, sql_type in SUMMARY_COLUMNS.items():  # schema < 3: the summary, < 4: the events' (NULL for older rows)
                 if name not in cols:
-                    self._db.execute(f"ALTER TABLE findings ADD COLUMN {name} {kind}")
+                    self._db.execute(f"ALTER TABLE findings ADD COLUMN {name} {sql_type}")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._db.executemany("INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", [(c,) for c in COUNTERS])
             self._db.execute("COMMIT")
@@ -308,31 +354,30 @@ class Outbox:
         self.close()
 
     # --------------------------------------------------------------------------------------- writes
-    def put(self, finding: Finding) -> bool:
-        """Durably store one finding. False: already known (duplicate id) or dropped by the quota policy."""
-        return self.store([finding])[0]
+    def put(self, record: Finding | DeviceEvent) -> bool:
+        """Durably store one finding or event. False: already known (duplicate id) or dropped by the quota policy."""
+        return self.store([record])[0]
 
-    def put_many(self, findings: Iterable[Finding]) -> int:
-        """Store several findings in one transaction (one fsync). Returns how many were stored."""
-        return sum(self.store(list(findings)))
+    def put_many(self, records: Iterable[Finding | DeviceEvent]) -> int:
+        """Store several findings/events in one transaction (one fsync). Returns how many were stored."""
+        return sum(self.store(list(records)))
 
-    def store(self, findings: list[Finding]) -> list[bool]:
-        """Store findings in one transaction (one fsync); for each, whether it was stored (False: duplicate
-        id, or a low-priority finding dropped by the quota policy). Durable when this returns."""
+    def store(self, records: list[Finding | DeviceEvent]) -> list[bool]:
+        """Store findings and device events in one transaction (one fsync); for each, whether it was stored
+        (False: duplicate id, or a low-priority one dropped by the quota policy). Durable when this returns."""
         now = time.time()
         rows = []
-        for f in findings:
-            payload = f.to_json().encode()
-            rows.append((f.finding_id, PRIO_RANK[f.priority], payload, len(payload), now,
-                         now + self.ttl_s[f.priority],
-                         (f.label, f.modality, float(f.confidence), int(bool(f.needs_review)),
-                          f"{f.model.name} {f.model.version} {f.model.variant}", f.acquired_at, f.source)))
+        for r in records:
+            rid, kind, summary = _summary(r)
+            payload = r.to_json().encode()
+            rows.append((rid, kind, PRIO_RANK[r.priority], payload, len(payload), now, now + self.ttl_s[r.priority],
+                         summary))
         if not rows:
             return []
         stored: list[bool] = []
         with self._tx():
             pending_bytes = self._counter("pending_bytes")
-            for fid, prio, payload, size, created, expires, summary in rows:
+            for fid, kind, prio, payload, size, created, expires, summary in rows:
                 if pending_bytes + size > self.quota_bytes:
                     pending_bytes -= self._evict_low(pending_bytes + size - self.quota_bytes, fid)
                     if pending_bytes + size > self.quota_bytes:
@@ -341,7 +386,7 @@ class Outbox:
                             if self._db.execute("SELECT 1 FROM findings WHERE finding_id=?", (fid,)).fetchone():
                                 continue
                             self._bump("dropped_low", 1)
-                            log.warning("outbox over quota: low-priority finding %s dropped", fid)
+                            log.warning("outbox over quota: low-priority %s %s dropped", kind, fid)
                             continue
                         accepted_over = True
                     else:
@@ -349,16 +394,16 @@ class Outbox:
                 else:
                     accepted_over = False
                 cur = self._db.execute(
-                    "INSERT OR IGNORE INTO findings(finding_id, priority, payload, size, created_at, expires_at, "
-                    + ", ".join(SUMMARY_COLUMNS) + ") VALUES (?, ?, ?, ?, ?, ?" + ", ?" * len(SUMMARY_COLUMNS) + ")",
-                    (fid, prio, payload, size, created, expires, *summary))
+                    "INSERT OR IGNORE INTO findings(finding_id, kind, priority, payload, size, created_at, expires_at, "
+                    + ", ".join(SUMMARY_COLUMNS) + ") VALUES (?, ?, ?, ?, ?, ?, ?" + ", ?" * len(SUMMARY_COLUMNS) + ")",
+                    (fid, kind, prio, payload, size, created, expires, *summary))
                 stored.append(cur.rowcount == 1)
                 if cur.rowcount == 1:
                     pending_bytes += size
                     if accepted_over:
                         self._bump("over_quota_accepted", 1)
-                        log.warning("outbox over quota (%d of %d bytes): %s finding %s kept anyway",
-                                    pending_bytes, self.quota_bytes, PRIORITIES[prio], fid)
+                        log.warning("outbox over quota (%d of %d bytes): %s %s %s kept anyway",
+                                    pending_bytes, self.quota_bytes, PRIORITIES[prio], kind, fid)
             self._db.execute("UPDATE counters SET value=? WHERE name='pending_bytes'", (pending_bytes,))
         return stored
 
@@ -391,7 +436,7 @@ class Outbox:
             # up to n candidates per priority straight off the (state, priority, created_at) index; no
             # COUNT over a 100k backlog on every lease
             cand = {p: self._db.execute(
-                "SELECT finding_id, priority, state, payload, size, created_at, expires_at, attempts FROM findings"
+                "SELECT " + _ITEM_COLS + " FROM findings"
                 " WHERE state=? AND priority=? AND expires_at>? ORDER BY created_at, rowid LIMIT ?",
                 (PENDING, PRIO_RANK[p], now, n)).fetchall() for p in PRIORITIES}
             quota = _split(n, {p: len(rows) for p, rows in cand.items()})
@@ -491,33 +536,47 @@ class Outbox:
 
     # ---------------------------------------------------------------------------------------- reads
     def get(self, finding_id: str) -> OutboxItem | None:
-        row = self._db.execute("SELECT finding_id, priority, state, payload, size, created_at, expires_at, attempts"
-                               " FROM findings WHERE finding_id=?", (finding_id,)).fetchone()
+        row = self._db.execute("SELECT " + _ITEM_COLS + " FROM findings WHERE finding_id=?", (finding_id,)).fetchone()
         return _item(row) if row else None
 
     def list_findings(self, n: int = 50, states: tuple[str, ...] | None = None,
                       finding_id: str | None = None) -> list[FindingRow]:
         """The newest findings (or the one with ``finding_id``) with their delivery state (summaries survive
-        the payload)."""
-        where, args = "", []
+        the payload). Never events: a findings list is what clinicians and audits read."""
+        rows = self._listing("finding", ("label", "modality", "confidence", "needs_review", "model", "acquired_at", "source"),
+                             n, states, finding_id)
+        return [FindingRow(*common, label, modality, confidence, None if review is None else bool(review), model, acquired,
+                           source)
+                for *common, label, modality, confidence, review, model, acquired, source in rows]
+
+    def list_events(self, n: int = 50, states: tuple[str, ...] | None = None,
+                    event_id: str | None = None) -> list[EventRow]:
+        """The newest device events (or the one with ``event_id``) with their delivery state."""
+        rows = self._listing("event", ("event_kind", "reason", "detail", "modality", "model", "acquired_at", "source"),
+                             n, states, event_id)
+        return [EventRow(*common, kind or "?", reason or "?", detail or "", modality, model, acquired, source)
+                for *common, kind, reason, detail, modality, model, acquired, source in rows]
+
+    def _listing(self, kind: str, summary: tuple[str, ...], n: int, states: tuple[str, ...] | None,
+                 row_id: str | None) -> list[tuple]:
+        """Rows of one kind, newest first: (id, priority, state, created, delivered, attempts, held, *summary)."""
+        where, args = " WHERE kind = ?", [kind]
         if states:
             codes = [k for k, v in STATE_NAMES.items() if v in states]
-            where = f" WHERE state IN ({', '.join('?' * len(codes))})"
-            args = codes
-        if finding_id is not None:
-            where, args = " WHERE finding_id = ?", [finding_id]
+            where += f" AND state IN ({', '.join('?' * len(codes))})"
+            args += codes
+        if row_id is not None:
+            where, args = " WHERE kind = ? AND finding_id = ?", [kind, row_id]
         rows = self._db.execute(
             "SELECT finding_id, priority, state, created_at, delivered_at, attempts, payload IS NOT NULL, "
-            + ", ".join(SUMMARY_COLUMNS) + f" FROM findings{where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            + ", ".join(summary) + f" FROM findings{where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
             (*args, n)).fetchall()
-        return [FindingRow(fid, PRIORITIES[prio], STATE_NAMES[state], float(created), delivered, int(attempts), bool(held),
-                           label, modality, confidence, None if review is None else bool(review), model, acquired, source)
-                for fid, prio, state, created, delivered, attempts, held, label, modality, confidence, review, model,
-                acquired, source in rows]
+        return [(fid, PRIORITIES[prio], STATE_NAMES[state], float(created), delivered, int(attempts), bool(held), *rest)
+                for fid, prio, state, created, delivered, attempts, held, *rest in rows]
 
     def list_pending(self, n: int = 50) -> list[OutboxItem]:
         rows = self._db.execute(
-            "SELECT finding_id, priority, state, payload, size, created_at, expires_at, attempts FROM findings"
+            "SELECT " + _ITEM_COLS + " FROM findings"
             " WHERE state<>? ORDER BY priority, created_at, rowid LIMIT ?", (DELIVERED, n)).fetchall()
         return [_item(r) for r in rows]
 
@@ -533,6 +592,7 @@ class Outbox:
         in_flight = int(db.execute("SELECT COUNT(*) FROM findings WHERE state=?", (IN_FLIGHT,)).fetchone()[0])
         at_broker = int(db.execute("SELECT COUNT(*) FROM findings WHERE state=?", (AT_BROKER,)).fetchone()[0])
         delivered = int(db.execute("SELECT COUNT(*) FROM findings WHERE state=?", (DELIVERED,)).fetchone()[0])
+        events = int(db.execute("SELECT COUNT(*) FROM findings WHERE state<>? AND kind='event'", (DELIVERED,)).fetchone()[0])
         oldest = db.execute("SELECT MIN(created_at) FROM findings WHERE state<>?", (DELIVERED,)).fetchone()[0]
         waiting = int(db.execute("SELECT COUNT(*) FROM findings WHERE state<>? AND expires_at<=?",
                                  (DELIVERED, now)).fetchone()[0])
@@ -545,7 +605,7 @@ class Outbox:
             dropped_low=counters.get("dropped_low", 0), over_quota_accepted=counters.get("over_quota_accepted", 0),
             expired={p: counters.get(f"expired_{p}", 0) for p in PRIORITIES}, expired_waiting=waiting,
             at_broker=at_broker, resent=counters.get("resent", 0), hospital_rejected=counters.get("hospital_rejected", 0),
-            counters=counters)
+            events=events, counters=counters)
 
 
 def _split(n: int, available: Mapping[str, int]) -> dict[str, int]:
@@ -564,12 +624,28 @@ def _split(n: int, available: Mapping[str, int]) -> dict[str, int]:
     return take
 
 
+def _summary(r: Finding | DeviceEvent) -> tuple[str, str, tuple]:
+    """(row id, kind, SUMMARY_COLUMNS values): what the listings show after the payload is dropped."""
+    if isinstance(r, DeviceEvent):
+        model = f"{r.model.name} {r.model.version} {r.model.variant}" if r.model else None
+        return r.event_id, "event", (None, r.modality, None, None, model, r.acquired_at, r.source, r.kind, r.reason,
+                                     r.detail)
+    if isinstance(r, Finding):
+        return r.finding_id, "finding", (r.label, r.modality, float(r.confidence), int(bool(r.needs_review)),
+                                         f"{r.model.name} {r.model.version} {r.model.variant}", r.acquired_at, r.source,
+                                         None, None, None)
+    raise TypeError(f"the outbox stores findings and device events, not {type(r).__name__}")
+
+
+_ITEM_COLS = "finding_id, priority, state, payload, size, created_at, expires_at, attempts, kind"
+
+
 def _item(row: tuple, state_override: int | None = None) -> OutboxItem:
-    fid, prio, state, payload, size, created, expires, attempts = row
+    fid, prio, state, payload, size, created, expires, attempts, kind = row
     return OutboxItem(finding_id=fid, priority=PRIORITIES[prio],
                       state=STATE_NAMES[state_override if state_override is not None else state],
                       payload=bytes(payload) if payload is not None else None, size=int(size),
-                      created_at=float(created), expires_at=float(expires), attempts=int(attempts))
+                      created_at=float(created), expires_at=float(expires), attempts=int(attempts), kind=kind)
 
 
 class _Tx:

@@ -27,6 +27,9 @@ Why it is built this way:
   de-duplicates by finding id). The broker session itself persists (clean_start false + expiry).
 - Our own window is ``min(sync.inflight, the broker's Receive Maximum)``; PUBACKs and acknowledgements
   are committed in batches (one fsync per loop turn, not per finding).
+- Device events (`edge.events`) are outbox rows like findings and take exactly this path, on their own
+  topic level (``events/<priority>``) so nothing reading findings sees one; the id user property names
+  the kind (``finding_id`` or ``event_id``) and the receiver checks it against the payload's id.
 """
 
 from __future__ import annotations
@@ -373,10 +376,10 @@ class SyncClient:
             why = str(reason_code)
             if code == NO_MATCHING_SUBSCRIBERS:
                 self._count("no_subscribers")
-                msg = f"broker has no receiver subscribed for {sent.item.finding_id}; holding it"
+                msg = f"broker has no receiver subscribed for {sent.item.kind} {sent.item.finding_id}; holding it"
             else:
                 self._count("rejected")
-                msg = f"broker refused finding {sent.item.finding_id} on {self._topic(sent.item)}: {why}"
+                msg = f"broker refused {sent.item.kind} {sent.item.finding_id} on {self._topic(sent.item)}: {why}"
                 self._stat(last_rejection=msg)
             log.warning("sync: %s", msg)
             self._held.append((time.monotonic() + self._hold_backoff.next(), sent.item))
@@ -389,11 +392,11 @@ class SyncClient:
         return max(1, min(self.sc.inflight, self._recv_max))
 
     def _topic(self, item: OutboxItem) -> str:
-        return self.topics.findings(item.priority)
+        return self.topics.record(item.kind, item.priority)
 
     def _publish(self, item: OutboxItem) -> bool:
         props = Properties(PacketTypes.PUBLISH)
-        props.UserProperty = ("finding_id", item.finding_id)
+        props.UserProperty = (f"{item.kind}_id", item.finding_id)
         props.ContentType = "application/json"
         remaining = int(item.expires_at - time.time())
         if remaining > 0:
@@ -515,7 +518,8 @@ def wait_acknowledged(cfg: Config, timeout_s: float, stop: threading.Event | Non
 def pending_line(st, waited_s: float | None = None) -> str:
     """How many findings the hospital does not have yet, in words an operator acts on."""
     waited = f" after {waited_s:.0f} s" if waited_s is not None else ""
-    return (f"{st.depth} finding(s) not acknowledged by the hospital yet{waited} ({sum(st.pending.values())} pending, "
+    what = f"record(s) ({st.events} of them device events)" if st.events else "finding(s)"
+    return (f"{st.depth} {what} not acknowledged by the hospital yet{waited} ({sum(st.pending.values())} pending, "
             f"{st.in_flight} in flight, {st.at_broker} at the broker); they stay in the outbox and are sent when the "
             "link is back ('medge outbox status' shows them)")
 

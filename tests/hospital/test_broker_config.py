@@ -35,6 +35,10 @@ def test_the_committed_example_is_what_broker_config_renders(tmp_path):
     r = CliRunner().invoke(app, ["hospital", "broker-config", str(EXAMPLE / "fleet.example.yaml"), "--out", str(tmp_path)])
     assert r.exit_code == 0 and "3 device(s), 2 receiver(s)" in r.output
     assert (tmp_path / "dynamic-security.json").stat().st_mode & 0o777 == 0o640
+    roles = {r["rolename"]: {(a["acltype"], a["topic"]) for a in r["acls"]} for r in dynsec_config(fleet)["roles"]}
+    assert ("publishClientSend", "medge/st-elsewhere-ed/pocus-cart-01/events/#") in roles["medge-device-pocus-cart-01"]
+    assert {("subscribePattern", "$share/medge-receivers/medge/+/+/events/#"),
+            ("publishClientReceive", "medge/+/+/events/#")} <= roles["medge-receiver"]
 
 
 def test_fleet_inventory_errors_name_the_problem(tmp_path):
@@ -80,6 +84,10 @@ def test_roles_on_a_real_broker(tmp_path):
         assert _subscribe(b, "d1", "medge/s1/d1/ack") == ["Granted QoS 1"]
         assert _subscribe(b, "d1", "medge/s1/d2/ack") == ["Not authorized"]
         assert _subscribe(b, "d1", group) == ["Not authorized"]
+        events = "$share/medge-receivers/medge/+/+/events/#"  # device events travel the same way
+        assert _subscribe(b, "receiver", events) == ["Granted QoS 1"]
+        assert _subscribe(b, "monitor", events) == ["Not authorized"] and _subscribe(b, "d1", events) == ["Not authorized"]
+        assert _subscribe(b, "monitor", "medge/+/+/events/#") == ["Granted QoS 1"]
         b.add_identity("stranger")  # a valid certificate the fleet does not list
         assert _subscribe(b, "stranger", "medge/s1/d1/ack") == ["Not authorized"]
 

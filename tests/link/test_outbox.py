@@ -15,6 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from edge.cli import app
+from edge.events import DeviceEvent
 from edge.findings import Finding, ModelRef
 from edge.link.outbox import Outbox, OutboxError
 from tests.support import ROOT
@@ -308,8 +309,8 @@ def test_outbox_from_before_end_to_end_acks_is_upgraded_and_a_newer_one_refused(
                    (time.time(), time.time() + 3600))
     with Outbox(p) as ob:
         (it,) = ob.lease(5)
-        assert it.finding_id == "old-1" and ob.mark_at_broker_many(["old-1"], 5, 5) == 1
-        assert ob._db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert it.finding_id == "old-1" and it.kind == "finding" and ob.mark_at_broker_many(["old-1"], 5, 5) == 1
+        assert ob._db.execute("PRAGMA user_version").fetchone()[0] == 4
     with sqlite3.connect(p) as db:
         db.execute("PRAGMA user_version=99")
     with pytest.raises(OutboxError, match="outbox schema 99 is newer than this medge understands"):
@@ -325,3 +326,86 @@ def test_sizes_are_mib_everywhere_the_quota_appears(tmp_path):
     assert "of 512 MiB quota" in ob.status().describe()
     (c,) = check_disk(tmp_path, 512)
     assert "outbox quota 512 MiB" in c.detail and " MB" not in c.detail
+
+
+def ev(i: int, priority: str = "low", kind: str = "out_of_scope", pad: int = 0) -> DeviceEvent:
+    return DeviceEvent(device_id="d1", kind=kind, reason="modality", detail="CR is not US" + "." * pad, model=MODEL,
+                       source="s", modality="CR", priority=priority, event_id=f"e-{priority}-{i:06d}")
+
+
+def test_outbox_v3_file_is_upgraded_in_place_and_keeps_its_rows(tmp_path):
+    import sqlite3
+
+    p = tmp_path / "v3.sqlite3"
+    now = time.time()
+    with sqlite3.connect(p) as db:  # the schema-3 file, as the previous medge left it
+        db.executescript("""
+            CREATE TABLE findings (finding_id TEXT PRIMARY KEY, priority INTEGER NOT NULL, state INTEGER NOT NULL DEFAULT 0,
+                payload BLOB, size INTEGER NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0, leased_at REAL, delivered_at REAL, due_at REAL, label TEXT,
+                modality TEXT, confidence REAL, needs_review INTEGER, model TEXT, acquired_at TEXT, source TEXT);
+            CREATE INDEX findings_queue ON findings(state, priority, created_at);
+            CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            PRAGMA user_version=3;
+        """)
+        payload = mk(1, "urgent").to_json().encode()
+        db.execute("INSERT INTO findings VALUES ('f-urgent-000001', 0, 0, ?, ?, ?, ?, 0, NULL, NULL, NULL, 'x', 'US', 0.5, 0,"
+                   " 'm 1 fp32', NULL, 's')", (payload, len(payload), now, now + 3600))
+        db.execute("INSERT INTO findings VALUES ('f-routine-000002', 1, 2, NULL, 10, ?, ?, 1, NULL, ?, NULL, 'x', 'US', 0.5,"
+                   " 1, 'm 1 fp32', NULL, 's')", (now - 60, now + 3600, now - 30))
+        db.execute("INSERT INTO counters VALUES ('pending_bytes', ?)", (len(payload),))
+    with Outbox(p) as ob:
+        assert ob._db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert {"kind", "event_kind", "reason", "detail"} <= {r[1] for r in ob._db.execute("PRAGMA table_info(findings)")}
+        rows = {r.finding_id: r for r in ob.list_findings()}
+        assert set(rows) == {"f-urgent-000001", "f-routine-000002"} and ob.list_events() == []
+        assert rows["f-routine-000002"].state == "acknowledged" and rows["f-routine-000002"].needs_review is True
+        assert ob.put(mk(2)) is False  # the acknowledged id still deduplicates
+        st = ob.status()
+        assert st.depth == 1 and st.events == 0 and st.delivered == 1 and st.pending_bytes == len(payload)
+        (it,) = ob.lease(5)
+        assert it.finding_id == "f-urgent-000001" and it.kind == "finding" and Finding.from_json(it.payload) == mk(1, "urgent")
+        assert ob.put(ev(1)) is True  # and the upgraded file takes events
+    with Outbox(p) as ob:  # reopening a v4 file changes nothing
+        assert len(ob.list_findings()) == 2 and [e.event_id for e in ob.list_events()] == ["e-low-000001"]
+
+
+def test_findings_and_events_share_one_transaction_and_are_listed_apart(tmp_path):
+    with Outbox(tmp_path / "ob.sqlite3") as ob:
+        assert ob.store([mk(1, "urgent"), ev(1, "routine"), ev(1, "routine"), mk(1, "urgent")]) == [True, True, False, False]
+        assert ob.put(ev(2, kind="drift")) is True and ob.put_many([ev(2, kind="drift"), mk(2)]) == 1
+        assert [r.finding_id for r in ob.list_findings()] == ["f-routine-000002", "f-urgent-000001"]  # never an event
+        events = {e.event_id: e for e in ob.list_events()}
+        assert set(events) == {"e-routine-000001", "e-low-000002"}
+        e = events["e-routine-000001"]
+        assert (e.kind, e.reason, e.detail, e.modality, e.model, e.source, e.state) == (
+            "out_of_scope", "modality", "CR is not US", "CR", "m 1 fp32", "s", "pending")
+        assert "out_of_scope  modality: CR is not US  pending" in e.describe()
+        assert ob.list_findings(finding_id="e-routine-000001") == [] and ob.list_events(event_id="f-urgent-000001") == []
+        st = ob.status()
+        assert st.depth == 4 and st.events == 2 and st.pending == {"urgent": 1, "routine": 2, "low": 1}
+        assert "events     2 of these are device events" in st.describe() and st.to_dict()["events"] == 2
+        items = {it.finding_id: it for it in ob.lease(10)}
+        assert {it.kind for it in items.values()} == {"finding", "event"}
+        assert items["f-urgent-000001"].kind == "finding" and items["e-low-000002"].kind == "event"
+        back = DeviceEvent.from_dict(__import__("json").loads(items["e-low-000002"].payload))
+        assert (back.event_id, back.kind, back.model, back.schema) == ("e-low-000002", "drift", MODEL, "medge.event/1")
+        assert ob.get("e-routine-000001").kind == "event" and "event" in ob.get("e-routine-000001").describe()
+        # acknowledged by id like a finding: the payload goes, the summary stays
+        assert ob.mark_delivered_many(["e-routine-000001", "f-urgent-000001"]) == 2
+        (acked,) = ob.list_events(states=("acknowledged",))
+        assert acked.event_id == "e-routine-000001" and not acked.payload_held and acked.reason == "modality"
+        assert ob.status().events == 1 and ob.status().depth == 2
+        with pytest.raises(TypeError, match="findings and device events, not dict"):
+            ob.store([{"finding_id": "x"}])
+
+
+def test_low_priority_events_follow_the_quota_and_ttl_rules(tmp_path):
+    one = len(ev(0, pad=400).to_json())
+    with Outbox(tmp_path / "ob.sqlite3", quota_bytes=one * 2 + 10, ttl_s={"low": 0.05}) as ob:
+        assert ob.put_many([ev(i, pad=400) for i in range(2)]) == 2
+        assert ob.put(ev(2, "urgent", pad=400)) is True  # evicts the oldest low event, as it would a low finding
+        assert ob.status().dropped_low == 1 and ob.get("e-low-000000") is None
+        time.sleep(0.1)
+        assert [it.finding_id for it in ob.lease(10)] == ["e-urgent-000002"]  # the expired low one is not sent
+        assert ob.purge_expired() == 1 and ob.status().expired["low"] == 1
