@@ -158,17 +158,34 @@ def model_spec_md() -> str:
         if f.name == "color":
             default = "from the graph's channels (1 gray, 3 rgb)"
         lines.append(_row(f"`{f.name}`", default, ", ".join(allowed.get(f.name, ())), f.metadata["doc"]))
+    from edge.inference.intended_use import IntendedUse
+
+    lines += ["", "## `intended_use`", "",
+              "What the device lets the model read (manifest schema 2). A frame outside it is not inferred: no finding, "
+              "a count per reason, one log line per source and reason, and for a stored object one `out_of_scope` event "
+              "for the hospital. Keys the spec and `--modality` leave out are read off the calibration DICOMs "
+              "(spacing widened x1.5, sizes x2 either way) and printed; an unknown key or an impossible range is "
+              "refused.", "", "| key | default | meaning |", "| --- | --- | --- |"]
+    for f in dataclasses.fields(IntendedUse):
+        lines.append(_row(f"`{f.name}`", _value(f.default), f.metadata["doc"]))
     lines += ["", "## `postprocess`", "", "| key | task | default | meaning |", "| --- | --- | --- | --- |"]
     for p in POSTPROCESS_KEYS.values():
         lines.append(_row(f"`{p.name}`", ", ".join(p.tasks), _value(p.default), p.doc))
     lines += ["", "## Validation folders (`--val`)", "",
               "Without `--val` the accuracy gate has no labels: it measures how far INT8 moves FP32's own decisions on "
               "the calibration inputs (the report says so) and cannot tell clinical accuracy. With `--val`, each task "
-              "kind reads its labels:", "", "| task | labels | primary metric | default budget (`--max-drop`) |",
-              "| --- | --- | --- | --- |"]
+              "kind reads its labels, and an FP32 model below the floor on them (chance level) is refused unless "
+              "`--allow-weak-model`:", "",
+              "| task | labels | primary metric | default budget (`--max-drop`) | FP32 floor |",
+              "| --- | --- | --- | --- | --- |"]
     for t in TASK_KINDS.values():
         truth = t.truth + (", or one folder per class: `<val>/<label>/<image>`" if t.name == "classify" else "")
-        lines.append(_row(t.name, truth, t.primary_metric, str(t.default_max_drop)))
+        lines.append(_row(t.name, truth, t.primary_metric, str(t.default_max_drop), str(t.min_fp32)))
+    lines += ["", "Subgroups: extra columns of `labels.csv` (after `file,label`) or a `subgroups.csv` (`file,<columns>`) "
+              "name each input's subgroups (sex, age band, manufacturer, site). The gate reports every metric per "
+              "column=value for FP32 and INT8; a subgroup with at least `--min-subgroup-samples` (20) inputs whose "
+              "drop exceeds the budget fails the gate like the overall drop. Calibration and validation files with "
+              "the same content are warned about."]
     lines += ["", "Images are PNG, JPEG or DICOM (read through the device's DICOM chain), videos MP4/AVI (every "
               "`--video-step`-th frame), at the top level or one folder down. Class folders are numbered in sorted "
               "order, as torchvision's `ImageFolder` numbers them, and name the labels unless `--labels` or the spec "

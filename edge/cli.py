@@ -68,6 +68,10 @@ hospital_app = typer.Typer(cls=Commands, help="Hospital side: the broker configu
                            no_args_is_help=True, rich_markup_mode=None)
 hospital_findings_app = typer.Typer(cls=Commands, help="Findings in the receivers' database.", no_args_is_help=True,
                                     rich_markup_mode=None)
+events_app = typer.Typer(cls=Commands, help="What this device reported besides findings (objects outside a model's "
+                         "intended use, drift), and whether the hospital has it.", no_args_is_help=True, rich_markup_mode=None)
+hospital_events_app = typer.Typer(cls=Commands, help="Device events in the receivers' database.", no_args_is_help=True,
+                                  rich_markup_mode=None)
 
 
 def _version(value: bool) -> None:
@@ -91,6 +95,8 @@ app.add_typer(outbox_app, name="outbox")
 app.add_typer(findings_app, name="findings")
 app.add_typer(hospital_app, name="hospital")
 hospital_app.add_typer(hospital_findings_app, name="findings")
+app.add_typer(events_app, name="events")
+hospital_app.add_typer(hospital_events_app, name="events")
 
 
 
@@ -107,10 +113,10 @@ def config_check(
     from edge.inference.modelset import verify_models
 
     cfg = load_config(profile, check_files=not structure_only)
-    verified = [] if structure_only else verify_models(cfg)
+    verified, bundle_warnings = ([], []) if structure_only else verify_models(cfg)
     for line in verified:
         typer.echo(f"  {line}")
-    for w in warnings_for(cfg):
+    for w in [*warnings_for(cfg), *bundle_warnings]:
         typer.echo(f"WARNING: {w}", err=True)
     typer.echo(f"{profile}: OK ({len(cfg.sources)} source(s), {len(cfg.models)} model(s), device {cfg.device.id})")
 
@@ -164,11 +170,13 @@ def replay(
 def inspect(
     file: Path = typer.Argument(..., help="DICOM or video file"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="firmware profile: also say which of its models "
+                                       "would read the file (intended use) and why not"),
 ) -> None:
     """Show what the daemon would see in a file, and whether it would accept it."""
     from edge.commands.inspect import inspect_file
 
-    raise typer.Exit(inspect_file(file, as_json=as_json))
+    raise typer.Exit(inspect_file(file, as_json=as_json, config=config))
 
 
 @app.command()
@@ -184,7 +192,8 @@ def receive(
     broker: str = typer.Option(..., help="mqtt://host:port or mqtts://host:port"),
     db: str = typer.Option(..., help="SQLite file path, or a postgresql:// URL"),
     group: str = typer.Option(DEFAULT_GROUP, help="shared-subscription group name"),
-    topic: str = typer.Option(findings_filter(), help="topic filter"),
+    topic: str = typer.Option(findings_filter(), help="findings topic filter; device events are read from the same "
+                              "devices (.../findings/# becomes .../events/#)"),
     ca_file: Path | None = typer.Option(None, help="broker CA certificate (mqtts)"),
     cert_file: Path | None = typer.Option(None, help="client certificate"),
     key_file: Path | None = typer.Option(None, help="client private key"),
@@ -270,7 +279,7 @@ def findings_list(config: Path = PROFILE, data_dir: Path | None = DATA_DIR, as_j
     _print_rows(rows, limit, as_json)
 
 
-def _print_rows(rows: list, limit: int, as_json: bool) -> None:
+def _print_rows(rows: list, limit: int, as_json: bool, noun: str = "finding") -> None:
     """Device and hospital listings alike: one line each (or a JSON list), and whether more were cut off."""
     import json
 
@@ -279,7 +288,7 @@ def _print_rows(rows: list, limit: int, as_json: bool) -> None:
         return
     for r in rows:
         typer.echo(r.describe())
-    typer.echo(f"{len(rows)} finding(s)" + (f" (newest {limit}; --limit for more)" if len(rows) == limit else ""))
+    typer.echo(f"{len(rows)} {noun}(s)" + (f" (newest {limit}; --limit for more)" if len(rows) == limit else ""))
 
 
 @findings_app.command("show")
@@ -306,6 +315,25 @@ def findings_show(finding_id: str = typer.Argument(..., help="a finding id from 
                    "hospital's database: medge hospital findings show ID --db ...)")
     else:
         typer.echo(json.dumps(doc["finding"], indent=2))
+
+
+@events_app.command("list")
+def events_list(config: Path = PROFILE, data_dir: Path | None = DATA_DIR, as_json: bool = AS_JSON,
+                limit: int = typer.Option(50, help="show at most this many, newest first")) -> None:
+    """Device events (out of scope, drift): time, kind, reason, detail and delivery state."""
+    with _outbox(config, data_dir) as ob:
+        rows = ob.list_events(limit)
+    _print_rows(rows, limit, as_json, noun="event")
+
+
+@app.command()
+def monitor(config: Path = PROFILE, data_dir: Path | None = DATA_DIR, as_json: bool = AS_JSON,
+            png: Path | None = typer.Option(None, "--png", help="also draw reference vs recent distributions per "
+                                            "source into this PNG", metavar="FILE")) -> None:
+    """Drift per source and model: input intensity PSI against the bundle's reference, out-of-distribution frames."""
+    from edge.commands.monitor import run_monitor
+
+    raise typer.Exit(run_monitor(_profile_cfg(config, data_dir), png, as_json, typer.echo))
 
 
 @app.command()
@@ -375,6 +403,20 @@ def hospital_findings_show(finding_id: str = typer.Argument(...), db: str = HOSP
         raise InputError(f"finding {finding_id}: not in {db}")
     typer.echo(json.dumps(row.to_dict(), indent=2) if as_json else row.describe() + "\n" +
                json.dumps(row.finding, indent=2))
+
+
+@hospital_events_app.command("list")
+def hospital_events_list(db: str = HOSPITAL_DB, as_json: bool = AS_JSON,
+                         limit: int = typer.Option(50, help="show at most this many, newest first")) -> None:
+    """What the receivers stored besides findings: kind, reason, detail, device and model."""
+    from hospital.store import open_store
+
+    store = open_store(db, create=False)
+    try:
+        rows = store.events(limit)
+    finally:
+        store.close()
+    _print_rows(rows, limit, as_json, noun="event")
 
 
 def _usage(msg: str) -> typer.Exit:

@@ -14,6 +14,7 @@ it names can be copied to a device together.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -91,6 +92,9 @@ class SourceConfig:
                                      ge=0.1, le=3600)
     modality: str = _k("US", "video: what the stream shows (US ultrasound, ES endoscopy, XA fluoroscopy, OT other); "
                        "DICOM carries its own", choices=VIDEO_MODALITIES)
+    default_modality: str | None = _k(None, "dicom-folder, dicom-store, replay of DICOM: the modality of an object "
+                                      "that carries none, e.g. CR (null: such an object is not read by any model that "
+                                      "declares its modalities; counted, never guessed)")
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,25 @@ class PipelineConfig:
                         "privacy.send_overlays)")
     opencv_threads: int | None = _k(1, "OpenCV worker threads for decoding and resizing (null: OpenCV's default pool)",
                                     ge=0, le=256)
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    """Drift and out-of-distribution monitoring against each bundle's reference statistics (PSI of the
+    preprocessed input's intensity histogram; see docs/ARCHITECTURE.md, Clinical safety)."""
+
+    enabled: bool = _k(True, "watch every model's inputs against its bundle's reference (bundles without one are "
+                       "not watched)")
+    window_frames: int = _k(100, "frames in the rolling window drift is measured on", ge=10, le=100000)
+    min_frames: int = _k(30, "frames needed before the first drift verdict", ge=5, le=100000)
+    persist_frames: int = _k(10, "frames in a row above drift_psi before one drift event is raised (it clears "
+                             "after as many frames below half of it)", ge=1, le=100000)
+    drift_psi: float | None = _k(None, "window PSI that counts as drift (null: the bundle's reference.drift_psi for "
+                                 "separate objects, reference.drift_psi_stream for video and cines; both at least "
+                                 "0.25)", ge=0.01, le=100)
+    ood_psi: float | None = _k(None, "single-frame PSI above which a frame is out of distribution (null: the "
+                               "bundle's reference.ood_psi)", ge=0.01, le=100)
+    ood_review: bool = _k(True, "findings from out-of-distribution frames get needs_review with the reason")
 
 
 @dataclass(frozen=True)
@@ -197,6 +220,8 @@ class Config:
     input_limits: InputLimitsConfig = _k(doc="what one DICOM object may declare before it is decoded",
                                          factory=InputLimitsConfig)
     privacy: PrivacyConfig = _k(doc="pseudonymisation and what pictures leave the device", factory=PrivacyConfig)
+    monitoring: MonitoringConfig = _k(doc="drift and out-of-distribution monitoring of each model's inputs",
+                                      factory=MonitoringConfig)
     log_level: str = _k("info", "debug, info, warning or error", choices=LOG_LEVELS)
     source_file: Path | None = field(default=None, compare=False)  # set by load_config, not a profile key
 
@@ -217,6 +242,11 @@ class Config:
     @property
     def quarantine_dir(self) -> Path:
         return self.data_dir / "quarantine"
+
+    @property
+    def monitor_dir(self) -> Path:
+        """Where each pipeline's drift state is written for `medge monitor`."""
+        return self.data_dir / "monitor"
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -464,6 +494,13 @@ def _cross_checks(cfg: Config, ctx: _Ctx) -> None:
             r("sync.backoff_min_s", "is larger than backoff_max_s")
         if sy.hospital_ack_timeout_s > sy.hospital_ack_max_s:
             r("sync.hospital_ack_timeout_s", "is larger than hospital_ack_max_s")
+    for i, s in enumerate(cfg.sources):
+        if s.default_modality is not None and not re.fullmatch(r"[A-Z][A-Z0-9]{1,15}", s.default_modality):
+            r(f"sources[{i}].default_modality", f"{s.default_modality!r} is not a DICOM modality code",
+              "use an upper-case code such as CR, DX, US, MR")
+    mon = cfg.monitoring
+    if mon.min_frames > mon.window_frames:
+        r("monitoring.min_frames", "is larger than window_frames", "the window never holds that many frames")
     lim = cfg.input_limits
     if lim.max_frame_mb > lim.max_object_mb:
         r("input_limits.max_frame_mb", "is larger than max_object_mb")

@@ -54,6 +54,7 @@ class Finding:
     geometry: dict[str, Any] = field(default_factory=dict)  # e.g. {"contours": [...], "box": [...]}
     latency_ms: float | None = None  # capture -> finding
     overlay_png_b64: str | None = None  # optional small overlay, masked outside the imaging region
+    review_reasons: list[str] = field(default_factory=list)  # why needs_review: uncertain, out of distribution
     finding_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     schema: str = SCHEMA
 
@@ -68,7 +69,8 @@ class Finding:
         frames, where it came from and the exact model."""
         parts = [f"[{self.priority}]", self.label, f"{self.confidence:.2f}", self.modality]
         if self.needs_review:
-            parts.append("NEEDS REVIEW")
+            ood = any(r.startswith("out of distribution") for r in self.review_reasons)
+            parts.append("NEEDS REVIEW (out of distribution)" if ood else "NEEDS REVIEW")
         m = self.measurements
         if "area_mm2" in m:
             parts.append(f"area {m['area_mm2']:.1f} mm²")
@@ -89,7 +91,7 @@ class Finding:
         d = asdict(self)
         if d["frame_range"] is not None:
             d["frame_range"] = list(d["frame_range"])
-        return {k: v for k, v in d.items() if v is not None}
+        return {k: v for k, v in d.items() if v is not None and not (k == "review_reasons" and not v)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))

@@ -50,6 +50,18 @@ class Region:
         return self.y1 - self.y0
 
 
+@dataclass(frozen=True)
+class Acquisition:
+    """What the object says about how it was acquired, for the models' intended-use checks. Like
+    `StudyRef` it stays on the device (a patient's age is not sent anywhere)."""
+
+    body_part: str | None = None  # BodyPartExamined
+    view: str | None = None  # ViewPosition
+    photometric: str | None = None  # PhotometricInterpretation as stored (before the display chain)
+    patient_age_years: float | None = None  # PatientAge
+    manufacturer: str | None = None
+
+
 @dataclass
 class Frame:
     """Display-space image plus context.
@@ -73,6 +85,7 @@ class Frame:
     live: bool = False  # live video: latest-frame-wins; otherwise the frame must never be dropped
     origin: Path | None = None  # file the frame was read from, if any
     frame_count: int | None = None  # frames in the originating object/stream, if known
+    acquisition: Acquisition | None = None  # DICOM acquisition attributes, if any
 
     def __post_init__(self) -> None:
         p = self.pixels

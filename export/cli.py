@@ -72,12 +72,20 @@ def quantize_cmd(
     color: str | None = typer.Option(None, "--color", help="gray | rgb (default: from the input's channels)"),
     resize: str | None = typer.Option(None, "--resize", help="letterbox | stretch (default letterbox)"),
     roi: str | None = typer.Option(None, "--roi", help="full | us_region (default full)"),
+    modality: str | None = typer.Option(None, "--modality", help="DICOM modalities the model is for, e.g. CR,DX "
+                                        "(intended use; default: those of the calibration DICOMs)", metavar="A,B,..."),
     method: str = typer.Option("minmax", "--method", help="calibration: minmax | entropy | percentile"),
     max_drop: float | None = typer.Option(None, "--max-drop", help="allowed drop of the primary metric "
                                           "(default: AUROC 0.01, Dice 0.02, detection recall 0.02)"),
     input_shape: str | None = typer.Option(None, "--input-shape", help="pin dynamic dims (default: the spec's size)",
                                            metavar="NxCxHxW"),
     max_fallback: int = typer.Option(8, "--max-fallback", help="max nodes the accuracy gate may keep in float"),
+    allow_weak_model: bool = typer.Option(False, "--allow-weak-model", help="export even if the FP32 model is at chance "
+                                          "level on --val (AUROC < 0.6, Dice < 0.1, detection recall < 0.1); recorded "
+                                          "as weak_model_allowed in the manifest and report"),
+    min_subgroup_samples: int = typer.Option(20, "--min-subgroup-samples", help="subgroups (extra labels.csv columns "
+                                             "or subgroups.csv in --val) with at least N samples must keep INT8 within "
+                                             "--max-drop too; smaller ones are reported, not gated", metavar="N"),
     video_step: int = typer.Option(10, "--video-step", help="use every k-th frame of videos / multi-frame DICOM"),
     latency_runs: int = typer.Option(30, "--latency-runs", help="runs per variant for the latency table"),
     fp16: bool | None = typer.Option(None, "--fp16/--no-fp16", help="add an FP16 variant (default: GPU targets only)"),
@@ -90,15 +98,18 @@ def quantize_cmd(
     from .spec import SpecFlags
 
     rb = _floats(review_band, "--review-band", 2)
+    if min_subgroup_samples < 1:
+        raise InputError(f"--min-subgroup-samples {min_subgroup_samples}: expected a whole number of at least 1")
     pre = {k: v for k, v in (("mean", _floats(mean, "--mean")), ("std", _floats(std, "--std")), ("color", color),
                              ("resize", resize), ("roi", roi)) if v is not None}
     flags = SpecFlags(name=name, version=model_version, task=task, labels=_names(labels), threshold=threshold,
                       review_band=(rb[0], rb[1]) if rb else None, urgent_labels=_names(urgent), activation=activation,
-                      preprocess=pre)
+                      preprocess=pre, modalities=[m.upper() for m in _names(modality) or []] or None)
     opts = ExportOptions(model=model, calib=calib, val=val, out=out, target=target, spec=spec, spec_flags=flags,
                          write_spec=write_spec, method=method, max_drop=max_drop, input_shape=input_shape,
                          max_fallback=max_fallback, video_step=video_step, latency_runs=latency_runs, fp16=fp16,
-                         sign_key=key, force=force)
+                         sign_key=key, force=force, allow_weak_model=allow_weak_model,
+                         min_subgroup_samples=min_subgroup_samples)
     with ExitStack() as stack:
         def progress(label: str, total: int):
             """One bar per folder, finished as soon as its last file is read so bars never overlap."""
@@ -118,7 +129,8 @@ def quantize_cmd(
     g = res.gate
     ref = "vs its labels" if g["reference"] == "labels" else "vs FP32's own decisions (no --val)"
     typer.echo(f"{res.out}: {g['primary_metric']} {drop_text(g['drop'])} {ref} (budget {g['budget']}), INT8 "
-               f"{speed_phrase(res.latency['speedup_int8'])} on this machine; {len(res.float_nodes)} node(s) kept in float")
+               f"{speed_phrase(res.latency['speedup_int8'])} on this machine; {len(res.float_nodes)} node(s) kept in float"
+               + ("; WEAK MODEL allowed (--allow-weak-model)" if g.get("weak_model_allowed") else ""))
 
 
 @app.command("keygen")

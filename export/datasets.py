@@ -13,10 +13,19 @@ Validation labels are what each task kind reads (`edge.inference.tasks.TASK_KIND
 ``labels.csv`` (file,label) or class folders for classify; ``masks/<file name>.png`` for segment;
 ``boxes.json`` ({file: [[x0, y0, x1, y1, label], ...]}, image pixels) for detect. A file is named by its
 path inside the folder (``img001.png``, ``opacity/img001.png``).
+
+Subgroups (any task): a validation folder may say who each file is from, so the gate can catch a drop that
+the overall mean hides (one manufacturer, one site, one age band). Columns of ``labels.csv`` after
+``file,label`` (which then needs its header row) and the columns of an optional ``subgroups.csv``
+(header ``file,<column>,...``, one row per validation file, no row for a file that is not there) name
+them; each column=value is one subgroup, an empty value leaves the file out of that column's subgroups,
+and a column may not be in both files. Rows of ``labels.csv`` for absent files are ignored, as for its
+labels.
 """
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +36,7 @@ import numpy as np
 
 from edge.errors import InputError
 from edge.frames import Frame
+from edge.inference.bundle import sha256_file
 from edge.inference.preprocess import Geometry, Preprocessor
 from edge.inference.tasks import task_kind
 
@@ -56,9 +66,19 @@ class ValidationSet:
     task: str
     samples: list[Sample]
     truth: list[Any] = field(default_factory=list)
+    subgroups: dict[str, dict[str, str]] = field(default_factory=dict)  # file -> {column: value}
+
+    def subgroup_members(self) -> dict[tuple[str, str], list[int]]:
+        """(column, value) -> indices of its samples (every frame of a video is in its file's subgroups)."""
+        out: dict[tuple[str, str], list[int]] = {}
+        for i, s in enumerate(self.samples):
+            for col, val in self.subgroups.get(s.file, {}).items():
+                out.setdefault((col, val), []).append(i)
+        return dict(sorted(out.items()))
 
 
 LABEL_FILES = ("labels.csv", "boxes.json", "masks")  # a flat folder's labels: its sub-folders are not classes
+SUBGROUPS_FILE = "subgroups.csv"  # optional, any task; not a label file, so class folders stay classes
 
 
 def _is_input(p: Path) -> bool:
@@ -161,9 +181,88 @@ def load_validation(folder: Path, task: str, pre: Preprocessor, labels: tuple[st
         kind = task_kind(task).load()
     except ValueError as e:
         raise InputError(str(e)) from None
-    kind.check_truth(folder, list_inputs(folder, "validation"), labels)
+    files = list_inputs(folder, "validation")
+    kind.check_truth(folder, files, labels)
+    groups = read_subgroups(folder, files)
     samples = load_samples(folder, pre, "validation", video_step, progress)
-    return ValidationSet(task=task, samples=samples, truth=kind.read_truth(folder, samples, labels))
+    return ValidationSet(task=task, samples=samples, truth=kind.read_truth(folder, samples, labels), subgroups=groups)
+
+
+def _csv_rows(src: Path) -> list[tuple[int, list[str]]]:
+    """(line number, stripped cells) of every non-blank row."""
+    try:
+        with open(src, newline="") as f:
+            rows = [(i + 1, [c.strip() for c in row]) for i, row in enumerate(csv.reader(f))]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"{src}: unreadable CSV ({type(e).__name__}: {e})") from None
+    return [(n, r) for n, r in rows if any(r)]
+
+
+def read_subgroups(folder: Path, files: list[Path]) -> dict[str, dict[str, str]]:
+    """File -> {column: value} from labels.csv's extra columns and subgroups.csv (module docstring), checked
+    before any image is read so a typo costs seconds, not a whole export."""
+    folder = Path(folder)
+    names = {p.relative_to(folder).as_posix() for p in files}
+    out: dict[str, dict[str, str]] = {}
+    owner: dict[str, Path] = {}  # column -> the file that defines it
+    for src, first, strict in ((folder / "labels.csv", 2, False), (folder / SUBGROUPS_FILE, 1, True)):
+        if not src.is_file():
+            continue
+        rows = _csv_rows(src)
+        has_header = bool(rows) and rows[0][1][0].lower() == "file"
+        if not has_header:
+            if strict:
+                raise InputError(f"{src}:1: expected the header row 'file,<column>,...' naming the subgroup columns")
+            if any(len(r) > first for _, r in rows):
+                raise InputError(f"{src}:{rows[0][0]}: columns after file,label need a header row "
+                                 "'file,label,<column>,...' naming the subgroups")
+            continue
+        (hline, header), body = rows[0], rows[1:]
+        cols = header[first:]
+        if strict and not cols:
+            raise InputError(f"{src}:{hline}: no subgroup columns after 'file'")
+        for c in cols:
+            if not c:
+                raise InputError(f"{src}:{hline}: a subgroup column has no name")
+            if c in owner:
+                raise InputError(f"{src}:{hline}: column {c!r} is also in {owner[c]}")
+            owner[c] = src
+        if not cols:
+            continue
+        listed: set[str] = set()
+        for line, row in body:
+            name = row[0]
+            if len(row) != len(header):
+                raise InputError(f"{src}:{line}: expected {len(header)} values ({','.join(header)}), got {len(row)}")
+            if not name:
+                raise InputError(f"{src}:{line}: no file name")
+            if name not in names:
+                if strict:
+                    raise InputError(f"{src}:{line}: {name} is not a file of the validation folder")
+                continue
+            if name in listed:
+                raise InputError(f"{src}:{line}: {name} is listed twice")
+            listed.add(name)
+            out.setdefault(name, {}).update({c: v for c, v in zip(cols, row[first:], strict=True) if v})
+        missing = sorted(names - listed)
+        if strict and missing:
+            raise InputError(f"{src}: no row for {len(missing)} validation file(s), e.g. {missing[0]}")
+    return out
+
+
+def overlap_warnings(calib: Path, val: Path) -> list[str]:
+    """Validation files that are also calibration files, by content: INT8's ranges were fitted to them, and a
+    copied folder is how a model that was never checked on held-out labelled data slips through."""
+    cal: dict[str, str] = {}
+    for p in list_inputs(calib, "calibration"):
+        cal.setdefault(sha256_file(p), p.relative_to(calib).as_posix())
+    vals = list_inputs(val, "validation")
+    both = [(p.relative_to(val).as_posix(), cal[h]) for p in vals if (h := sha256_file(p)) in cal]
+    if not both:
+        return []
+    eg = ", ".join(v if v == c else f"{v} (calibration {c})" for v, c in both[:3])
+    return [f"{len(both)} of {len(vals)} validation file(s) are also in the calibration set (same SHA-256), e.g. {eg}: "
+            "the gate then measures on inputs the INT8 ranges were fitted to; validate on held-out images"]
 
 
 def calibration_summary(samples: list[Sample], min_samples: int = 32) -> tuple[dict, list[str]]:

@@ -19,13 +19,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from edge.durable_files import write_atomic
 from edge.errors import MedgeError
+from edge.frames import Frame
 from edge.inference.bundle import SCHEMA_VERSION, load_bundle, sha256_file
 from edge.inference.preprocess import Preprocessor
-from edge.inference.tasks import TASK_KINDS, Output, TaskConfig, build_task
+from edge.inference.reference import ReferenceStats, build_reference, peak_confidence
+from edge.inference.tasks import TASK_KINDS, Output, Task, TaskConfig, build_task
 
 from . import datasets, evaluate, quantize, report, sensitivity
 from .bundle_writer import finalize_manifest, staging
@@ -35,6 +38,11 @@ from .speed import choose_narrow_exclusions
 
 class GateFailed(MedgeError):
     """The INT8 model cannot be brought inside the accuracy budget."""
+
+
+class WeakModel(GateFailed):
+    """The FP32 model itself is at chance level on labelled data: its INT8 copy agrees with it perfectly, so
+    the drop budget alone would pass a model that never learnt the task."""
 
 
 MIN_USEFUL_SPEEDUP = 1.1  # below this, int8 costs accuracy for a speed-up within measurement noise
@@ -60,6 +68,8 @@ class ExportOptions:
     fp16: bool | None = None  # None: only for GPU targets
     sign_key: Path | None = None
     force: bool = False
+    allow_weak_model: bool = False  # export even when FP32 is below the task kind's floor (recorded in the gate)
+    min_subgroup_samples: int = evaluate.DEFAULT_MIN_SUBGROUP_SAMPLES  # smaller subgroups are reported, not gated
 
 
 @dataclass
@@ -101,6 +111,9 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
         io = quantize.prepare_model(opts.model, fp32, pre_spec, input_shape)
         quantize.ensure_node_names(fp32)
         resolved = resolver.complete(onnx.load(str(fp32)), io)
+        use = resolver.intended_use(datasets.list_inputs(opts.calib, "calibration"))
+        log("intended use (what the device will let this model read):\n"
+            + "\n".join(f"  {line}" for line in use.lines()))
         spec = resolved.spec
         log("model spec used:\n" + "\n".join(f"  {line}" for line in resolved.text().splitlines()))
         for n in resolved.notes:
@@ -128,7 +141,11 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
             vs = datasets.load_validation(opts.val, task, pre, labels, opts.video_step,
                                           progress("validation", len(datasets.list_inputs(opts.val, "validation")))
                                           if progress else None)
+            gate_warnings = datasets.overlap_warnings(opts.calib, opts.val)
+            for w in gate_warnings:
+                log(f"WARNING: {w}")
         else:  # truth filled in from FP32's own decisions once FP32 has run
+            gate_warnings = []
             vs = datasets.ValidationSet(task=task, samples=calib)
             log("no --val: the gate measures how far INT8 departs from FP32's own decisions on the calibration "
                 "inputs (agreement, not clinical accuracy; pass --val for a labelled set)")
@@ -150,14 +167,21 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
         ref = evaluate.predict(fp32, vs, tspec)
         if opts.val is None:
             vs.truth = evaluate.truth_from(ref, tspec)
+        sanity = evaluate.sanity(vs, tspec, ref, labelled=opts.val is not None)
+        log(f"gate sanity: {sanity.text()}")
+        if sanity.weak and not opts.allow_weak_model:
+            raise WeakModel(sanity.refusal(opts.model))
+        for w in sanity.warnings():
+            gate_warnings.append(w)
+            log(f"WARNING: {w}")
         log(f"evaluating FP32 and INT8 on {len(vs.samples)} {'validation' if opts.val else 'calibration'} inputs")
         exact = recipe.exact_int8  # evaluate and time with the device's session settings for this recipe
-        res = evaluate.gate(vs, tspec, ref, evaluate.predict(int8, vs, tspec, exact), budget)
+        res = evaluate.gate(vs, tspec, ref, evaluate.predict(int8, vs, tspec, exact), budget, opts.min_subgroup_samples)
         log(f"gate: {res.primary} FP32 {_f(res.fp32[res.primary])} INT8 {_f(res.int8[res.primary])} "
-            f"{report.drop_text(res.drop)} (budget {budget}) -> {'pass' if res.passed else 'fail'}")
+            f"{report.drop_text(res.drop)} (budget {budget}){res.subgroup_summary()} -> {'pass' if res.passed else 'fail'}")
         x0 = vs.samples[0].tensor
         first_lat = sensitivity.quick_latency(fp32, int8, x0, exact_int8=exact)
-        steps: list[sensitivity.FallbackStep] = [sensitivity.FallbackStep(0, None, res.drop, res.passed, *first_lat,
+        steps: list[sensitivity.FallbackStep] = [sensitivity.FallbackStep(0, None, res.deciding_drop, res.passed, *first_lat,
                                                                           res.to_dict())]
         ranking: list[dict] = []
         if not res.passed:
@@ -171,16 +195,16 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
                 r = recipe.with_fallback(nodes)
                 cand = scratch / f"int8-{len(nodes)}.onnx"
                 quantize.quantize(fp32, cand, r, tensors, in_name, cache)
-                g = evaluate.gate(vs, tspec, ref, evaluate.predict(cand, vs, tspec, exact), budget)
+                g = evaluate.gate(vs, tspec, ref, evaluate.predict(cand, vs, tspec, exact), budget, opts.min_subgroup_samples)
                 state.update(res=g, path=cand, recipe=r)
-                return (g.drop, g.passed, *sensitivity.quick_latency(fp32, cand, x0, exact_int8=exact), g.to_dict())
+                return (g.deciding_drop, g.passed, *sensitivity.quick_latency(fp32, cand, x0, exact_int8=exact), g.to_dict())
 
             more, kept = sensitivity.fallback_loop([e.node for e in errs], attempt, opts.max_fallback, log)
             steps += more
             res = state["res"]
             if not res.passed:
                 raise GateFailed(
-                    f"{opts.model}: accuracy gate failed: {res.primary} {report.drop_text(res.drop)} exceeds the budget {budget} "
+                    f"{opts.model}: accuracy gate failed: {res.failures()} exceeds the budget {budget} "
                     f"even with {len(kept)} node(s) kept in float ({', '.join(kept) or 'none'}); improve the "
                     "calibration set, raise --max-drop, or allow more steps with --max-fallback")
             int8, recipe = state["path"], state["recipe"]
@@ -206,13 +230,16 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
             warnings.append(latency["warning"])
             log(f"WARNING: {latency['warning']}")
         gate = {**res.to_dict(), "reference": "labels" if opts.val is not None else "fp32",
-                "evaluated_on": f"{'validation' if opts.val is not None else 'calibration'} ({len(vs.samples)} inputs)"}
+                "evaluated_on": f"{'validation' if opts.val is not None else 'calibration'} ({len(vs.samples)} inputs)",
+                "sanity": sanity.to_dict(), "weak_model_allowed": sanity.weak, "warnings": gate_warnings}
         created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         provenance = _provenance(opts, spec_text, created)
         rep = {"name": str(spec["name"]), "version": str(spec["version"]), "task": task, "target": opts.target,
                "speed_rule": speed_rule, "gate": gate, "latency": latency, "recipe": recipe.to_dict(), "calibration": cal_summary,
                "fallback": {"ranking": ranking, "steps": [s.to_dict() for s in steps]}, "provenance": provenance}
         report.write_reports(stage, rep)
+        log("reference statistics for drift monitoring (calibration tensors, FP32 confidences)")
+        reference = _reference(stage / "model.fp32.onnx", calib, vs, tspec, opts.val is not None)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "name": str(spec["name"]),
@@ -235,6 +262,8 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
                         "speedup_int8": latency["speedup_int8"]},
             "calibration": cal_summary,
             "provenance": provenance,
+            "intended_use": use.use.to_dict(),
+            "reference": reference.to_dict(),
         }
         finalize_manifest(stage, manifest)
         load_bundle(stage)  # what we publish must be exactly what the device accepts
@@ -243,8 +272,20 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
 
             sign_bundle(stage, opts.sign_key)
     float_nodes = list(recipe.nodes_to_exclude)
-    return ExportResult(out=out, gate=gate, latency=latency, warnings=warnings, float_nodes=float_nodes,
+    return ExportResult(out=out, gate=gate, latency=latency, warnings=warnings + gate_warnings, float_nodes=float_nodes,
                         spec=resolved)
+
+
+def _reference(fp32: Path, calib: list[datasets.Sample], vs: datasets.ValidationSet, task: Task,
+               labelled: bool) -> ReferenceStats:
+    """What the device's drift monitor compares against: the calibration tensors as the device makes them,
+    and FP32's peak confidence per validation input (calibration inputs without --val)."""
+    outs = evaluate.run_outputs(fp32, vs)
+    conf = [peak_confidence(task.peak_scores(o, s.geometry, Frame(np.zeros((1, 1), np.uint8), "", "export",
+                                                                      spacing_mm=s.spacing_mm)))
+            for o, s in zip(outs, vs.samples, strict=True)]
+    return build_reference([s.tensor for s in calib], conf, "validation" if labelled else "calibration",
+                           [s.geometry.frame_size for s in calib], [s.spacing_mm for s in calib if s.spacing_mm])
 
 
 def _f(v: float | None) -> str:

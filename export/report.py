@@ -99,12 +99,33 @@ def _signed(v: float | None) -> str:
     return "0.0000" if abs(v) < 5e-5 else f"{v:+.4f}"
 
 
+def _subgroup_lines(g: dict[str, Any]) -> list[str]:
+    """One row per column=value: a reviewer sees which subgroups were large enough to hold the model to the budget."""
+    subs = g.get("subgroups") or []
+    if not subs:
+        return []
+    pm = g["primary_metric"]
+    lines = ["", f"### Subgroups ({pm}; gated with at least {g.get('min_subgroup_samples')} samples, budget "
+             f"{_fmt(g['budget'])})", "", f"| column | value | n | FP32 {pm} | INT8 {pm} | delta (INT8 - FP32) | gate |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for s in subs:
+        m = s["primary_metric"]
+        tag = "" if m == pm else f" ({m})"
+        lines.append(f"| {s['column']} | {s['value']} | {s['n']} | {_fmt(s['fp32'].get(m))}{tag} | "
+                     f"{_fmt(s['int8'].get(m))}{tag} | {_signed(s['delta'])} | {s['note']} |")
+    return lines
+
+
 def render_md(r: dict[str, Any]) -> str:
     g = r["gate"]
     lines = [f"# Export report: {r['name']} {r['version']} ({r['task']}, target {r['target']})", ""]
     by_labels = g.get("reference", "labels") == "labels"
     lines += [f"Gate: **{'PASSED' if g['passed'] else 'FAILED'}** - {g['primary_metric']} {drop_text(g['drop'])} "
               f"(budget {_fmt(g['budget'])}), FP32/INT8 decision agreement {_fmt(g['agreement'])}.", ""]
+    if g.get("sanity"):
+        lines += [f"Gate sanity: {g['sanity']['note']}"
+                  + (" - **WEAK MODEL, exported with --allow-weak-model**." if g.get("weak_model_allowed") else "."), ""]
+    lines += [f"- WARNING: {w}" for w in g.get("warnings", [])] + ([""] if g.get("warnings") else [])
     if by_labels:
         lines += [f"## Accuracy ({g.get('evaluated_on', 'validation set')}, against its labels)", ""]
     else:
@@ -115,6 +136,7 @@ def render_md(r: dict[str, Any]) -> str:
     lines += ["| metric | FP32 | INT8 | change (INT8 - FP32) |", "| --- | --- | --- | --- |"]
     for k in g["fp32"]:
         lines.append(f"| {k} | {_fmt(g['fp32'][k])} | {_fmt(g['int8'].get(k))} | {_signed(g['delta_int8_minus_fp32'].get(k))} |")
+    lines += _subgroup_lines(g)
     lat = r["latency"]
     isa = "/".join(lat["machine"].get("isa", [])) or "no AVX2"
     lines += ["", f"## Latency on the exporting machine ({lat['machine']['cpu']}, {isa}, ORT {lat['machine']['onnxruntime']}, "
@@ -135,7 +157,8 @@ def render_md(r: dict[str, Any]) -> str:
     lines.append(f"- by the {r['target']} recipe (narrow convolutions, faster in float): {', '.join(speed) or 'none'}")
     lines.append(f"- by the accuracy fallback: {', '.join(rec['fallback_nodes']) or 'none'}")
     if fb.get("steps"):
-        lines += ["", "Each step keeps one more node in float (cumulative); speed measured side by side with FP32.", "",
+        lines += ["", "Each step keeps one more node in float (cumulative); speed measured side by side with FP32; drop is "
+                  "the largest the gate judged (overall or in a gated subgroup).", "",
                   "| step | node kept in float | drop | INT8 ms | speed-up vs FP32 | gate |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for s in fb["steps"]:

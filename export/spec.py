@@ -30,6 +30,9 @@ from edge.inference.preprocess import PreprocessSpec
 from edge.inference.tasks import TASK_KINDS
 from edge.inference.tasks.base import POSTPROCESS_KEYS, background_set
 
+from .intended_use import InferredUse
+from .intended_use import infer as infer_intended_use
+
 ACTIVATIONS = ("sigmoid", "softmax", "none")
 # ops that move or reshape values without changing them: a Sigmoid before a Flatten still ends the graph
 PASSTHROUGH_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Resize", "Upsample",
@@ -75,6 +78,11 @@ SPEC_KEYS: dict[str, SpecKey] = {k.name: k for k in (
             "--mean --std --color --resize --roi", "frame -> tensor, exactly as in training (the one code path: "
             "edge.inference.preprocess)"),
     SpecKey("postprocess", "mapping (below)", "{}", "", "task options (below); unknown keys are refused"),
+    SpecKey("intended_use", "mapping (below)", "read off the calibration DICOMs (modalities, body parts, views, "
+            "photometric, colour; spacing widened x1.5 and sizes x2 either way); without DICOM calibration inputs "
+            "the modalities must be given", "--modality",
+            "what the device lets the model read: any other input produces no finding, only a counted, logged "
+            "out-of-scope event (edge.inference.intended_use)"),
 )}
 
 
@@ -91,6 +99,7 @@ class SpecFlags:
     urgent_labels: list[str] | None = None
     activation: str | None = None
     preprocess: dict[str, Any] = field(default_factory=dict)  # mean, std, color, resize, roi
+    modalities: list[str] | None = None  # intended_use.modalities
 
 
 @dataclass
@@ -109,7 +118,9 @@ class ResolvedSpec:
                 continue
             v = self.spec[k]
             flow = None if isinstance(v, (list, dict)) else False  # lists of scalars inline, everything else block
-            chunk = yaml.safe_dump({k: v}, sort_keys=False, default_flow_style=flow, width=110).rstrip("\n")
+            # a scalar stays on one line: a comment after the first line of a wrapped scalar is not YAML
+            width = 110 if isinstance(v, (list, dict)) else float("inf")
+            chunk = yaml.safe_dump({k: v}, sort_keys=False, default_flow_style=flow, width=width).rstrip("\n")
             first, _, rest = chunk.partition("\n")
             out.append(f"{first}  # {self.origin.get(k, 'default')}" + (f"\n{rest}" if rest else ""))
         return "\n".join(out) + "\n"
@@ -267,6 +278,14 @@ class SpecResolver:
         self._take("postprocess", None, {})
         self._check(task, labels, channels)
         return ResolvedSpec(self.spec, self.origin, self.file, self.notes)
+
+    def intended_use(self, calib_files: list[Path]) -> InferredUse:
+        """Step 3, once the calibration set is known: what the device will let the model read."""
+        inferred = infer_intended_use(calib_files, self.given.get("intended_use"), self.flags.modalities, self.where)
+        self.spec["intended_use"] = inferred.use.to_dict()
+        origins = sorted(set(inferred.origin.values()))
+        self.origin["intended_use"] = " + ".join(origins) if origins else "default"
+        return inferred
 
     def _outputs(self, io: dict[str, Any], task: str) -> list[dict[str, Any]]:
         by_name = {o["name"]: o for o in io["outputs"]}

@@ -3,6 +3,8 @@
 On-site staff use this when a modality's images "do not show up": it reads the file the same way the
 sources do (decoding the first frame, so a truncated or undecodable object is caught here too) and prints
 modality, geometry, spacing, rate and the one-line refusal reason. Patient identifiers are not printed.
+With ``--config PROFILE`` it also says, for each model of the profile, whether the file lies inside the
+model's intended use and, if not, why: the pipeline's own check on the file's first frame.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import InputError
+from edge.frames import Frame
 from edge.imaging.dicom import describe, is_dicom_file, iter_frames, read_dicom
-from edge.imaging.video import probe
+from edge.imaging.video import probe, read_video
 
 EXIT_ACCEPTED = 0
 EXIT_REFUSED = 1
@@ -68,8 +71,44 @@ def inspect_video(path: Path) -> dict[str, Any]:
             "photometric": "RGB (from BGR)" if v.readable else None, "spacing_mm": None, "frame_rate": v.frame_rate}
 
 
-def inspect_file(path: Path | str, as_json: bool = False, echo: Callable[[str], None] = print) -> int:
-    """Print the report; exit code 0 if the daemon would accept the file, 1 if it would refuse it."""
+def first_frame(path: Path, default_modality: str | None = None, video_modality: str = "US") -> Frame | None:
+    """The frame the pipeline would see first (None: nothing decodable)."""
+    try:
+        if is_dicom_file(path):
+            return next(iter_frames(read_dicom(path), "inspect", path, default_modality=default_modality), None)
+        for index, pixels, _ in read_video(path):
+            return Frame(pixels=pixels, modality=video_modality, source="inspect", index=index, origin=path)
+    except InputError:
+        return None
+    return None
+
+
+def model_verdicts(path: Path, config: Path) -> list[dict[str, Any]]:
+    """Per model of the profile: would it read this file (intended use), and why not."""
+    from edge.config import load_config
+    from edge.inference.modelset import load_model_bundle
+
+    cfg = load_config(config)
+    out = []
+    for m in cfg.models:
+        src = next((s for s in cfg.sources if s.model == m.name), None)
+        frame = first_frame(path, src.default_modality if src else None, src.modality if src else "US")
+        use = load_model_bundle(cfg, m).manifest.intended_use
+        if frame is None:
+            out.append({"model": m.name, "reads": False, "why": ["nothing decodable"]})
+        elif use is None:
+            out.append({"model": m.name, "reads": True, "why": ["the bundle declares no intended use (reads anything)"]})
+        else:
+            refusals = use.check(frame)
+            out.append({"model": m.name, "reads": not refusals, "why": [r.detail for r in refusals]
+                        or [f"inside its intended use ({use.describe()})"]})
+    return out
+
+
+def inspect_file(path: Path | str, as_json: bool = False, echo: Callable[[str], None] = print,
+                 config: Path | None = None) -> int:
+    """Print the report; exit code 0 if the daemon would accept the file, 1 if it would refuse it (with
+    ``config``: 1 also when no model of the profile would read it)."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: is a folder; give one file in it")
@@ -82,14 +121,22 @@ def inspect_file(path: Path | str, as_json: bool = False, echo: Callable[[str], 
         info = inspect_dicom(path)
     else:
         info = inspect_image(path) or inspect_video(path)
+    if config is not None and info["accepted"]:
+        info["models"] = model_verdicts(path, Path(config))
     if as_json:
         echo(json.dumps(info, indent=2, sort_keys=True, default=str))
     else:
         verdict = "ACCEPTED" if info["accepted"] else "REFUSED"
+        if info.get("models") and not any(v["reads"] for v in info["models"]):
+            verdict = "ACCEPTED by the sources, but NOT READ by any model of the profile (outside their intended use)"
         echo(f"{path.name}: {verdict}" + ("" if info["accepted"] else f" ({info['reason']})"))
         for key in ("kind", "modality", "sop_class", "transfer_syntax", "photometric", "rows", "columns", "frames",
                     "bits_stored", "spacing_mm", "spacing_source", "frame_rate", "frame_rate_source", "region",
                     "manufacturer", "display"):
             if info.get(key) is not None:
                 echo(f"  {key:17s} {info[key]}")
+        for v in info.get("models", []):
+            echo(f"  model {v['model']}: {'would read it' if v['reads'] else 'would NOT read it'}: {'; '.join(v['why'])}")
+    if "models" in info and not any(v["reads"] for v in info["models"]):
+        return EXIT_REFUSED
     return EXIT_ACCEPTED if info["accepted"] else EXIT_REFUSED

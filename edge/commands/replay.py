@@ -21,10 +21,12 @@ from pathlib import Path
 from edge.commands.report_lines import finding_line, summary_line
 from edge.config import SourceConfig
 from edge.errors import InputError
+from edge.events import DeviceEvent
 from edge.findings import Finding
+from edge.inference.drift import MonitorSettings
 from edge.inference.loaded_model import load_model_dir
 from edge.runtime.metrics import Metrics
-from edge.runtime.pipeline import PipelineSettings, build_pipeline
+from edge.runtime.pipeline import Pipeline, PipelineSettings, build_pipeline
 
 
 def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: bool = True, as_json: bool = False,
@@ -58,9 +60,11 @@ def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: 
         metrics = Metrics(logger=log)
         pl = build_pipeline(source, lm, "replay", pseudonymizer.study_ids, sink, metrics,
                             settings or PipelineSettings(queue_depth=1 if realtime else 4), stop_event=stop,
-                            logger=log, on_finding=show, on_scores=peaks.add)
+                            logger=log, on_finding=show, on_scores=peaks.add, monitoring=MonitorSettings())
         if not as_json:
             echo(f"replaying {file.name} through {lm.describe()} ({'real time' if realtime else 'as fast as possible'})")
+            if lm.bundle.manifest.legacy_warning:
+                echo(f"WARNING: {lm.bundle.manifest.legacy_warning}")
         t0 = time.perf_counter()
         pl.start()
         try:
@@ -73,22 +77,39 @@ def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: 
         lm.close()
         snap = metrics.snapshot()
         task = lm.task
+        events = [e.to_dict() for e in sink.events.values()]
         if as_json:
             echo(json.dumps({"summary": {**snap["total"], "wall_s": round(wall, 3),
                                          "fps": round(snap["total"]["frames_done"] / wall, 2) if wall > 0 else 0.0,
                                          "model": lm.ref.__dict__, "provider": lm.backend.provider,
                                          "peak_scores": peaks.to_dict(), "threshold": task.threshold,
-                                         "review_band": list(task.band)}}, sort_keys=True))
+                                         "review_band": list(task.band), "out_of_scope": dict(pl.refusals),
+                                         "events": events}}, sort_keys=True))
         else:
             echo(summary_line(snap, wall))
-            echo(peaks.line(task.threshold, task.band))
+            if pl.refusals:
+                echo(out_of_scope_line(pl))
+            for e in sink.events.values():
+                if e.kind != "out_of_scope":
+                    echo(f"event: {e.describe()}")
+            if peaks.frames or not pl.refusals:
+                echo(peaks.line(task.threshold, task.band))
         stats = getattr(source, "stats", None)
         if stats is not None and stats.errors:
             echo(f"medge: error: {stats.last_error}")
             return 1
-        if pl.failure is not None:
+        if pl.failure is not None or (pl.refusals and not peaks.frames):  # nothing was read: say so to scripts too
             return 1
         return 0 if snap["total"]["errors"] == 0 else 1
+
+
+def out_of_scope_line(pl: Pipeline) -> str:
+    """One line: how many frames the model did not read, and why."""
+    m = pl.builder.model
+    reasons = "; ".join(pl.refusal_details[r] for r in pl.refusals)
+    n = max(pl.refusals.values())
+    return (f"not read: {n} frame(s) outside the intended use of {m.name} {m.version} ({reasons}); no finding is made "
+            "for them")
 
 
 class PeakScores:
@@ -120,14 +141,19 @@ class PeakScores:
 
 
 class MemorySink:
-    """`medge replay` keeps findings in memory: nothing is sent, nothing outlives the command."""
+    """`medge replay` keeps findings (and device events) in memory: nothing is sent, nothing outlives the
+    command. Deduplicated by id, as the outbox does."""
 
     def __init__(self) -> None:
         self.found: dict[str, Finding] = {}
+        self.events: dict[str, DeviceEvent] = {}
 
-    def store(self, findings: list[Finding]) -> list[bool]:
-        flags = [f.finding_id not in self.found for f in findings]
-        self.found.update((f.finding_id, f) for f in findings)
+    def store(self, records: list[Finding | DeviceEvent]) -> list[bool]:
+        flags = []
+        for r in records:
+            held, key = (self.events, r.event_id) if isinstance(r, DeviceEvent) else (self.found, r.finding_id)
+            flags.append(key not in held)
+            held[key] = r
         return flags
 
 

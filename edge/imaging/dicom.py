@@ -35,7 +35,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, g
 from pydicom.uid import UID, JPEGBaseline8Bit
 
 from edge.errors import InputError, one_line
-from edge.frames import Frame, Region, StudyRef
+from edge.frames import Acquisition, Frame, Region, StudyRef
 from edge.imaging.dicom_guard import (
     DEFAULT_LIMITS,
     DecodeLimits,
@@ -395,6 +395,29 @@ def acquisition_time(ds: Dataset) -> float | None:
     return None
 
 
+_AGE = re.compile(r"^(\d{1,3})([DWMY])$")
+_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+
+
+def parse_age(value: Any) -> float | None:
+    """DICOM AS ('045Y', '006M') -> years; anything else None (an unreadable age restricts nothing)."""
+    m = _AGE.match(str(value or "").strip().upper())
+    return round(int(m.group(1)) * _AGE_UNIT_YEARS[m.group(2)], 3) if m else None
+
+
+def acquisition(ds: Dataset) -> Acquisition:
+    """The attributes intended-use rules read; a value pydicom cannot convert counts as absent."""
+    def s(key: str) -> str | None:
+        try:
+            v = ds.get(key)
+        except Exception:
+            return None
+        return str(v).strip() or None if v not in (None, "") else None
+
+    return Acquisition(body_part=s("BodyPartExamined"), view=s("ViewPosition"), photometric=s("PhotometricInterpretation"),
+                       patient_age_years=parse_age(s("PatientAge")), manufacturer=s("Manufacturer"))
+
+
 def study_ref(ds: Dataset) -> StudyRef:
     def s(key: str) -> str | None:
         v = ds.get(key)
@@ -546,8 +569,10 @@ def _raw_frames(ds: Dataset, path: Path | None) -> Iterator[np.ndarray]:
 
 
 def iter_frames(ds: Dataset, source: str, path: Path | str | None = None, *, check_first: bool = True,
-                limits: DecodeLimits = DEFAULT_LIMITS) -> Iterator[Frame]:
-    """Frames of one object, decoded one at a time. Every failure raises `InputError`."""
+                limits: DecodeLimits = DEFAULT_LIMITS, default_modality: str | None = None) -> Iterator[Frame]:
+    """Frames of one object, decoded one at a time. Every failure raises `InputError`. An object without
+    Modality takes ``default_modality`` (the source's declared one) or none at all: the models' intended
+    use then refuses it rather than have a modality guessed."""
     where = str(path) if path is not None else "<dataset>"
     info = check(ds, where, limits) if check_first else describe(ds, where, limits)
     nframes = info.frames or 1
@@ -556,6 +581,7 @@ def iter_frames(ds: Dataset, source: str, path: Path | str | None = None, *, che
             warnings.simplefilter("ignore")
             study = study_ref(ds)
             acquired = acquisition_time(ds) or time.time()
+            acq = acquisition(ds)
     except Exception as e:  # a study element pydicom cannot convert
         raise InputError(f"{where}: {_header_problem(e)}") from None
     rate = info.frame_rate
@@ -580,18 +606,19 @@ def iter_frames(ds: Dataset, source: str, path: Path | str | None = None, *, che
             raise InputError(f"{where}: frame {index} cannot be shown ({one_line(e)})") from None
         if pixels.ndim == 3 and pixels.shape[2] == 1:
             pixels = pixels[..., 0]
-        yield Frame(pixels=pixels, modality=str(info.modality or "OT"), source=source, index=index,
+        yield Frame(pixels=pixels, modality=str(info.modality or default_modality or ""), source=source, index=index,
                     spacing_mm=info.spacing_mm, frame_rate=rate,
                     acquired_at=acquired + (index / rate if rate else 0.0), study=study, region=info.region,
-                    live=False, origin=origin, frame_count=nframes)
+                    live=False, origin=origin, frame_count=nframes, acquisition=acq)
         index += 1
     if index < nframes:
         raise InputError(f"{where}: only {index} of {nframes} frames present (truncated pixel data)")
 
 
-def frames_from_file(path: Path | str, source: str = "file", limits: DecodeLimits = DEFAULT_LIMITS) -> Iterator[Frame]:
+def frames_from_file(path: Path | str, source: str = "file", limits: DecodeLimits = DEFAULT_LIMITS,
+                     default_modality: str | None = None) -> Iterator[Frame]:
     ds = read_dicom(path, limits)
-    yield from iter_frames(ds, source, path, limits=limits)
+    yield from iter_frames(ds, source, path, limits=limits, default_modality=default_modality)
 
 
 def decode_file(path: Path | str, source: str = "file", limits: DecodeLimits = DEFAULT_LIMITS) -> list[Frame]:

@@ -24,10 +24,14 @@ from typing import Any
 import yaml
 
 from edge.errors import BundleError
+from edge.inference.intended_use import IntendedUse
 from edge.inference.preprocess import PreprocessSpec
+from edge.inference.reference import ReferenceStats
 from edge.inference.tasks import TASK_KINDS, Output, TaskConfig
 
-SCHEMA_VERSION = 1
+# 2: intended_use (what the model may read) and reference (statistics drift is measured against)
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # 1 loads with a warning: no intended use, no drift reference
 MANIFEST = "manifest.yaml"
 SIGNATURE = "manifest.sig"
 CACHE_DIRS = ("engines",)  # device-side caches, deliberately outside the hashed file set
@@ -83,18 +87,31 @@ class Manifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    intended_use: IntendedUse | None = None  # None: a schema-1 bundle, which declares none
+    reference: ReferenceStats | None = None  # None: no drift monitoring for this bundle
     schema_version: int = SCHEMA_VERSION
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def legacy_warning(self) -> str | None:
+        """What to tell the operator about a bundle from before intended use existed."""
+        if self.intended_use is not None:
+            return None
+        return (f"bundle {self.name} {self.version} (manifest schema {self.schema_version}) declares no intended use: "
+                "it will run on any modality and image, and its inputs are not watched for drift; re-export it "
+                "with this medge")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = MANIFEST) -> Manifest:
         try:
             sv = int(d.get("schema_version", -1))
-            if sv != SCHEMA_VERSION:
+            if sv not in READABLE_SCHEMAS:
                 raise BundleError(
                     f"{where}: schema_version {d.get('schema_version')!r} is not supported by this medge "
-                    f"(expects {SCHEMA_VERSION}); re-export the bundle or update medge"
+                    f"(reads {', '.join(map(str, READABLE_SCHEMAS))}); re-export the bundle or update medge"
                 )
+            if sv >= 2 and "intended_use" not in d:
+                raise BundleError(f"{where}: required key 'intended_use' is missing; re-export the bundle")
             task = str(d["task"])
             if task not in TASK_KINDS:
                 raise BundleError(f"{where}: task {task!r} is not one of {', '.join(TASK_KINDS)}")
@@ -139,6 +156,8 @@ class Manifest:
                 metrics=dict(d.get("metrics") or {}),
                 calibration=dict(d.get("calibration") or {}),
                 provenance=dict(d.get("provenance") or {}),
+                intended_use=IntendedUse.from_dict(d["intended_use"], where) if sv >= 2 else None,
+                reference=ReferenceStats.from_dict(d["reference"], where) if d.get("reference") else None,
                 schema_version=sv,
                 raw=d,
             )

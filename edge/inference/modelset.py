@@ -7,7 +7,7 @@ the daemon will at start, without starting anything.
 from __future__ import annotations
 
 from edge.config import Config, ModelConfig
-from edge.errors import BundleError
+from edge.errors import BundleError, ConfigError
 from edge.inference.bundle import Bundle, load_bundle
 
 
@@ -20,13 +20,39 @@ def load_model_bundle(cfg: Config, m: ModelConfig) -> Bundle:
     return bundle
 
 
-def verify_models(cfg: Config) -> list[str]:
-    """Verify every bundle in the profile; return one human-readable line per model."""
-    lines = []
+def wiring_problems(cfg: Config, bundles: dict[str, Bundle]) -> list[str]:
+    """Sources whose declared modality their model's intended use excludes: such a source would never
+    produce a finding, which on a device looks exactly like a run of normal patients."""
+    from edge.sources import SOURCE_KINDS
+
+    out = []
+    where = cfg.source_file or "profile"
+    for i, s in enumerate(cfg.sources):
+        b, kind = bundles.get(s.model), SOURCE_KINDS.get(s.kind)
+        use = b.manifest.intended_use if b is not None else None
+        modality = kind.declared_modality(s) if kind is not None else None
+        if use is not None and modality is not None and not use.accepts_modality(modality):
+            out.append(f"{where}: sources[{i}] ({s.name}): modality {modality} is outside the intended use of model "
+                       f"{s.model!r} ({b.manifest.name} {b.manifest.version} is for {', '.join(use.modalities)}); wire "
+                       "the source to a model made for it")
+    return out
+
+
+def verify_models(cfg: Config) -> tuple[list[str], list[str]]:
+    """Verify every bundle in the profile and how sources are wired to them; return one line per model and
+    the warnings (bundles that declare no intended use). Wiring errors are raised together."""
+    lines, warnings, bundles = [], [], {}
     for m in cfg.models:
-        b = load_model_bundle(cfg, m)
+        b = bundles[m.name] = load_model_bundle(cfg, m)
         v = b.variant(m.variant)
         sig = b.signature_state
+        use = b.manifest.intended_use
         lines.append(f"model {m.name}: {b.manifest.name} {b.manifest.version} {v.name} "
-                     f"sha256 {b.model_sha256(v.name)[:12]} ({sig})")
-    return lines
+                     f"sha256 {b.model_sha256(v.name)[:12]} ({sig}); intended use: "
+                     f"{use.describe() if use is not None else 'not declared'}")
+        if b.manifest.legacy_warning:
+            warnings.append(f"model {m.name}: {b.manifest.legacy_warning}")
+    problems = wiring_problems(cfg, bundles)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return lines, warnings

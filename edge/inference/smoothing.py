@@ -56,8 +56,12 @@ class Event:
         if self.largest is None:
             return self.peak, self.peak_frame
         d = self.largest
-        return Detection(d.label, self.peak.confidence, self.peak.positive, self.peak.needs_review, self.peak.priority,
-                         dict(d.measurements), dict(d.geometry), d.overlay_png_b64), self.largest_frame
+        # the peak's confidence decides "uncertain"; an out-of-distribution frame on either side counts
+        reasons = tuple(dict.fromkeys((*self.peak.review_reasons,
+                                       *(r for r in d.review_reasons if not r.startswith("uncertain")))))
+        return Detection(d.label, self.peak.confidence, self.peak.positive, self.peak.needs_review or bool(reasons),
+                         self.peak.priority, dict(d.measurements), dict(d.geometry), d.overlay_png_b64,
+                         reasons), self.largest_frame
 
     @property
     def confidence(self) -> float:

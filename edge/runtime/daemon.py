@@ -20,11 +20,11 @@ from collections.abc import Callable
 from typing import Any
 
 from edge.config import Config
-from edge.errors import MedgeError
+from edge.errors import ConfigError, MedgeError
 from edge.findings import Finding
 from edge.inference.loaded_model import LoadedModel, load_model
 from edge.runtime.metrics import Metrics
-from edge.runtime.pipeline import Pipeline, PipelineSettings, build_pipeline
+from edge.runtime.pipeline import Pipeline, PipelineSettings, build_pipeline, monitor_settings
 from edge.runtime.sdnotify import Notifier
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -129,6 +129,13 @@ def run_daemon(cfg: Config, max_seconds: float | None = None,
         for m in cfg.models:
             models[m.name] = load_model(cfg, m, log.getChild("backend"))
             log.info("model %s", models[m.name].describe())
+            if models[m.name].bundle.manifest.legacy_warning:
+                log.warning("model %s: %s", m.name, models[m.name].bundle.manifest.legacy_warning)
+        from edge.inference.modelset import wiring_problems
+
+        problems = wiring_problems(cfg, {n: lm.bundle for n, lm in models.items()})
+        if problems:
+            raise ConfigError("\n".join(problems))
         from edge.imaging.deid import Pseudonymizer
 
         pseudonymizer = Pseudonymizer.load_or_create(cfg.pseudonym_key_path)
@@ -145,7 +152,8 @@ def run_daemon(cfg: Config, max_seconds: float | None = None,
         settings = PipelineSettings.from_config(cfg.pipeline)
         for scfg, src in zip(cfg.sources, sources, strict=True):
             pl = build_pipeline(src, models[scfg.model], cfg.device.id, pseudonymizer.study_ids, sink, metrics, settings,
-                                stop_event=stop, logger=log.getChild("pipeline"), on_finding=on_finding)
+                                stop_event=stop, logger=log.getChild("pipeline"), on_finding=on_finding,
+                                monitoring=monitor_settings(cfg), monitor_dir=cfg.monitor_dir)
             pipelines.append(pl.start())
         notifier.ready(f"running {len(pipelines)} source(s)")
         log.info("ready: %d source(s), %d model(s); outbox %s", len(pipelines), len(models), cfg.outbox_path)

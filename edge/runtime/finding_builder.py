@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from edge.events import DeviceEvent, event_id
 from edge.findings import Finding, ModelRef, iso_utc
 from edge.frames import Frame, StudyRef
 from edge.inference.tasks import Detection
@@ -57,5 +58,22 @@ class FindingBuilder:
             created_at=iso_utc(time.time()), source=frame.source,
             frame_index=frame.index if frame_index is None else frame_index, frame_range=frame_range,
             measurements=dict(det.measurements), geometry=dict(det.geometry), latency_ms=round(latency_ms, 2),
-            overlay_png_b64=det.overlay_png_b64, finding_id=fid,
+            overlay_png_b64=det.overlay_png_b64, finding_id=fid, review_reasons=list(det.review_reasons),
         )
+
+    def event(self, kind: str, reason: str, detail: str, frame: Frame, *, priority: str = "low",
+              stored_object: bool = True, measurements: dict[str, float] | None = None) -> DeviceEvent:
+        """A non-clinical event about ``frame``. For a stored object (``stored_object``) it names the object by
+        its pseudonyms and has a deterministic id, so re-reading the object after a restart adds nothing."""
+        study = series = instance = None
+        if stored_object and frame.study is not None and self.pseudonymize is not None:
+            study, series, instance = self.pseudonymize(frame.study)
+        sop = frame.study.sop_instance_uid if frame.study else None
+        ev = DeviceEvent(device_id=self.device_id, kind=kind, reason=reason, detail=detail, model=self.model,
+                         source=frame.source, modality=frame.modality or None, priority=priority, study_id=study,
+                         series_id=series, instance_id=instance,
+                         acquired_at=iso_utc(frame.acquired_at) if stored_object else None,
+                         measurements=dict(measurements or {}))
+        if stored_object and sop and not frame.live:
+            ev.event_id = event_id(self.device_id, sop, self.model.sha256, kind, reason)
+        return ev

@@ -44,6 +44,7 @@ class StreamStats:
     dropped: int = 0  # live frames replaced by a newer one before inference
     errors: int = 0  # frames that failed (bad pixels, backend error)
     findings: int = 0  # findings written to the outbox
+    out_of_scope: dict[str, int] = field(default_factory=dict)  # frames not read, per intended-use reason
     duplicates: int = 0  # findings the outbox already had (re-processing after a restart)
     latencies_ms: deque = field(default_factory=deque)
     stage_ms: dict[str, deque] = field(default_factory=dict)
@@ -80,6 +81,7 @@ class StreamStats:
             "errors": self.errors,
             "findings": self.findings,
             "duplicates": self.duplicates,
+            "out_of_scope": dict(self.out_of_scope),
             "fps": self.fps(now),
             "latency_ms": percentiles(self.latencies_ms),
             "stage_ms": {k: percentiles(v, (50, 95)) for k, v in self.stage_ms.items()},
@@ -99,6 +101,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._streams: dict[str, StreamStats] = {}
         self._inputs: dict[str, Callable[[], dict[str, Any]]] = {}
+        self._drift: dict[str, Callable[[], dict[str, Any]]] = {}
         self._t0 = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -109,6 +112,11 @@ class Metrics:
         """A source's own counters (received, quarantined, errors...) to report beside its pipeline's."""
         with self._lock:
             self._inputs[name] = counters
+
+    def attach_drift(self, name: str, snapshot: Callable[[], dict[str, Any]]) -> None:
+        """A source's drift monitor, reported in the heartbeat and the metrics file (without the histograms)."""
+        with self._lock:
+            self._drift[name] = snapshot
 
     # ----------------------------------------------------------------------------- recording (hot path)
     def stream(self, name: str) -> StreamStats:
@@ -139,6 +147,11 @@ class Metrics:
             for k, v in (stages or {}).items():
                 s.add_stage(k, v)
 
+    def out_of_scope(self, name: str, reason: str) -> None:
+        s = self.stream(name)
+        with self._lock:
+            s.out_of_scope[reason] = s.out_of_scope.get(reason, 0) + 1
+
     def finding(self, name: str, new: bool) -> None:
         s = self.stream(name)
         with self._lock:
@@ -154,13 +167,20 @@ class Metrics:
             streams = {k: v.to_dict(now) for k, v in self._streams.items()}
             all_lat = [x for v in self._streams.values() for x in v.latencies_ms]
             inputs = dict(self._inputs)
+            drift = dict(self._drift)
         for name, counters in inputs.items():
             streams.setdefault(name, StreamStats().to_dict(now))["inputs"] = counters()
+        for name, snap in drift.items():
+            d = snap()
+            streams.setdefault(name, StreamStats().to_dict(now))["drift"] = {
+                k: v for k, v in d.items() if k not in ("reference", "recent")}
         total = {
             k: sum(s[k] for s in streams.values())
             for k in ("frames_in", "frames_done", "dropped", "errors", "findings", "duplicates")
         }
         total["quarantined"] = sum(int(s.get("inputs", {}).get("quarantined", 0)) for s in streams.values())
+        total["out_of_scope"] = sum(sum(s["out_of_scope"].values()) for s in streams.values())
+        total["drifting"] = sorted(n for n, s in streams.items() if s.get("drift", {}).get("state") == "drift")
         total["fps"] = round(sum(s["fps"] for s in streams.values()), 2)
         total["latency_ms"] = percentiles(all_lat)
         return {"time": time.time(), "uptime_s": round(now - self._t0, 1), **self.extra, "total": total,

@@ -14,34 +14,49 @@ Two admission rules, chosen per frame by `Frame.live`:
   room (backpressure onto the source), and every frame ends with ``source.complete(frame, ok)`` *after*
   its findings are durably in the outbox, which is what lets durable sources delete their input.
 
+Before a frame is preprocessed it is checked against the model's intended use (`edge.inference.
+intended_use`): a frame the model was not made for is not inferred at all; it is counted per reason,
+logged once per source and reason, and a stored object gets one non-clinical `DeviceEvent` in the outbox,
+so the hospital knows the object was not read (rather than read and found normal). After preprocessing,
+the tensor goes to the model's `DriftMonitor` (when its bundle has reference statistics): findings from a
+frame far outside the reference are marked needs_review with the reason, and persistent drift of the
+recent frames becomes one drift event.
+
 On stop the capture stage stops pulling from the source and everything already admitted drains to the end.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import cv2
 import numpy as np
 
+from edge.durable_files import write_atomic
 from edge.errors import MedgeError
+from edge.events import DeviceEvent
 from edge.findings import Finding
 from edge.frames import Frame
 from edge.inference.backends import Backend
+from edge.inference.drift import DriftMonitor, FrameCheck, MonitorSettings
+from edge.inference.intended_use import IntendedUse, Refusal
 from edge.inference.preprocess import Geometry, Preprocessor
+from edge.inference.reference import peak_confidence
 from edge.inference.smoothing import Event, Hysteresis
-from edge.inference.tasks import Task
+from edge.inference.tasks import Detection, Task
 from edge.runtime.finding_builder import FindingBuilder, PseudonymFn
 from edge.runtime.metrics import Metrics
 
 if TYPE_CHECKING:
-    from edge.config import PipelineConfig
+    from edge.config import Config, PipelineConfig
     from edge.inference.loaded_model import LoadedModel
     from edge.sources import Source
 
@@ -49,7 +64,7 @@ if TYPE_CHECKING:
 class FindingSink(Protocol):
     """Where a frame's findings go: the outbox on the device, a dict in `medge replay`."""
 
-    def store(self, findings: list[Finding]) -> list[bool]: ...  # durable on return; per finding: was it new?
+    def store(self, findings: list[Finding | DeviceEvent]) -> list[bool]: ...  # durable on return; per record: new?
 
 _END = object()
 
@@ -116,6 +131,8 @@ class Work:
     geom: Geometry | None = None
     outputs: dict[str, np.ndarray] | None = None
     error: str | None = None
+    refused: list[Refusal] | None = None  # outside the model's intended use: not inferred
+    check: FrameCheck | None = None  # the drift monitor's view of this frame
     t_pre_ms: float = 0.0
     t_infer_ms: float = 0.0
 
@@ -139,6 +156,15 @@ class PipelineSettings:
                    smoothing_window=p.smoothing_window, opencv_threads=p.opencv_threads)
 
 
+def monitor_settings(cfg: Config) -> MonitorSettings | None:
+    """The profile's monitoring section (None: monitoring switched off)."""
+    m = cfg.monitoring
+    if not m.enabled:
+        return None
+    return MonitorSettings(window_frames=m.window_frames, min_frames=m.min_frames, persist_frames=m.persist_frames,
+                           drift_psi=m.drift_psi, ood_psi=m.ood_psi, ood_review=m.ood_review)
+
+
 @dataclass
 class Pipeline:
     """One source feeding one model. Construct, `start()`, then `join()` (or `stop()` to drain early)."""
@@ -156,6 +182,11 @@ class Pipeline:
     on_scores: Callable[[Frame, dict[str, float]], None] | None = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("medge.pipeline"))
     stop_event: threading.Event = field(default_factory=threading.Event)
+    intended_use: IntendedUse | None = None  # None: a bundle that declares none (reads everything)
+    monitor: DriftMonitor | None = None
+    monitor_settings: MonitorSettings = field(default_factory=MonitorSettings)
+    monitor_file: Path | None = None  # where `medge monitor` reads this pipeline's drift state
+    MONITOR_WRITE_EVERY = 25  # frames between monitor_file writes (and one at the end)
 
     def __post_init__(self) -> None:
         self.name = self.source.name
@@ -165,6 +196,9 @@ class Pipeline:
         self._smoothers: dict[Any, tuple[Hysteresis, Frame]] = {}  # with the stream's latest frame
         self.failure: BaseException | None = None
         self.events = 0
+        self.refusals: dict[str, int] = {}  # intended-use reason -> frames not read
+        self.refusal_details: dict[str, str] = {}  # reason -> the first such frame's explanation
+        self._last_refused: Any = None  # the stored object the last out-of-scope event was recorded for
 
     # ------------------------------------------------------------------------------------ lifecycle
     def start(self) -> Pipeline:
@@ -226,17 +260,23 @@ class Pipeline:
     def _preprocess(self) -> None:
         while (w := self._q_pre.get()) is not _END:
             t0 = time.perf_counter()
-            try:
-                w.tensor, w.geom = self.preprocessor.apply(w.frame)
-            except Exception as e:  # cv2.error, ValueError...: a bad frame must not stop the stream
-                w.error = f"preprocessing failed ({str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__})"
+            refusals = self.intended_use.check(w.frame) if self.intended_use is not None else []
+            if refusals:
+                w.refused = refusals
+            else:
+                try:
+                    w.tensor, w.geom = self.preprocessor.apply(w.frame)
+                    if self.monitor is not None:
+                        w.check = self.monitor.observe(w.tensor, w.frame.live or (w.frame.frame_count or 1) > 1)
+                except Exception as e:  # cv2.error, ValueError...: a bad frame must not stop the stream
+                    w.error = f"preprocessing failed ({str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__})"
             w.t_pre_ms = (time.perf_counter() - t0) * 1000
             self._admit(self._q_inf, w)
         self._q_inf.close()
 
     def _infer(self) -> None:
         while (w := self._q_inf.get()) is not _END:
-            if w.error is None:
+            if w.error is None and w.refused is None:
                 t0 = time.perf_counter()
                 try:
                     w.outputs = self.backend.run(w.tensor)
@@ -250,6 +290,7 @@ class Pipeline:
     def _post(self) -> None:
         while (w := self._q_post.get()) is not _END:
             self._finish(w)
+        self._write_monitor()
         open_objects = [k for k in self._smoothers if k[0] == "object"]
         if self.stop_event.is_set():
             # stopped part-way through an object: a durable source reads it again at the next start, and a
@@ -266,8 +307,12 @@ class Pipeline:
         ok = True
         t0 = time.perf_counter()
         try:
-            if w.error is None:
+            if w.refused:
+                self._out_of_scope(w)
+            elif w.error is None:
                 self._publish_frame(w)
+            if w.check is not None and w.check.change is not None:
+                self._drift_changed(w.check, f)
             key = self._smoother_key(f)
             if key is not None and key[0] == "object" and f.frame_count is not None and f.index >= f.frame_count - 1:
                 self._end_object(key)  # the object's last frame, published or not: its episodes end here
@@ -287,8 +332,14 @@ class Pipeline:
         latency = (time.monotonic() - f.captured_at) * 1000
         self.metrics.frame_done(self.name, latency, {"preprocess": w.t_pre_ms, "infer": w.t_infer_ms,
                                                      "post": (time.perf_counter() - t0) * 1000})
-        if ok and self.on_scores is not None and w.outputs is not None:
-            self.on_scores(f, self.task.peak_scores(w.outputs, w.geom, f))
+        if ok and w.outputs is not None and (self.on_scores is not None or self.monitor is not None):
+            scores = self.task.peak_scores(w.outputs, w.geom, f)
+            if self.monitor is not None:
+                self.monitor.observe_confidence(peak_confidence(scores))
+                if self.monitor.frames % self.MONITOR_WRITE_EVERY == 0:
+                    self._write_monitor()
+            if self.on_scores is not None:
+                self.on_scores(f, scores)
 
     def _smoother_key(self, f: Frame) -> Any | None:
         if f.live:
@@ -299,7 +350,7 @@ class Pipeline:
 
     def _publish_frame(self, w: Work) -> None:
         f = w.frame
-        dets = self.task.decode(w.outputs, w.geom, f)
+        dets = [self._with_review_reasons(d, w.check) for d in self.task.decode(w.outputs, w.geom, f)]
         key = self._smoother_key(f)
         if key is None:
             self._emit([self.builder.build(d, f, (time.monotonic() - f.captured_at) * 1000) for d in dets])
@@ -318,6 +369,67 @@ class Pipeline:
         sm = self._smoothers[key][0]
         self._smoothers[key] = (sm, f)
         self._emit_events(sm.update(f.index, dets), f)
+
+    def _with_review_reasons(self, d: Detection, check: FrameCheck | None) -> Detection:
+        """Say why a finding needs review: uncertain (inside the review band) and/or an input unlike the
+        model's reference."""
+        reasons = list(d.review_reasons)
+        if d.needs_review and not reasons:
+            lo, hi = self.task.m.review_band
+            reasons.append(f"uncertain: confidence {d.confidence:.2f} inside the review band {lo:g}-{hi:g}")
+        if check is not None and check.ood and self.monitor is not None and self.monitor_settings.ood_review:
+            reasons.append(check.reason(self.monitor.ood_psi))
+        return replace(d, needs_review=bool(reasons), review_reasons=tuple(reasons)) if reasons else d
+
+    def _out_of_scope(self, w: Work) -> None:
+        """Not the model's input: count it, say so once per reason, and record it for a stored object."""
+        f, refused = w.frame, w.refused or []
+        model = self.builder.model
+        for r in refused:
+            self.refusals[r.reason] = self.refusals.get(r.reason, 0) + 1
+            self.metrics.out_of_scope(self.name, r.reason)
+            if r.reason not in self.refusal_details:
+                self.refusal_details[r.reason] = r.detail
+                self.logger.warning("source %s: %s is outside the intended use of model %s %s (%s); not read, no "
+                                    "finding (logged once per source and reason, counted in metrics)", self.name,
+                                    f.origin.name if f.origin else f"frame {f.index}", model.name, model.version, r.detail)
+        key = self._smoother_key(f) or ("object", f.study.sop_instance_uid if f.study else str(f.origin))
+        if f.live or key == self._last_refused:
+            return
+        self._last_refused = key
+        detail = "; ".join(r.detail for r in refused)
+        ev = self.builder.event("out_of_scope", refused[0].reason, f"not read by {model.name} {model.version}: {detail}",
+                                f, measurements={"frames": float(f.frame_count or 1)})
+        self.sink.store([ev])
+
+    def _drift_changed(self, check: FrameCheck, f: Frame) -> None:
+        mon = self.monitor
+        assert mon is not None
+        model = self.builder.model
+        if check.change == "cleared":
+            self.logger.info("source %s: model %s inputs back within the reference (window PSI %.2f)", self.name,
+                             model.name, check.window_psi or 0.0)
+            return
+        detail = (f"input intensity drift on source {self.name}: window PSI {check.window_psi:.2f} above {mon.threshold:.2f} "
+                  f"for {mon.s.persist_frames} frames in a row (reference: {mon.ref.inputs} calibration inputs); check "
+                  "probe, preset, gain and vendor processing; findings continue, out-of-distribution ones need review")
+        self.logger.warning("%s", detail)
+        ev = self.builder.event("drift", "intensity_psi", detail, f, priority="routine", stored_object=False,
+                                measurements={"window_psi": round(check.window_psi or 0.0, 4), "drift_psi": mon.threshold,
+                                              "frames": float(check.frames), "ood_frames": float(mon.ood_frames)})
+        self.sink.store([ev])
+        self._write_monitor()
+
+    def _write_monitor(self) -> None:
+        if self.monitor is None or self.monitor_file is None:
+            return
+        m = self.builder.model
+        try:
+            doc = {"source": self.name, "model": {"name": m.name, "version": m.version, "sha256": m.sha256},
+                   "updated_at": time.time(), **self.monitor.snapshot()}
+            write_atomic(self.monitor_file, json.dumps(doc, indent=1, sort_keys=True).encode(), make_parents=True)
+        except OSError as e:  # monitoring must never stop inference
+            self.logger.warning("source %s: cannot write %s (%s)", self.name, self.monitor_file, e.strerror)
 
     def _end_object(self, key: Any) -> None:
         """Report the episodes still running in a recorded object (with its latest frame's context)."""
@@ -351,9 +463,18 @@ def build_pipeline(source: Source, model: LoadedModel, device_id: str, pseudonym
                    sink: FindingSink, metrics: Metrics, settings: PipelineSettings | None = None, *,
                    stop_event: threading.Event | None = None, logger: logging.Logger | None = None,
                    on_finding: Callable[[Finding, bool], None] | None = None,
-                   on_scores: Callable[[Frame, dict[str, float]], None] | None = None) -> Pipeline:
-    """The one way the daemon, `medge replay` and the demo put a source in front of a loaded model."""
+                   on_scores: Callable[[Frame, dict[str, float]], None] | None = None,
+                   monitoring: MonitorSettings | None = None, monitor_dir: Path | None = None) -> Pipeline:
+    """The one way the daemon, `medge replay` and the demo put a source in front of a loaded model.
+    ``monitoring`` None: no drift monitor (as for a bundle without reference statistics)."""
+    ref = model.bundle.manifest.reference
+    monitor = DriftMonitor(ref, monitoring) if ref is not None and monitoring is not None else None
+    if monitor is not None:
+        metrics.attach_drift(source.name, monitor.snapshot)
     return Pipeline(source=source, preprocessor=model.preprocessor, backend=model.backend, task=model.task,
                     builder=FindingBuilder(device_id, model.ref, pseudonymize), sink=sink, metrics=metrics,
                     settings=settings or PipelineSettings(), on_finding=on_finding, on_scores=on_scores,
-                    logger=logger or logging.getLogger("medge.pipeline"), stop_event=stop_event or threading.Event())
+                    logger=logger or logging.getLogger("medge.pipeline"), stop_event=stop_event or threading.Event(),
+                    intended_use=model.bundle.manifest.intended_use, monitor=monitor,
+                    monitor_settings=monitoring or MonitorSettings(),
+                    monitor_file=monitor_dir / f"{source.name}.json" if monitor is not None and monitor_dir else None)

@@ -98,6 +98,8 @@ class SourceKind:
     check: Callable[[SourceConfig, bool], list[Problem]] = _none  # (source, files exist?) -> profile problems
     preflight: Callable[[SourceConfig], list[str]] = _none  # what doctor warns about on this device
     listens: bool = False  # binds ``port`` (no two sources, nor the metrics endpoint, may share one)
+    # the modality the profile declares for this source's frames (None: each object says its own)
+    declared_modality: Callable[[SourceConfig], str | None] = lambda s: s.default_modality
 
     def load(self) -> type:
         return getattr(importlib.import_module(self.module), self.cls)
@@ -133,6 +135,12 @@ def _check_store(s: SourceConfig, check_files: bool) -> list[Problem]:
     return out
 
 
+def _replay_modality(s: SourceConfig) -> str | None:
+    from edge.imaging.dicom import is_dicom_file
+
+    return s.default_modality if s.path is not None and is_dicom_file(s.path) else s.modality
+
+
 def _check_replay(s: SourceConfig, check_files: bool) -> list[Problem]:
     if s.path is None or (check_files and not s.path.is_file()):
         return [("path", "replay needs an existing file" if s.path else "replay needs a path",
@@ -141,10 +149,11 @@ def _check_replay(s: SourceConfig, check_files: bool) -> list[Problem]:
 
 
 SOURCE_KINDS: dict[str, SourceKind] = {k.name: k for k in (
-    SourceKind("video", "edge.sources.video", "VideoSource", _check_video, _preflight_video),
+    SourceKind("video", "edge.sources.video", "VideoSource", _check_video, _preflight_video,
+               declared_modality=lambda s: s.modality),
     SourceKind("dicom-folder", "edge.sources.dicom_folder", "DicomFolderSource", _check_folder, _preflight_folder),
     SourceKind("dicom-store", "edge.sources.dicom_store", "DicomStoreSource", _check_store, listens=True),
-    SourceKind("replay", "edge.sources.replay", "ReplaySource", _check_replay),
+    SourceKind("replay", "edge.sources.replay", "ReplaySource", _check_replay, declared_modality=_replay_modality),
 )}
 
 

@@ -39,7 +39,8 @@ class DicomFolderSource:
         self.log = ctx.log(cfg.name)
         self.inbox = DurableInbox(cfg.name, Path(ctx.data_dir) / "processed" / cfg.name, ctx.quarantine(cfg.name),
                                   self.stats, self.log, retry_base_s=max(cfg.poll_interval_s, 0.5),
-                                  journal_dir=Path(ctx.data_dir) / "attempts" / cfg.name, limits=ctx.limits)
+                                  journal_dir=Path(ctx.data_dir) / "attempts" / cfg.name, limits=ctx.limits,
+                                  default_modality=cfg.default_modality)
         self._seen: dict[Path, tuple[int, int]] = {}
         self._missing_logged = False
 

@@ -43,7 +43,8 @@ class DicomStoreSource:
         self.incoming = Path(ctx.data_dir) / "incoming" / cfg.name
         self.inbox = DurableInbox(cfg.name, Path(ctx.data_dir) / "processed" / cfg.name, ctx.quarantine(cfg.name),
                                   self.stats, self.log, retry_base_s=max(cfg.poll_interval_s, 0.5),
-                                  journal_dir=Path(ctx.data_dir) / "attempts" / cfg.name, limits=ctx.limits)
+                                  journal_dir=Path(ctx.data_dir) / "attempts" / cfg.name, limits=ctx.limits,
+                                  default_modality=cfg.default_modality)
         self._server: Any = None
         self._queue: deque[Path] = deque()
         self._queued: set[Path] = set()

@@ -90,8 +90,10 @@ class DurableInbox:
     """Tracks objects from incoming through the pipeline to processed/ or quarantine."""
 
     def __init__(self, name: str, processed_dir: Path, quarantine: Quarantine, stats: SourceStats, log, *,
-                 journal_dir: Path, retry_base_s: float = 1.0, limits: DecodeLimits = DEFAULT_LIMITS) -> None:
+                 journal_dir: Path, retry_base_s: float = 1.0, limits: DecodeLimits = DEFAULT_LIMITS,
+                 default_modality: str | None = None) -> None:
         self.name = name
+        self.default_modality = default_modality  # for objects without Modality (the profile's, never guessed)
         self.processed_dir = Path(processed_dir)
         self.limits = limits
         self.journal = AttemptJournal(journal_dir)
@@ -135,7 +137,7 @@ class DurableInbox:
             self._maybe_finish(path, entry)
             return
         try:
-            for frame in frames_from_file(path, self.name, self.limits):
+            for frame in frames_from_file(path, self.name, self.limits, self.default_modality):
                 with self._lock:
                     entry.yielded += 1
                 self.stats.bump(accepted=1)

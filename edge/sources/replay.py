@@ -39,7 +39,8 @@ class ReplaySource:
                         frame_rate=info.frame_rate, live=False, origin=self.path, frame_count=info.frames)
 
     def _one_pass(self, stop: threading.Event) -> Iterator[Frame]:
-        it = frames_from_file(self.path, self.name, self.limits) if is_dicom_file(self.path) else self._video_frames()
+        it = (frames_from_file(self.path, self.name, self.limits, self.cfg.default_modality)
+              if is_dicom_file(self.path) else self._video_frames())
         t0 = time.monotonic()
         warned = False
         for i, frame in enumerate(it):

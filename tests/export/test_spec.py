@@ -230,7 +230,7 @@ def test_one_command_export_then_the_saved_spec_reproduces_it_with_class_folder_
     calib = tmp_path / "calib"
     write_images(calib, 24, seed=1)
     r = _medge("export", "quantize", str(model), "--calib", str(calib), "--latency-runs", "3",
-               "--write-spec", str(tmp_path / "spec.yaml"))
+               "--write-spec", str(tmp_path / "spec.yaml"), "--modality", "cr")
     assert r.returncode == 0, r.stderr
     out = work / "mymodel-0.1.0-cpu"
     # random weights: FP32 may call every input one class, and AUROC then falls back to accuracy

@@ -39,6 +39,49 @@ def test_findings_list_and_show_without_sql(tmp_path):
     assert r.returncode == 2 and "finding id-2: not in" in r.stderr
 
 
+def test_events_list_without_sql_and_apart_from_findings(tmp_path):
+    from edge.events import DeviceEvent
+
+    db = tmp_path / "h.sqlite3"
+    store = SqliteStore(db)
+    e = DeviceEvent(device_id="cart-1", kind="drift", reason="intensity_psi", detail="window PSI 0.41 above 0.25",
+                    model=ModelRef("us-free-fluid", "1.0.0", "a" * 64, "int8"), source="cine", priority="routine",
+                    event_id="ev-1")
+    assert store.add([Received("ev-1", "site-a", "cart-1", "routine", "medge/site-a/cart-1/events/routine",
+                               "2026-12-01T10:00:00.000Z", e.to_json(), "event")], []) == 1
+    store.close()
+    r = _medge("hospital", "events", "list", "--db", str(db))
+    assert r.returncode == 0, r.stderr
+    line, count = r.stdout.splitlines()
+    for part in ("routine", "drift", "intensity_psi: window PSI 0.41 above 0.25", "site-a/cart-1", "us-free-fluid 1.0.0",
+                 "ev-1"):
+        assert part in line, line
+    assert count == "1 event(s)"
+    r = _medge("hospital", "events", "list", "--db", str(db), "--json")
+    (doc,) = json.loads(r.stdout)
+    assert doc["event_id"] == "ev-1" and doc["event"]["kind"] == "drift" and doc["site"] == "site-a"
+    r = _medge("hospital", "findings", "list", "--db", str(db))
+    assert r.returncode == 0 and r.stdout.strip() == "0 finding(s)"  # an event is never listed as a finding
+    # a database written by a receiver from before device events: read-only, nothing added, no events
+    import sqlite3
+
+    old = tmp_path / "old.sqlite3"
+    with sqlite3.connect(old) as con:
+        con.execute("CREATE TABLE findings (finding_id TEXT PRIMARY KEY)")
+        con.execute("CREATE TABLE rejected (id INTEGER PRIMARY KEY)")
+    before = old.read_bytes()
+    r = _medge("hospital", "events", "list", "--db", str(old))
+    assert r.returncode == 0 and r.stdout.strip() == "0 event(s)" and old.read_bytes() == before
+    r = _medge("hospital", "events", "list", "--db", str(tmp_path / "typo.sqlite3"))
+    assert r.returncode == 2 and "typo.sqlite3: no receiver database here" in r.stderr
+    outbox = tmp_path / "outbox.sqlite3"  # a device outbox holds events too, but is no receiver database
+    with sqlite3.connect(outbox) as con:
+        con.execute("CREATE TABLE findings (finding_id TEXT PRIMARY KEY, kind TEXT)")
+    before = outbox.read_bytes()
+    r = _medge("hospital", "events", "list", "--db", str(outbox))
+    assert r.returncode == 2 and "not a receiver database" in r.stderr and outbox.read_bytes() == before
+
+
 def test_looking_creates_no_database_and_receive_needs_an_existing_folder(tmp_path):
     r = _medge("hospital", "findings", "list", "--db", str(tmp_path / "typo.sqlite3"))
     assert r.returncode == 2 and "typo.sqlite3: no receiver database here" in r.stderr

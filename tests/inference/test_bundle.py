@@ -100,9 +100,9 @@ def test_hand_edited_preprocess_and_schema_version_refused(tmp_path):
     with pytest.raises(BundleError, match="preprocess_sha256 does not match"):
         load_bundle(root)
     m["preprocess"]["resize"] = "letterbox"
-    m["schema_version"] = 2
+    m["schema_version"] = 3
     (root / "manifest.yaml").write_text(yaml.safe_dump(m))
-    with pytest.raises(BundleError, match="schema_version 2 is not supported"):
+    with pytest.raises(BundleError, match="schema_version 3 is not supported"):
         load_bundle(root)
 
 

@@ -15,6 +15,7 @@ import yaml
 from pydicom.pixels import apply_voi_lut
 
 from edge.frames import Frame
+from edge.inference.intended_use import IntendedUse
 from edge.inference.preprocess import Preprocessor, PreprocessSpec
 from models import datasets, make_samples, synth_ultrasound, synth_xray
 from models.synth_dicom import CR_IMAGE_STORAGE, US_MULTIFRAME_STORAGE, cr_dataset
@@ -222,7 +223,8 @@ def test_committed_onnx_matches_model_yaml(name):
     meta = _meta(name)
     assert meta["name"] == name
     assert set(meta) == {"name", "version", "task", "description", "labels", "threshold", "review_band", "urgent_labels",
-                         "input", "outputs", "preprocess", "postprocess"}
+                         "input", "outputs", "preprocess", "postprocess", "intended_use"}
+    assert IntendedUse.from_dict(meta["intended_use"], name).modalities  # every reference model says what it reads
     lo, hi = meta["review_band"]
     assert lo < meta["threshold"] < hi
     spec = PreprocessSpec.from_dict(meta["preprocess"])

@@ -35,6 +35,7 @@ class TaskKind:
     module: str  # implements the kind (see the module docstring)
     primary_metric: str  # what the accuracy gate budgets
     default_max_drop: float  # the gate's default budget for that metric
+    min_fp32: float  # the FP32 model's primary metric on labelled validation data must reach this (chance below)
     truth: str  # what a validation folder holds for this kind (messages, docs)
 
     def load(self) -> ModuleType:
@@ -46,9 +47,9 @@ class TaskKind:
 
 
 TASK_KINDS: dict[str, TaskKind] = {k.name: k for k in (
-    TaskKind("classify", "edge.inference.tasks.classify", "auroc", 0.01, "labels.csv (file,label)"),
-    TaskKind("segment", "edge.inference.tasks.segment", "dice", 0.02, "masks/<file name>.png"),
-    TaskKind("detect", "edge.inference.tasks.detect", "recall", 0.02, "boxes.json ({file: [[x0, y0, x1, y1, label]]})"),
+    TaskKind("classify", "edge.inference.tasks.classify", "auroc", 0.01, 0.6, "labels.csv (file,label)"),
+    TaskKind("segment", "edge.inference.tasks.segment", "dice", 0.02, 0.1, "masks/<file name>.png"),
+    TaskKind("detect", "edge.inference.tasks.detect", "recall", 0.02, 0.1, "boxes.json ({file: [[x0, y0, x1, y1, label]]})"),
 )}
 
 

@@ -87,6 +87,7 @@ class Detection:
     measurements: dict[str, float] = field(default_factory=dict)
     geometry: dict[str, Any] = field(default_factory=dict)
     overlay_png_b64: str | None = None
+    review_reasons: tuple[str, ...] = ()  # why needs_review is set (the pipeline fills it in)
 
 
 def apply_activation(x: np.ndarray, activation: str, axis: int) -> np.ndarray:
