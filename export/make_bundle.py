@@ -150,6 +150,17 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
             log("no --val: the gate measures how far INT8 departs from FP32's own decisions on the calibration "
                 "inputs (agreement, not clinical accuracy; pass --val for a labelled set)")
 
+        # FP32 first: a model at chance level is refused before calibration and quantization are paid for
+        ref = evaluate.predict(fp32, vs, tspec)
+        if opts.val is None:
+            vs.truth = evaluate.truth_from(ref, tspec)
+        sanity = evaluate.sanity(vs, tspec, ref, labelled=opts.val is not None)
+        log(f"gate sanity: {sanity.text()}")
+        if sanity.weak and not opts.allow_weak_model:
+            raise WeakModel(sanity.refusal(opts.model))
+        for w in sanity.warnings():
+            gate_warnings.append(w)
+            log(f"WARNING: {w}")
         tensors = [s.tensor for s in calib]
         in_name = io["input"]["name"]
         cache = scratch / "calibration.json"
@@ -164,16 +175,6 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
                     f"{'float' if speed_rule['kept_float'] else 'int8'}")
         quantize.quantize(fp32, int8, recipe, tensors, in_name, cache)
 
-        ref = evaluate.predict(fp32, vs, tspec)
-        if opts.val is None:
-            vs.truth = evaluate.truth_from(ref, tspec)
-        sanity = evaluate.sanity(vs, tspec, ref, labelled=opts.val is not None)
-        log(f"gate sanity: {sanity.text()}")
-        if sanity.weak and not opts.allow_weak_model:
-            raise WeakModel(sanity.refusal(opts.model))
-        for w in sanity.warnings():
-            gate_warnings.append(w)
-            log(f"WARNING: {w}")
         log(f"evaluating FP32 and INT8 on {len(vs.samples)} {'validation' if opts.val else 'calibration'} inputs")
         exact = recipe.exact_int8  # evaluate and time with the device's session settings for this recipe
         res = evaluate.gate(vs, tspec, ref, evaluate.predict(int8, vs, tspec, exact), budget, opts.min_subgroup_samples)
