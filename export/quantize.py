@@ -6,23 +6,35 @@ architecture notes and benchmarks/results/quantize.md):
 * ``cpu`` (ONNX Runtime CPU provider): QDQ with **uint8 asymmetric activations** and int8 per-channel
   weights (U8S8). ORT fuses these into QLinearConv/QLinearAdd/... running on VNNI; the symmetric S8S8
   form runs *slower than FP32* here, so it must never reach a CPU device. Convolutions whose input or
-  output has fewer than 4 channels (a grayscale stem, a 1-channel mask head) may stay in float when
-  that is measured to be faster (`export.speed`). Weights use ``reduce_range`` (7 bits): x86 CPUs
-  without VNNI add pairs of u8 x s8 products in 16 bits, and full-range weights saturate there (measured:
-  cxr-opacity AUROC 0.9975 -> 0.74 on an AVX2 host). 7-bit weights cannot saturate, so the bundle runs
-  with ORT's fast kernels on every x86 CPU, VNNI or not, and the device and export agree bit for bit
-  with what the accuracy gate measured. A bundle without it runs in ORT's precision mode on the device
-  (`edge.inference.backends.onnxruntime.exact_int8_needed`).
+  output has fewer than 4 channels (a grayscale stem, a 1-channel mask head) stay in float unless that
+  takes int8 away from a neighbour, a rule read off the graph (`export.speed`), not a timing. Weights use
+  ``reduce_range`` (7 bits): x86 CPUs without VNNI add pairs of u8 x s8 products in 16 bits, and
+  full-range weights saturate there (measured: cxr-opacity AUROC 0.9975 -> 0.74 on an AVX2 host). 7-bit
+  weights cannot saturate, so the bundle runs with ORT's fast kernels on every x86 CPU, VNNI or not, and
+  the device and export agree bit for bit with what the accuracy gate measured. A bundle without it runs
+  in ORT's precision mode on the device (`edge.inference.backends.onnxruntime.exact_int8_needed`).
 * ``tensorrt``: what TensorRT's explicit quantization expects - int8 symmetric activations and weights
   (zero point 0), per-channel weights on the output-channel axis (0 for Conv, 1 for ConvTranspose and
   MatMul), and **no bias quantization** (TensorRT fuses bias in higher precision itself).
 
 ``prepare_model`` pins dynamic dimensions and runs ORT's pre-processing (shape inference, basic graph
 optimisation) once, so FP32 reference, INT8 and FP16 variants all come from the same graph.
+
+Calibration (``calibrate``) runs ORT's own calibrators, but built here rather than inside ``quantize_static``:
+``quantize_static`` forwards only ``CalibTensorRangeSymmetric``, ``CalibMovingAverage``,
+``CalibMovingAverageConstant``, ``CalibMaxIntermediateOutputs`` and ``CalibPercentile`` to the calibrator (there is
+no option for the histogram sizes), and its entropy calibrator defaults to ``num_bins=128`` and
+``num_quantized_bins=128``. The KL search then has exactly one candidate threshold, the whole histogram, so
+``entropy`` gave minmax's ranges byte for byte. ``CALIBRATION`` holds the settings each method really runs with.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import json
+import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +49,19 @@ from edge.inference.preprocess import PreprocessSpec
 
 TARGETS = ("cpu", "tensorrt")
 METHODS = ("minmax", "entropy", "percentile")
-MIN_QDQ_CHANNELS = 4  # cpu: convs narrower than this on either side stay float (slower and lossier in int8)
+MIN_QDQ_CHANNELS = 4  # cpu: convs narrower than this on either side are candidates for float (`export.speed`)
+
+# What each method's calibrator runs with (ORT's create_calibrator option names). Entropy: 2048 histogram bins
+# and one quantized bin per 8-bit level over ORT's symmetric search window [-t, t], so the search has 897
+# candidate thresholds, down to 1/8 of the largest magnitude seen (ORT's default 128/128 has one: the full
+# range, i.e. minmax). Percentile: 2048 bins, 0.005 % cut from each end. ``symmetric`` is added from the
+# recipe: the calibrated range is symmetric exactly when the recipe's activations are (ORT's percentile
+# default is symmetric, which can waste up to half of a uint8 range on a tensor that is not).
+CALIBRATION: dict[str, dict[str, Any]] = {
+    "minmax": {},
+    "entropy": {"num_bins": 2048, "num_quantized_bins": 256},
+    "percentile": {"num_bins": 2048, "percentile": 99.99},
+}
 
 
 @dataclass(frozen=True)
@@ -62,7 +86,14 @@ class Recipe:
         d = asdict(self)
         d["nodes_to_exclude"] = list(self.nodes_to_exclude)
         d["fallback_nodes"] = list(self.fallback_nodes)
+        d["calibration"] = self.calibration
         return d
+
+    @property
+    def calibration(self) -> dict[str, Any]:
+        """The calibrator settings this recipe's ranges come from: derived from the method, so a recipe built
+        by hand cannot fall back to ORT's collapsed entropy defaults."""
+        return {**CALIBRATION[self.method], "symmetric": self.activation_symmetric}
 
     @property
     def exact_int8(self) -> bool:
@@ -225,14 +256,73 @@ class TensorReader:
         self._it = iter(self.tensors)
 
 
+def _method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[name]
+
+
+def _calibration_key(fp32_path: Path, recipe: Recipe, tensors: list[np.ndarray], input_name: str) -> str:
+    """What the cached ranges were computed from; a cache made from another model, other inputs or other
+    settings is recomputed instead of silently reused (ORT checks only the method)."""
+    import onnxruntime as ort
+
+    h = hashlib.sha256()
+    h.update(Path(fp32_path).read_bytes())
+    h.update(json.dumps({"method": recipe.method, "options": recipe.calibration, "input": input_name,
+                         "onnxruntime": ort.__version__}, sort_keys=True).encode())
+    for t in tensors:
+        a = np.ascontiguousarray(t)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def calibrate(fp32_path: Path, recipe: Recipe, tensors: list[np.ndarray], input_name: str, cache_path: Path) -> Path:
+    """Activation ranges for `recipe.method` with `recipe.calibration`, written to `cache_path` (ORT's JSON cache).
+
+    Calibrated once per export: the speed rule and the fallback loop quantize many times from these ranges.
+    """
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    cache_path = Path(cache_path)
+    key_path = cache_path.with_name(cache_path.name + ".key")
+    key = _calibration_key(fp32_path, recipe, tensors, input_name)
+    if cache_path.is_file() and key_path.is_file() and key_path.read_text() == key:
+        return cache_path
+    if not tensors:
+        raise InputError(f"{fp32_path}: no calibration inputs to calibrate {recipe.method} ranges from")
+    key_path.unlink(missing_ok=True)
+    op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # what quantize_static calibrates
+    try:
+        with tempfile.TemporaryDirectory(prefix="medge-calib-") as tmp, contextlib.redirect_stdout(io.StringIO()):
+            # as quantize_static does: the calibrator only picks tensors whose type it can see, so without shape
+            # inference the outputs of Relu, Resize and the like get no range and are left unquantized (which
+            # cost OpenVINO 1.6x on the benchmark U-Net: float islands between int8 convs)
+            inferred = Path(tmp) / "inferred.onnx"
+            onnx.save(load_model_with_shape_infer(Path(fp32_path)), str(inferred))
+            cal = create_calibrator(inferred, op_types, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                    calibrate_method=_method(recipe.method), extra_options=dict(recipe.calibration))
+            cal.collect_data(TensorReader(input_name, tensors))
+            ranges = cal.compute_data()
+    except Exception as e:  # ORT raises ValueError/RuntimeError/Fail with multi-line texts
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{fp32_path}: ONNX Runtime cannot calibrate this model ({recipe.method}: {first[:160]})") from None
+    save_tensors_data(ranges, cache_path)
+    key_path.write_text(key)
+    return cache_path
+
+
 def quantize(fp32_path: Path, out_path: Path, recipe: Recipe, tensors: list[np.ndarray], input_name: str,
              cache_path: Path) -> None:
-    """Write the INT8 QDQ model for `recipe`. Calibration ranges are cached: the fallback loop reuses them."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    """Write the INT8 QDQ model for `recipe` from the ranges `calibrate` caches in `cache_path`."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+    calibrate(fp32_path, recipe, tensors, input_name, cache_path)
     qt = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[recipe.method]
     extra: dict[str, Any] = {
         "ActivationSymmetric": recipe.activation_symmetric,
         "WeightSymmetric": recipe.weight_symmetric,
@@ -240,27 +330,36 @@ def quantize(fp32_path: Path, out_path: Path, recipe: Recipe, tensors: list[np.n
     }
     if recipe.per_channel_axes:
         extra["QDQOpTypePerChannelSupportToAxis"] = dict(recipe.per_channel_axes)
-    if recipe.method == "percentile":
-        extra["CalibPercentile"] = 99.99
-    kwargs: dict[str, Any] = {}
-    if cache_path.exists():
-        kwargs["calibration_cache_path"] = str(cache_path)
-        reader = None
-    else:
-        kwargs["calibration_cache_path"] = str(cache_path)
-        reader = TensorReader(input_name, tensors)
     quantize_static(
-        str(fp32_path), str(out_path), reader,
+        str(fp32_path), str(out_path), None,
         quant_format=QuantFormat.QDQ,
         per_channel=recipe.per_channel,
         reduce_range=recipe.reduce_range,
         activation_type=qt[recipe.activation_type],
         weight_type=qt[recipe.weight_type],
         nodes_to_exclude=list(recipe.nodes_to_exclude) or None,
-        calibrate_method=method,
+        calibrate_method=_method(recipe.method),
+        calibration_cache_path=str(cache_path),
         extra_options=extra,
-        **kwargs,
     )
+
+
+def activation_ranges(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
+    """The float range each activation QuantizeLinear represents, by quantized tensor: what calibration
+    decided, read back from the graph the device runs."""
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    out = {}
+    for n in model.graph.node:
+        if n.op_type != "QuantizeLinear" or n.input[1] not in inits:
+            continue
+        scale = float(inits[n.input[1]].reshape(-1)[0])
+        zp = inits[n.input[2]] if len(n.input) > 2 and n.input[2] in inits else np.zeros((), np.uint8)
+        info = np.iinfo(zp.dtype)
+        z = int(zp.reshape(-1)[0])
+        out[n.input[0]] = (scale * (info.min - z), scale * (info.max - z))
+    return out
 
 
 def to_fp16(fp32_path: Path, out_path: Path) -> None:

@@ -7,7 +7,10 @@ accumulated error avoids blaming the last layer for everything upstream.
 
 The loop then keeps the worst node in float, re-quantizes (calibration ranges come from the cache, so a
 step costs one quantize + one validation pass), and repeats until the gate passes or the step budget is
-spent; each step's accuracy gain and latency cost is recorded for the report.
+spent; each step's accuracy gain and latency cost is recorded for the report. Only the ranking and the gate
+decide: both are computed from the calibration ranges and the inputs, so the same inputs keep the same nodes
+in float. Latency is measured for the record and read by nothing here, because a timing on a shared host
+differs between reruns.
 """
 
 from __future__ import annotations
@@ -154,7 +157,7 @@ class FallbackStep:
 
 
 def quick_latency(fp32: Path, int8: Path, x: np.ndarray, runs: int = 10, exact_int8: bool = True) -> tuple[float, float]:
-    """INT8 latency and its speed-up over FP32, measured side by side (a step's speed cost)."""
+    """INT8 latency and its speed-up over FP32, measured side by side (a step's speed cost, for the report only)."""
     from .report import latency_side_by_side
 
     lat = latency_side_by_side({"fp32": fp32, "int8": int8}, x, runs=runs, warmup=2, exact_int8=exact_int8)
@@ -163,7 +166,11 @@ def quick_latency(fp32: Path, int8: Path, x: np.ndarray, runs: int = 10, exact_i
 
 def fallback_loop(candidates: list[str], try_exclude: Callable[[list[str]], tuple[float, bool, float, float, dict]],
                   max_steps: int, log: Callable[[str], None]) -> tuple[list[FallbackStep], list[str]]:
-    """Keep candidates in float one at a time until `try_exclude` reports a pass; returns steps and nodes."""
+    """Keep candidates in float one at a time until `try_exclude` reports a pass; returns steps and nodes.
+
+    The pass flag alone ends the loop: the latency `try_exclude` reports is recorded, never compared, so a
+    noisy timing cannot change which nodes a bundle keeps in float.
+    """
     steps: list[FallbackStep] = []
     kept: list[str] = []
     for i, node in enumerate(candidates[:max_steps], start=1):
