@@ -2,7 +2,7 @@
 
 Side by side in one run, on the same model file, session settings and frames:
 
-* **bare**: ``session.run`` on tensors preprocessed in advance, back to back: the ceiling.
+* **bare**: ``Backend.run`` on tensors preprocessed in advance, back to back: the ceiling.
 * **pipeline**: the device pipeline (capture -> preprocess -> infer -> decode+smoothing+publish, threads
   and bounded queues) on the same frames as stored, never-dropped frames, as fast as it can go.
   overhead ratio = pipeline fps / bare fps (goal >= 0.9).
@@ -11,7 +11,8 @@ Side by side in one run, on the same model file, session settings and frames:
 
 Every variant runs with each ONNX Runtime intra-op thread count in ``--threads`` (default 1,2): on two
 cores, one ORT thread leaves the other core to the pipeline's other stages, two make a single frame
-faster but compete with them.
+faster but compete with them; and on each runtime in ``--providers`` (default cpu,openvino: ONNX
+Runtime's CPU provider and OpenVINO, each alone, when the bundle was gated on it).
 
 Bare and pipeline runs alternate for ``--rounds`` rounds and the medians are reported, because the
 machine is shared and noisy. Frames are decoded once up front (JPEG decode is the source's job and is
@@ -19,6 +20,7 @@ benchmarked with the sources). Model: the ``us-free-fluid`` bundle when it exist
 the same shape built by benchmarks/make_models.py and quantized here (uint8-activation QDQ, per channel).
 
     python -m benchmarks.bench_pipeline [--bundle models/bundles/us-free-fluid] [--rounds 3] [--threads 1,2]
+        [--providers cpu,openvino]
 
 Writes benchmarks/results/pipeline.json and pipeline.md.
 """
@@ -152,10 +154,10 @@ class MemorySource:
         pass
 
 
-def run_bare(session, input_name: str, tensors: list[np.ndarray]) -> float:
+def run_bare(backend, tensors: list[np.ndarray]) -> float:
     t0 = time.perf_counter()
     for x in tensors:
-        session.run(None, {input_name: x})
+        backend.run(x)
     return len(tensors) / (time.perf_counter() - t0)
 
 
@@ -192,7 +194,7 @@ def side_by_side(lm, pixels, meta, rounds: int, repeat: int, opencv_threads: int
     tensors = [lm.preprocessor.apply_pixels(p, region)[0] for p in pixels] * repeat
     bare, pipe, ratios, snap = [], [], [], None
     for _ in range(rounds):
-        b = run_bare(lm.backend.session, lm.backend.input_name, tensors)
+        b = run_bare(lm.backend, tensors)
         p, snap, _ = run_pipeline(lm, MemorySource(pixels, meta, live=False, repeat=repeat), depth=4,
                                   opencv_threads=opencv_threads)
         bare.append(b)
@@ -204,10 +206,11 @@ def side_by_side(lm, pixels, meta, rounds: int, repeat: int, opencv_threads: int
             "stage_ms_p50": {k: v["p50"] for k, v in snap["sources"]["sonosite-cine"]["stage_ms"].items()}}
 
 
-def bench_variant(bundle, variant: str, pixels, meta, rounds: int, threads: int, realtime_repeat: int, log) -> dict:
+def bench_variant(bundle, variant: str, pixels, meta, rounds: int, threads: int, realtime_repeat: int, log,
+                  provider: str = "cpu") -> dict:
     def load(spin: bool):
         mcfg = ModelConfig(name="bench", bundle=bundle.root, variant=variant, intra_op_threads=threads, warmup_runs=5,
-                           require_signature=False)
+                           require_signature=False, providers=(provider,))
         return assemble(bundle, mcfg, overlays=False, logger=log, allow_spinning=spin)
 
     lm = load(False)  # the device default
@@ -218,15 +221,18 @@ def bench_variant(bundle, variant: str, pixels, meta, rounds: int, threads: int,
     rp = run_replay(lm, meta["_path"])
     provider = lm.backend.provider
     cv_default = side_by_side(lm, pixels, meta, max(2, rounds // 2), repeat=2, opencv_threads=os.cpu_count())
+    runtime = lm.backend.name
     lm.close()
-    spin_lm = load(True)
-    spin = side_by_side(spin_lm, pixels, meta, max(2, rounds // 2), repeat=2)
-    spin_lm.close()
+    spin = None
+    if runtime == "onnxruntime":  # spinning is an ONNX Runtime setting
+        spin_lm = load(True)
+        spin = side_by_side(spin_lm, pixels, meta, max(2, rounds // 2), repeat=2)
+        spin_lm.close()
     t = rt["total"]
-    return {
+    return {"runtime": runtime,
         "variant": variant, "model_file": bundle.variant(variant).file, "model_sha256": bundle.model_sha256(variant)[:12],
         "provider": provider, "intra_op_threads": threads, **sbs,
-        "spinning_on": {k: spin[k] for k in ("bare_fps", "pipeline_fps", "ratio")},
+        **({"spinning_on": {k: spin[k] for k in ("bare_fps", "pipeline_fps", "ratio")}} if spin else {}),
         "opencv_default_pool": {k: cv_default[k] for k in ("bare_fps", "pipeline_fps", "ratio")},
         "realtime": {"target_fps": round(1 / interval, 2), "frames_in": t["frames_in"], "frames_done": t["frames_done"],
                      "fps": round(t["frames_done"] / (t["frames_in"] * interval), 2), "dropped": t["dropped"],
@@ -259,6 +265,7 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2", help="ONNX Runtime intra-op thread counts to compare, e.g. 1,2")
     ap.add_argument("--realtime-repeat", type=int, default=2, help="play the 120-frame cine this many times live")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
+    ap.add_argument("--providers", default="cpu,openvino", help="runtimes to compare, each alone (cpu = ONNX Runtime)")
     a = ap.parse_args()
     logging.basicConfig(level="WARNING")
     log = logging.getLogger("bench")
@@ -271,8 +278,9 @@ def main() -> None:
         bundle = load_bundle(root)
         variants = [v for v in ("fp32", "int8") if v in bundle.manifest.variants]
         threads = [int(t) for t in str(a.threads).split(",")]
-        results = [bench_variant(bundle, v, pixels, meta, a.rounds, t, a.realtime_repeat, log) for t in threads
-                   for v in variants]
+        providers = [p for p in a.providers.split(",") if p == "cpu" or p.split("-")[0] in bundle.manifest.runtimes]
+        results = [bench_variant(bundle, v, pixels, meta, a.rounds, t, a.realtime_repeat, log, p) for p in providers
+                   for t in threads for v in variants]
         model = {"name": bundle.manifest.name, "version": bundle.manifest.version, "origin": origin,
                  "input": list(bundle.manifest.preprocess.size)}
     meta.pop("_path")  # machine-specific; the file name is kept
@@ -296,22 +304,23 @@ def markdown(r: dict) -> str:
         f"Bare vs pipeline: {r['rounds']} alternating rounds of 240 frames (the cine twice) on the same session; "
         "fps are medians, the ratio is the median of per-round ratios.",
         "",
-        "| variant | ORT threads | bare session.run fps | pipeline fps | ratio | real-time fps (target) | dropped "
+        "| runtime | variant | threads | bare Backend.run fps | pipeline fps | ratio | real-time fps (target) | dropped "
         "| latency p50 / p95 / p99 ms | events |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for x in r["results"]:
         rt = x["realtime"]
         lat = rt["latency_ms"]
-        lines.append(f"| {x['variant']} | {x['intra_op_threads']} | {x['bare_fps']} | {x['pipeline_fps']} | {x['ratio']:.2f} | "
-                     f"{rt['fps']} ({rt['target_fps']}) | {rt['dropped']} | {lat['p50']} / {lat['p95']} / {lat['p99']} | "
-                     f"{rt['events']} |")
+        lines.append(f"| {x.get('runtime', 'onnxruntime')} | {x['variant']} | {x['intra_op_threads']} | {x['bare_fps']} | "
+                     f"{x['pipeline_fps']} | {x['ratio']:.2f} | {rt['fps']} ({rt['target_fps']}) | {rt['dropped']} | "
+                     f"{lat['p50']} / {lat['p95']} / {lat['p99']} | {rt['events']} |")
     lines += ["", "Why the device settings are what they are (same model and frames; each row its own alternating rounds). "
               "medge runs ORT's workers without spinning and OpenCV with one thread, because the pipeline's stages "
               "share the two cores with ORT's workers:", "",
               "| variant | ORT threads | setting | bare fps | pipeline fps | ratio |", "| --- | --- | --- | --- | --- | --- |"]
     for x in r["results"]:
-        lines.append(f"| {x['variant']} | {x['intra_op_threads']} | device default (no spinning, OpenCV 1 thread) | "
+        lines.append(f"| {x['variant']} on {x.get('runtime', 'onnxruntime')} | {x['intra_op_threads']} | "
+                     f"device default (no spinning, OpenCV 1 thread) | "
                      f"{x['bare_fps']} | {x['pipeline_fps']} | {x['ratio']:.2f} |")
         for key, label in (("spinning_on", "ORT workers spin (ORT's default)"),
                            ("opencv_default_pool", "OpenCV's default pool (one thread per core)")):
@@ -325,7 +334,8 @@ def markdown(r: dict) -> str:
     for x in r["results"]:
         rp = x["replay"]
         lat = rp["latency_ms"]
-        lines.append(f"| {x['variant']} | {x['intra_op_threads']} | {rp['fps']} | {rp['frames']} | {rp['dropped']} | "
+        lines.append(f"| {x['variant']} on {x.get('runtime', 'onnxruntime')} | {x['intra_op_threads']} | "
+                     f"{rp['fps']} | {rp['frames']} | {rp['dropped']} | "
                      f"{lat['p50']} / {lat['p95']} / {lat['p99']} | {rp['events']} |")
     lines += ["", "Stage medians (ms) in the pipeline runs: " + "; ".join(
         f"{x['variant']}/{x['intra_op_threads']}t: " + ", ".join(f"{k} {v}" for k, v in x["stage_ms_p50"].items())

@@ -174,6 +174,7 @@ def spec_for(task: str, name: str, size: int, channels: int, output: str, activa
         "outputs": [{"name": output, "activation": activation}],
         "preprocess": {"size": [size, size], "color": "gray" if channels == 1 else "rgb", "resize": "letterbox",
                        "mean": [0.5], "std": [0.25]},
+        "intended_use": {"modalities": ["OT"], "statement": "benchmarking only"},
     }
 
 

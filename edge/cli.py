@@ -167,6 +167,27 @@ def replay(
 
 
 @app.command()
+def bench(
+    bundle: Path = typer.Option(..., "--bundle", "-b", help="model bundle folder", metavar="DIR"),
+    variant: str | None = typer.Option(None, "--variant", help="int8 | fp32 | fp16 (default: the bundle's)",
+                                       metavar="NAME"),
+    providers: str = typer.Option("cpu", "--providers", help="providers to try in order, comma-separated, as in a "
+                                  "profile's models[].providers (e.g. tensorrt,cuda,cpu)", metavar="LIST"),
+    threads: int = typer.Option(2, "--threads", help="intra-op threads, as models[].intra_op_threads", metavar="N"),
+    runs: int = typer.Option(100, "--runs", help="timed runs", metavar="N"),
+    warmup: int = typer.Option(10, "--warmup", help="untimed runs first, after the backend's own warm-up", metavar="N"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    trusted_key: list[Path] = typer.Option([], "--trusted-key", help="require a signature by this public key (PEM); "
+                                           "repeatable", metavar="PEM"),
+) -> None:
+    """Latency and throughput of a bundle on this device, through the backend the device would build."""
+    from edge.commands.bench import bench_command
+
+    raise typer.Exit(bench_command(bundle, variant, providers, threads, runs, warmup, as_json, list(trusted_key),
+                                   echo=typer.echo))
+
+
+@app.command()
 def inspect(
     file: Path = typer.Argument(..., help="DICOM or video file"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),

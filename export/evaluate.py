@@ -43,12 +43,13 @@ def make_session(path: Path | str, threads: int = 2, optimize: bool = True, exac
     return cpu_session(path, threads, exact_int8=exact_int8, optimize=optimize)
 
 
-def run_outputs(model_path: Path, vs: ValidationSet, exact_int8: bool = True) -> list[dict[str, np.ndarray]]:
-    """Raw outputs, by name, for every validation sample."""
-    sess = make_session(model_path, exact_int8=exact_int8)
-    name = sess.get_inputs()[0].name
-    outs = [o.name for o in sess.get_outputs()]
-    return [dict(zip(outs, sess.run(None, {name: s.tensor}), strict=True)) for s in vs.samples]
+def run_outputs(model_path: Path, vs: ValidationSet, exact_int8: bool = True,
+                runtime: str = "onnxruntime") -> list[dict[str, np.ndarray]]:
+    """Raw outputs, by name, for every validation sample, on one CPU runtime (`export.runtimes`)."""
+    from .runtimes import runner
+
+    run = runner(runtime, model_path, 2, exact_int8)
+    return [run(s.tensor) for s in vs.samples]
 
 
 def predictions(task: Task, vs: ValidationSet, outputs: list[dict[str, np.ndarray]]) -> Predictions:
@@ -57,8 +58,9 @@ def predictions(task: Task, vs: ValidationSet, outputs: list[dict[str, np.ndarra
                         for res, s in zip(outputs, vs.samples, strict=True)])
 
 
-def predict(model_path: Path, vs: ValidationSet, task: Task, exact_int8: bool = True) -> Predictions:
-    return predictions(task, vs, run_outputs(model_path, vs, exact_int8))
+def predict(model_path: Path, vs: ValidationSet, task: Task, exact_int8: bool = True,
+            runtime: str = "onnxruntime") -> Predictions:
+    return predictions(task, vs, run_outputs(model_path, vs, exact_int8, runtime))
 
 
 def score(vs: ValidationSet, pred: Predictions, task: Task) -> dict[str, float | None]:

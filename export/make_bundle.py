@@ -30,7 +30,7 @@ from edge.inference.preprocess import Preprocessor
 from edge.inference.reference import ReferenceStats, build_reference, peak_confidence
 from edge.inference.tasks import TASK_KINDS, Output, Task, TaskConfig, build_task
 
-from . import datasets, evaluate, quantize, report, sensitivity
+from . import datasets, evaluate, quantize, report, runtimes, sensitivity
 from .bundle_writer import finalize_manifest, staging
 from .spec import SPEC_FILE, ResolvedSpec, SpecFlags, SpecResolver
 from .speed import choose_narrow_exclusions
@@ -169,10 +169,8 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
         speed_rule: dict = {}
         if opts.target == "cpu":
             recipe, speed_rule = choose_narrow_exclusions(fp32, recipe, tensors, in_name, cache, scratch)
-            if speed_rule["narrow_convs"]:
-                log(f"narrow convs {', '.join(speed_rule['narrow_convs'])}: int8 {speed_rule['int8_ms_all_quantized']} ms "
-                    f"all quantized vs {speed_rule['int8_ms_narrow_float']} ms kept float -> "
-                    f"{'float' if speed_rule['kept_float'] else 'int8'}")
+            for conv, why in speed_rule.get("decisions", {}).items():
+                log(f"narrow conv {conv}: {why}")
         quantize.quantize(fp32, int8, recipe, tensors, in_name, cache)
 
         log(f"evaluating FP32 and INT8 on {len(vs.samples)} {'validation' if opts.val else 'calibration'} inputs")
@@ -210,17 +208,32 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
                     "calibration set, raise --max-drop, or allow more steps with --max-fallback")
             int8, recipe = state["path"], state["recipe"]
         shutil.copyfile(int8, stage / "model.int8.onnx")
+        runtime_files: dict[str, str] = {}
+        gates = {"onnxruntime": res}
+        ov_file = _openvino_candidate(opts, recipe, fp32, tensors, in_name, cache, scratch, vs, tspec, ref, budget, log)
+        if ov_file is not None:
+            path, gates["openvino"], r_ov = ov_file
+            shutil.copyfile(path, stage / OPENVINO_INT8)
+            runtime_files["openvino"] = OPENVINO_INT8
+        gates = _gate_on_runtimes(opts, vs, tspec, ref, int8, exact, budget, gates, log)
 
         variants = {"fp32": {"file": "model.fp32.onnx", "precision": "fp32", "recipe": {}},
                     "int8": {"file": "model.int8.onnx", "precision": "int8", "recipe": recipe.to_dict()}}
+        if runtime_files:
+            variants["int8"]["runtime_files"] = runtime_files
+            variants["int8"]["runtime_recipes"] = {"openvino": r_ov.to_dict()}
         if opts.fp16 if opts.fp16 is not None else opts.target != "cpu":
             log("writing the FP16 variant (GPU targets)")
             quantize.to_fp16(fp32, stage / "model.fp16.onnx")
             variants["fp16"] = {"file": "model.fp16.onnx", "precision": "fp16", "recipe": {"keep_io_types": True}}
 
-        log(f"measuring latency FP32 vs INT8 side by side ({opts.latency_runs} runs each)")
-        lat = report.latency_side_by_side({"fp32": stage / "model.fp32.onnx", "int8": stage / "model.int8.onnx"}, x0,
-                                          runs=opts.latency_runs, exact_int8=exact)
+        log(f"measuring latency FP32 vs INT8 side by side on {', '.join(gates)} ({opts.latency_runs} runs each)")
+        timed: dict[str, Path | tuple[str, Path]] = {"fp32": stage / "model.fp32.onnx", "int8": stage / "model.int8.onnx"}
+        for rt in gates:
+            if rt != "onnxruntime":
+                timed.update({f"fp32@{rt}": (rt, stage / "model.fp32.onnx"),
+                              f"int8@{rt}": (rt, stage / runtime_files.get(rt, "model.int8.onnx"))})
+        lat = report.latency_side_by_side(timed, x0, runs=opts.latency_runs, exact_int8=exact)
         latency = {"machine": report.machine(), "threads": 2, "runs": opts.latency_runs, "variants": lat,
                    "speedup_int8": round(lat["fp32"]["median_ms"] / lat["int8"]["median_ms"], 3)}
         if opts.target == "cpu" and latency["speedup_int8"] < MIN_USEFUL_SPEEDUP:
@@ -230,7 +243,15 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
                                   "device's CPU class before choosing; a profile can run the fp32 variant (variant: fp32)")
             warnings.append(latency["warning"])
             log(f"WARNING: {latency['warning']}")
-        gate = {**res.to_dict(), "reference": "labels" if opts.val is not None else "fp32",
+        offered = [rt for rt, g in gates.items() if g.passed]
+        by_runtime = {rt: {"passed": g.passed, "file": runtime_files.get(rt, "model.int8.onnx"),
+                           "primary_metric": g.primary, "int8": _r(g.int8[g.primary]),
+                           "drop": _r(g.drop), "agreement": _r(g.agreement),
+                           "fp32_ms": round(lat["fp32" if rt == "onnxruntime" else f"fp32@{rt}"]["median_ms"], 3),
+                           "int8_ms": round(lat["int8" if rt == "onnxruntime" else f"int8@{rt}"]["median_ms"], 3)}
+                      for rt, g in gates.items()}
+        gate = {**res.to_dict(), "measured_on": "onnxruntime", "runtimes": by_runtime,
+                "reference": "labels" if opts.val is not None else "fp32",
                 "evaluated_on": f"{'validation' if opts.val is not None else 'calibration'} ({len(vs.samples)} inputs)",
                 "sanity": sanity.to_dict(), "weak_model_allowed": sanity.weak, "warnings": gate_warnings}
         created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -264,6 +285,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
             "calibration": cal_summary,
             "provenance": provenance,
             "intended_use": use.use.to_dict(),
+            "runtimes": offered,
             "reference": reference.to_dict(),
         }
         finalize_manifest(stage, manifest)
@@ -275,6 +297,61 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
     float_nodes = list(recipe.nodes_to_exclude)
     return ExportResult(out=out, gate=gate, latency=latency, warnings=warnings + gate_warnings, float_nodes=float_nodes,
                         spec=resolved)
+
+
+OPENVINO_INT8 = "model.int8.openvino.onnx"
+
+
+def _openvino_candidate(opts: ExportOptions, recipe: quantize.Recipe, fp32: Path, tensors: list, in_name: str,
+                        cache: Path, scratch: Path, vs: datasets.ValidationSet, task: Task, ref: evaluate.Predictions,
+                        budget: float, log: Callable[[str], None]):
+    """OpenVINO's own INT8 file, by rule, never by timing: the float nodes of the common file are decisions
+    about ONNX Runtime (its narrow-conv speed rule; its accuracy fallback, which runs ORT's kernels), and
+    OpenVINO runs int8 where ORT does not pay and rounds differently. So try, in order, everything in int8,
+    then only the common file's accuracy-fallback nodes in float; the first that passes the gate on
+    OpenVINO is its file. None: nothing to gain (the common file has no float nodes) or neither passes
+    (OpenVINO is then gated on the common file)."""
+    if opts.target != "cpu" or "openvino" not in runtimes.installed() or not recipe.nodes_to_exclude:
+        return None
+    tried = []
+    for keep in dict.fromkeys([(), tuple(recipe.fallback_nodes)]):
+        r_ov = replace(recipe, nodes_to_exclude=keep, fallback_nodes=keep, per_channel_axes=dict(recipe.per_channel_axes))
+        path = scratch / f"int8-openvino-{len(tried)}.onnx"
+        quantize.quantize(fp32, path, r_ov, tensors, in_name, cache)
+        g = evaluate.gate(vs, task, ref, evaluate.predict(path, vs, task, runtime="openvino"), budget,
+                          opts.min_subgroup_samples)
+        what = f"{', '.join(keep)} in float" if keep else "every node in int8"
+        log(f"openvino file ({what}): {g.primary} INT8 {_f(g.int8[g.primary])} {report.drop_text(g.drop)} "
+            f"(budget {budget}) -> {'pass: shipped as ' + OPENVINO_INT8 if g.passed else 'fail'}")
+        tried.append(what)
+        if g.passed:
+            return path, g, r_ov
+    log(f"openvino: no own file passed ({'; '.join(tried)}); OpenVINO is gated on the common file")
+    return None
+
+
+def _gate_on_runtimes(opts: ExportOptions, vs: datasets.ValidationSet, task: Task, ref: evaluate.Predictions,
+                      int8: Path, exact: bool, budget: float, gates: dict[str, evaluate.GateResult],
+                      log: Callable[[str], None]) -> dict[str, evaluate.GateResult]:
+    """The chosen INT8 model on every other CPU runtime installed here (not yet gated on its own file),
+    against the same FP32 reference: the device may run a cpu bundle on any runtime its gate passed on,
+    and on no other."""
+    gates = dict(gates)
+    if opts.target != "cpu":
+        return gates
+    for rt in runtimes.installed():
+        if rt in gates:
+            continue
+        g = evaluate.gate(vs, task, ref, evaluate.predict(int8, vs, task, exact, runtime=rt), budget,
+                          opts.min_subgroup_samples)
+        gates[rt] = g
+        log(f"gate on {rt}: {g.primary} INT8 {_f(g.int8[g.primary])} {report.drop_text(g.drop)} (budget {budget})"
+            f"{g.subgroup_summary()} -> {'pass' if g.passed else 'fail: devices will not run this bundle on ' + rt}")
+    return gates
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(float(v), 5)
 
 
 def _reference(fp32: Path, calib: list[datasets.Sample], vs: datasets.ValidationSet, task: Task,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 
-def latency_side_by_side(models: dict[str, Path], x: np.ndarray, runs: int = 30, threads: int = 2,
+def latency_side_by_side(models: dict[str, Path | tuple[str, Path]], x: np.ndarray, runs: int = 30, threads: int = 2,
                          warmup: int = 3, block: int = 5, exact_int8: bool = True) -> dict[str, dict[str, float]]:
     """Median latency per model, interleaved in short blocks within one process.
 
@@ -23,22 +23,23 @@ def latency_side_by_side(models: dict[str, Path], x: np.ndarray, runs: int = 30,
     spin, because the pipeline's stages share the cores). With spinning on, a dozen idle sessions' spinning
     workers in one process would be charged to whichever model runs next. Each block still starts with
     one untimed run; then `block` timed runs. Blocks rotate across models until every model has `runs`
-    timed runs.
+    timed runs. A model given as ``(runtime, path)`` runs on that CPU runtime (`export.runtimes`), so ONNX
+    Runtime and OpenVINO are timed in the same interleaved loop.
     """
-    from edge.inference.backends.onnxruntime import cpu_session
+    from .runtimes import runner
 
-    sessions = {k: cpu_session(p, threads, exact_int8=exact_int8) for k, p in models.items()}
-    feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
-    for k, s in sessions.items():
+    runners = {k: runner(*(p if isinstance(p, tuple) else ("onnxruntime", p)), threads, exact_int8)
+               for k, p in models.items()}
+    for r in runners.values():
         for _ in range(warmup):
-            s.run(None, feeds[k])
-    times: dict[str, list[float]] = {k: [] for k in sessions}
+            r(x)
+    times: dict[str, list[float]] = {k: [] for k in runners}
     while min(len(v) for v in times.values()) < runs:
-        for k, s in sessions.items():
-            s.run(None, feeds[k])  # absorbs the previous model's spinning workers
+        for k, r in runners.items():
+            r(x)  # absorbs the previous model's spinning workers
             for _ in range(min(block, runs - len(times[k]))):
                 t0 = time.perf_counter()
-                s.run(None, feeds[k])
+                r(x)
                 times[k].append((time.perf_counter() - t0) * 1000)
     return {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)), "runs": len(v)}
             for k, v in times.items()}
@@ -147,6 +148,18 @@ def render_md(r: dict[str, Any]) -> str:
         lines.append(f"| {k} | {v['median_ms']:.2f} | {v['p90_ms']:.2f} | {_ratio(base / v['median_ms'])} |")
     if lat.get("warning"):
         lines += ["", f"WARNING: {lat['warning']}."]
+    if g.get("runtimes"):
+        lines += ["", "## CPU runtimes", "",
+                  f"The accuracy figures above were measured on {g.get('measured_on', 'onnxruntime')}; "
+                  "the same INT8 file on every CPU runtime installed at export, against the same FP32 reference. Devices run "
+                  "the bundle only on runtimes that passed (manifest `runtimes`).", "",
+                  f"| runtime | INT8 file | gate | INT8 {g['primary_metric']} | drop | FP32 ms | INT8 ms | INT8 vs ORT FP32 |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for rt, v in g["runtimes"].items():
+            lines.append(f"| {rt} | {v.get('file', 'model.int8.onnx')} | {'pass' if v['passed'] else 'FAIL (not offered)'} | "
+                         f"{_fmt(v['int8'])} | "
+                         f"{drop_text(v['drop'] or 0.0)} | {v['fp32_ms']:.2f} | {v['int8_ms']:.2f} | "
+                         f"{_ratio(base / v['int8_ms'])} |")
     if r["target"] != "cpu":
         lines += ["", "Target is not the CPU: the INT8 form here is TensorRT's symmetric QDQ, which ONNX Runtime's CPU "
                   "provider runs slowly; the CPU numbers are for reference only."]

@@ -47,6 +47,15 @@ def check_providers(wanted: set[str]) -> list[Check]:
         if p is not None and p.ort_name and p.gpu and p.ort_name not in avail:
             out.append(Check(WARN, f"provider {name}", "the profile asks for it but this onnxruntime build lacks it; "
                              "models will fall back to the next provider (install onnxruntime-gpu for GPU speed)"))
+    if any(PROVIDERS[n].loader == "openvino" for n in wanted if n in PROVIDERS):
+        try:
+            import openvino as ov
+
+            devices = ", ".join(ov.Core().available_devices)
+            out.append(Check(OK, "OpenVINO", f"{ov.__version__.split('-')[0]}, devices: {devices}"))
+        except ImportError:
+            out.append(Check(WARN, "OpenVINO", "the profile asks for openvino but it is not installed; models will fall "
+                             "back to the next provider (pip install 'medge[openvino]')"))
     return out
 
 

@@ -64,6 +64,12 @@ class Variant:
     file: str
     precision: str
     recipe: dict[str, Any] = field(default_factory=dict)
+    # a runtime (edge.inference.backends LOADERS key) that runs its own file of this variant, measured faster
+    # there and gated there: OpenVINO's int8 kernels pay on the narrow convs the ONNX Runtime recipe keeps float
+    runtime_files: dict[str, str] = field(default_factory=dict)
+
+    def file_for(self, runtime: str | None) -> str:
+        return self.runtime_files.get(runtime or "", self.file)
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,9 @@ class Manifest:
     provenance: dict[str, Any] = field(default_factory=dict)
     intended_use: IntendedUse | None = None  # None: a schema-1 bundle, which declares none
     reference: ReferenceStats | None = None  # None: no drift monitoring for this bundle
+    # CPU runtimes the accuracy gate passed on (edge.inference.backends LOADERS keys); a bundle is run only
+    # on those. Older bundles were gated on ONNX Runtime alone.
+    runtimes: tuple[str, ...] = ("onnxruntime",)
     schema_version: int = SCHEMA_VERSION
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -124,7 +133,8 @@ class Manifest:
                 )
             variants = {
                 k: Variant(name=k, file=str(v["file"]), precision=str(v.get("precision", k)),
-                           recipe=dict(v.get("recipe") or {}))
+                           recipe=dict(v.get("recipe") or {}),
+                           runtime_files={str(r): str(f) for r, f in dict(v.get("runtime_files") or {}).items()})
                 for k, v in dict(d["variants"]).items()
             }
             default = str(d.get("default_variant", "fp32"))
@@ -158,6 +168,7 @@ class Manifest:
                 provenance=dict(d.get("provenance") or {}),
                 intended_use=IntendedUse.from_dict(d["intended_use"], where) if sv >= 2 else None,
                 reference=ReferenceStats.from_dict(d["reference"], where) if d.get("reference") else None,
+                runtimes=tuple(str(r) for r in d.get("runtimes") or ("onnxruntime",)),
                 schema_version=sv,
                 raw=d,
             )
@@ -202,11 +213,12 @@ class Bundle:
                 f"{self.root}: bundle has no {name!r} variant (has {', '.join(self.manifest.variants)})"
             ) from None
 
-    def model_path(self, variant: str | None = None) -> Path:
-        return self.root / self.variant(variant).file
+    def model_path(self, variant: str | None = None, runtime: str | None = None) -> Path:
+        return self.root / self.variant(variant).file_for(runtime)
 
-    def model_sha256(self, variant: str | None = None) -> str:
-        return self.manifest.files[self.variant(variant).file]
+    def model_sha256(self, variant: str | None = None, runtime: str | None = None) -> str:
+        """Of the file that runs: findings name exactly that file."""
+        return self.manifest.files[self.variant(variant).file_for(runtime)]
 
     @property
     def engines_dir(self) -> Path:
@@ -296,8 +308,9 @@ def load_bundle(root: Path | str, trusted_keys: list[Path] | None = None, requir
         signed_by = verify_signature(root, mbytes, list(trusted_keys or []))
 
     for v in manifest.variants.values():
-        if v.file not in manifest.files:
-            raise BundleError(f"{mpath}: variant file {v.file} is not listed with a hash under 'files'")
+        for f in (v.file, *v.runtime_files.values()):
+            if f not in manifest.files:
+                raise BundleError(f"{mpath}: variant file {f} is not listed with a hash under 'files'")
     for rel, want in manifest.files.items():
         p = root / rel
         if not p.is_file():

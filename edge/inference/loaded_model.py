@@ -42,7 +42,8 @@ def assemble(bundle: Bundle, mcfg: ModelConfig, overlays: bool, logger: logging.
              allow_spinning: bool = False) -> LoadedModel:
     variant = bundle.variant(mcfg.variant)
     backend = build_backend(bundle, mcfg, logger, allow_spinning=allow_spinning)
-    ref = ModelRef(bundle.manifest.name, bundle.manifest.version, bundle.model_sha256(variant.name), variant.name)
+    ref = ModelRef(bundle.manifest.name, bundle.manifest.version, bundle.model_sha256(variant.name, backend.name),
+                   variant.name)
     return LoadedModel(mcfg, bundle, backend, Preprocessor(bundle.manifest.preprocess),
                        build_task(bundle.manifest, overlays=overlays), ref)
 

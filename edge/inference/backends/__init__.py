@@ -1,10 +1,12 @@
 """Inference backends behind one small interface.
 
 The pipeline only ever calls `Backend.run`; which engine does the work (ONNX Runtime with TensorRT, CUDA
-or CPU execution providers, or a native TensorRT engine) is decided once at start from the profile's
-ordered provider list, so a cart with a GPU and a field-clinic mini-PC run the same code. A provider
-that is not usable on this machine is skipped with a logged reason rather than failing the start,
-because a device that falls back to CPU still helps; only when nothing at all works is it an error.
+or CPU execution providers, a native TensorRT engine, or OpenVINO on x86 CPUs and Intel GPUs) is decided
+once at start from the profile's ordered provider list, so a cart with a GPU and a field-clinic mini-PC
+run the same code. A provider that is not usable on this machine is skipped with a logged reason rather
+than failing the start, because a device that falls back to CPU still helps; only when nothing at all
+works is it an error. A cpu bundle runs only on the CPU runtimes its accuracy gate passed on (manifest
+``runtimes``).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Provider:
 LOADERS = {
     "onnxruntime": Loader("edge.inference.backends.onnxruntime", "OrtBackend"),
     "tensorrt": Loader("edge.inference.backends.tensorrt", "TensorRTBackend"),
+    "openvino": Loader("edge.inference.backends.openvino", "OpenVinoBackend"),
 }
 PROVIDERS: dict[str, Provider] = {p.name: p for p in (
     Provider("tensorrt", "onnxruntime", True, "TensorrtExecutionProvider",
@@ -68,6 +71,8 @@ PROVIDERS: dict[str, Provider] = {p.name: p for p in (
              "this onnxruntime build has no CUDA execution provider (needs onnxruntime-gpu and a CUDA GPU)"),
     Provider("cpu", "onnxruntime", False, "CPUExecutionProvider"),
     Provider("trt-native", "tensorrt", True),
+    Provider("openvino", "openvino", False, unavailable="OpenVINO is not installed (pip install 'medge[openvino]')"),
+    Provider("openvino-gpu", "openvino", False, unavailable="OpenVINO is not installed, or no Intel GPU is present"),
 )}
 
 

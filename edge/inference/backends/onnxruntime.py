@@ -32,8 +32,10 @@ SHORT = {v: k for k, v in ORT_NAMES.items()}
 
 
 def provider_chain(wanted: list[str], available: list[str], engines_dir: Path, model_cfg: ModelConfig,
-                   log: logging.Logger) -> tuple[list[Any], list[str]]:
-    """Map profile provider names to ORT (name, options) pairs, skipping unavailable ones with a reason."""
+                   log: logging.Logger, int8: bool = False) -> tuple[list[Any], list[str]]:
+    """Map profile provider names to ORT (name, options) pairs, skipping unavailable ones with a reason.
+    ``int8``: a QDQ model, whose Q/DQ layers TensorRT only builds with its INT8 flag set (ORT's TensorRT EP
+    does not set it from the graph)."""
     chain: list[Any] = []
     skipped: list[str] = []
     for p in wanted:
@@ -57,6 +59,8 @@ def provider_chain(wanted: list[str], available: list[str], engines_dir: Path, m
                 "trt_timing_cache_path": str(engines_dir),
                 "trt_fp16_enable": True,
             }
+            if int8:
+                opts["trt_int8_enable"] = True
             if model_cfg.dla_core is not None:
                 opts.update(trt_dla_enable=True, trt_dla_core=int(model_cfg.dla_core))
             chain.append((ort_name, opts))
@@ -129,7 +133,8 @@ class OrtBackend:
         import onnxruntime as ort
 
         path = bundle.model_path(model_cfg.variant)
-        chain, skipped = provider_chain(providers, ort.get_available_providers(), bundle.engines_dir, model_cfg, log)
+        chain, skipped = provider_chain(providers, ort.get_available_providers(), bundle.engines_dir, model_cfg, log,
+                                        int8=bundle.variant(model_cfg.variant).precision == "int8")
         if not chain:
             raise BackendUnavailable("onnxruntime: none of " + ", ".join(providers) + " is available (" +
                                      "; ".join(skipped) + ")")

@@ -1,0 +1,135 @@
+"""OpenVINO backend: the bundle's own hash-verified QDQ ONNX file, compiled by OpenVINO.
+
+Why: on x86 mini-PCs without VNNI (the field-clinic class) OpenVINO's CPU plugin runs the same QDQ model
+ONNX Runtime runs markedly faster (benchmarks/results/peers.md), so no second model file is needed: the
+file the accuracy gate measured is the file that runs, and the manifest says whether the gate passed on
+OpenVINO too (``runtimes``; a bundle not gated on it is not run on it).
+
+Settings are the device's, and export's gate uses the same function (`compile_cpu`): the latency hint, the
+profile's thread count, no thread pinning (the pipeline's own threads share the cores) and fp32 inference
+precision (on CPUs with bf16 or AMX OpenVINO would otherwise lower fp32 layers to bf16 on its own, and the
+gate would no longer describe what runs). Compiled blobs are cached in the bundle's device cache,
+``engines/openvino-<version>-<device>/``, so a new OpenVINO or another device never reuses a stale blob.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.config import ModelConfig
+from edge.errors import BackendUnavailable, BundleError
+from edge.inference.bundle import Bundle
+
+DEVICES = {"openvino": "CPU", "openvino-gpu": "GPU"}  # profile provider name -> OpenVINO device
+RUNTIME = "openvino"
+
+
+def _openvino():
+    try:
+        import openvino as ov
+    except ImportError:
+        raise BackendUnavailable("OpenVINO is not installed (pip install 'medge[openvino]', x86 only)") from None
+    return ov
+
+
+def device_config(device: str, threads: int, cache_dir: Path | None = None) -> dict[str, Any]:
+    cfg: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    if device == "CPU":
+        cfg.update(INFERENCE_NUM_THREADS=int(threads), ENABLE_CPU_PINNING=False)
+    if cache_dir is not None:
+        cfg["CACHE_DIR"] = str(cache_dir)
+    return cfg
+
+
+def compile_cpu(model: Path | str, threads: int = 2, cache_dir: Path | None = None) -> Any:
+    """A CPU `CompiledModel` with the device's settings: the one way export, benchmarks and the device
+    compile a model with OpenVINO, so what the gate measures is what runs."""
+    ov = _openvino()
+    return ov.Core().compile_model(str(model), "CPU", device_config("CPU", threads, cache_dir))
+
+
+def cache_dir(bundle: Bundle, device: str) -> Path:
+    ov = _openvino()
+    return bundle.engines_dir / f"openvino-{ov.__version__.split('-')[0]}-{device}"
+
+
+class OpenVinoRunner:
+    """Runs one compiled model: outputs by the ONNX output names the manifest uses."""
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.input_name: str = compiled.inputs[0].get_any_name()
+        self.input_shape = tuple(compiled.inputs[0].get_partial_shape().to_shape())
+        self.output_names: list[str] = [o.get_any_name() for o in compiled.outputs]
+
+    def run(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
+        self.request.infer({0: tensor})
+        # the request reuses its output buffers on the next call: copy before handing them on
+        return {n: np.array(self.request.get_output_tensor(i).data, copy=True) for i, n in enumerate(self.output_names)}
+
+
+class OpenVinoBackend(OpenVinoRunner):
+    name = RUNTIME
+
+    def __init__(self, compiled: Any, provider: str, model_path: Path) -> None:
+        super().__init__(compiled)
+        self.provider = provider
+        self.model_path = model_path
+        self.warmup_ms: list[float] = []
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, model_cfg: ModelConfig, providers: list[str],
+                    log: logging.Logger, allow_spinning: bool = False) -> OpenVinoBackend:
+        ov = _openvino()
+        offered = bundle.manifest.runtimes
+        if RUNTIME not in offered:
+            raise BackendUnavailable(f"bundle {bundle.manifest.name} {bundle.manifest.version} was not accuracy-gated on "
+                                     f"OpenVINO (gated on: {', '.join(offered)}); re-export it with medge[openvino] "
+                                     "installed, or list cpu")
+        path = bundle.model_path(model_cfg.variant, RUNTIME)
+        core = ov.Core()
+        skipped = []
+        for p in providers:
+            device = DEVICES[p]
+            if not any(d.split(".")[0] == device for d in core.available_devices):
+                skipped.append(f"{p}: no OpenVINO {device} device on this machine")
+                log.warning("model %s: provider %s", model_cfg.name, skipped[-1])
+                continue
+            cache: Path | None = cache_dir(bundle, device)
+            try:
+                cache.mkdir(parents=True, exist_ok=True)
+            except OSError as e:  # a read-only bundle folder: run without the cache, slower starts only
+                log.warning("model %s: OpenVINO cache %s not writable (%s); compiling at every start",
+                            model_cfg.name, cache, e.strerror)
+                cache = None
+            try:
+                compiled = core.compile_model(str(path), device,
+                                              device_config(device, int(model_cfg.intra_op_threads), cache))
+            except Exception as e:  # OpenVINO raises RuntimeError subclasses with multi-line text
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise BundleError(f"{path}: OpenVINO cannot compile the model for {device} ({first})") from None
+            backend = cls(compiled, p, path)
+            backend.warmup(model_cfg.warmup_runs)
+            log.info("model %s: %s on openvino/%s (OpenVINO %s, %d threads, warm-up %s ms)", model_cfg.name, path.name,
+                     device, ov.__version__.split("-")[0], model_cfg.intra_op_threads,
+                     "/".join(f"{t:.1f}" for t in backend.warmup_ms) or "-")
+            return backend
+        raise BackendUnavailable("openvino: " + "; ".join(skipped))
+
+    def warmup(self, runs: int) -> None:
+        """First inferences allocate and (with a cold cache) finish compiling: not on a patient's frame."""
+        x = np.zeros(self.input_shape, np.float32)
+        for _ in range(max(0, runs)):
+            t0 = time.perf_counter()
+            self.request.infer({0: x})
+            self.warmup_ms.append((time.perf_counter() - t0) * 1000)
+
+    def close(self) -> None:
+        self.request = None
+        self.compiled = None

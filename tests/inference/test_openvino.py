@@ -1,0 +1,105 @@
+"""The OpenVINO backend on real bundles: same file, same decisions as ONNX Runtime, cached compilation,
+and refusal of bundles whose gate did not cover OpenVINO."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.config import ModelConfig
+from edge.errors import BackendUnavailable
+from edge.inference.backends import build_backend
+from edge.inference.bundle import load_bundle
+from edge.inference.loaded_model import assemble
+from edge.runtime.metrics import Metrics
+from edge.runtime.pipeline import build_pipeline
+from tests.support import ROOT
+from tests.support.bundles import write_bundle
+
+ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'medge[openvino]')")
+BUNDLES = ROOT / "models/bundles"
+LOG = logging.getLogger("test")
+
+
+def _copy(tmp_path: Path, name: str) -> Path:
+    dst = tmp_path / name
+    shutil.copytree(BUNDLES / name, dst, ignore=shutil.ignore_patterns("engines"))
+    return dst
+
+
+def _cfg(root: Path, *providers: str) -> ModelConfig:
+    return ModelConfig(name="m", bundle=root, providers=providers, warmup_runs=1, require_signature=False)
+
+
+@pytest.mark.parametrize("name", ["cxr-opacity", "us-free-fluid"])
+def test_openvino_runs_the_bundles_own_int8_file_with_the_gates_decisions(tmp_path, name):
+    root = _copy(tmp_path, name)
+    b = load_bundle(root)
+    assert "openvino" in b.manifest.runtimes  # the export gate passed on it
+    ovb = build_backend(b, _cfg(root, "openvino"), LOG)
+    ort = build_backend(b, _cfg(root, "cpu"), LOG)
+    assert (ovb.name, ovb.provider) == ("openvino", "openvino") and ovb.model_path == b.model_path(None, "openvino")
+    # its own file when the export found one that passes its gate there (everything int8), hashed like the rest
+    assert b.variant().runtime_files.get("openvino", b.variant().file) == ovb.model_path.name
+    lm = assemble(b, _cfg(root, "openvino"), False, LOG)
+    assert lm.ref.sha256 == b.manifest.files[ovb.model_path.name]  # findings name the file that ran
+    lm.close()
+    x = np.random.default_rng(0).normal(0, 1, [int(d) for d in b.manifest.input.shape]).astype(np.float32)
+    a, o = ort.run(x), ovb.run(x)
+    assert set(a) == set(o) == {t.name for t in b.manifest.outputs}
+    out = b.manifest.outputs[0].name
+    prob = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731 (both reference bundles end in logits + sigmoid)
+    assert np.mean((prob(a[out]) >= 0.5) == (prob(o[out]) >= 0.5)) > 0.99
+    again = ovb.run(x)[out]
+    assert np.array_equal(again, o[out])  # outputs are copies, not the request's reused buffer
+    cache = b.engines_dir / f"openvino-{ov.__version__.split('-')[0]}-CPU"
+    assert cache.is_dir() and any(cache.iterdir())  # compiled blob cached per OpenVINO version and device
+    ovb.close()
+    ort.close()
+
+
+def test_a_bundle_not_gated_on_openvino_is_not_run_on_it(tmp_path, caplog):
+    b = load_bundle(write_bundle(tmp_path / "old"))
+    assert b.manifest.runtimes == ("onnxruntime",)
+    with caplog.at_level(logging.WARNING):
+        be = build_backend(b, _cfg(b.root, "openvino", "cpu"), LOG)
+    assert be.name == "onnxruntime"
+    assert any("was not accuracy-gated on OpenVINO" in r.getMessage() for r in caplog.records)
+    with pytest.raises(BackendUnavailable, match="no usable inference provider"):
+        build_backend(b, _cfg(b.root, "openvino"), LOG)
+
+
+def test_no_intel_gpu_here_falls_back_with_the_reason(tmp_path, caplog):
+    root = _copy(tmp_path, "cxr-opacity")
+    if any(d.startswith("GPU") for d in ov.Core().available_devices):
+        pytest.skip("this machine has an Intel GPU")
+    with caplog.at_level(logging.WARNING):
+        be = build_backend(load_bundle(root), _cfg(root, "openvino-gpu", "openvino"), LOG)
+    assert be.provider == "openvino"
+    assert any("openvino-gpu: no OpenVINO GPU device" in r.getMessage() for r in caplog.records)
+
+
+def test_the_pipeline_on_openvino_finds_what_it_finds_on_onnxruntime(tmp_path):
+    """The demo cine through the free-fluid bundle: one urgent episode on both runtimes."""
+    from edge.commands.replay import MemorySink
+    from edge.config import SourceConfig
+    from edge.sources import SourceContext
+    from edge.sources.replay import ReplaySource
+
+    root = _copy(tmp_path, "us-free-fluid")
+    found = {}
+    for providers in (("cpu",), ("openvino",)):
+        lm = assemble(load_bundle(root), _cfg(root, *providers), False, LOG)
+        sink = MemorySink()
+        src = ReplaySource(SourceConfig(name="cine", kind="replay", model="m", path=ROOT / "models/samples/us_cine.dcm",
+                                        realtime=False), SourceContext(tmp_path))
+        assert build_pipeline(src, lm, "cart", None, sink, Metrics()).start().join(60)
+        found[providers[0]] = [(f.label, f.priority, f.frame_range) for f in sink.found.values()]
+        lm.close()
+    assert found["openvino"] and [x[:2] for x in found["openvino"]] == [x[:2] for x in found["cpu"]]
+    (a,), (b,) = found["cpu"], found["openvino"]
+    assert abs(a[2][0] - b[2][0]) <= 1 and abs(a[2][1] - b[2][1]) <= 1  # the same episode, give or take a frame
