@@ -11,7 +11,8 @@ benchmarks/make_models.py) with the calibration and validation sets of benchmark
   tensors, compiled by OpenVINO
 
 All runners use 2 threads, batch 1, the device's session settings (`export.runtimes`), and are timed
-interleaved in blocks within one process (`export.report.latency_side_by_side`), median of ``--runs``.
+interleaved in blocks within one process (`export.report.latency_side_by_side`), median of ``--runs``,
+once in each order (the mean of the two medians: the runner after another pays for its warm-up).
 Accuracy: the task's primary metric on the validation set (reference models: true labels; benchmark
 models: FP32 pseudo-labels, as in export_matrix) for every INT8 form.
 
@@ -137,8 +138,12 @@ def one_model(case, work: Path, runs: int, log) -> dict:
               "medge int8 / ov": ("openvino", b.model_path("int8", "openvino")),
               "nncf int8 / ov": ("openvino", xml)}
     exact = b.variant("int8").recipe.get("reduce_range") is not True
-    log(f"[{case.name}] timing {len(models)} runners interleaved, {runs} runs each")
-    lat = latency_side_by_side(models, calib[0], runs=runs, threads=THREADS, exact_int8=exact)
+    log(f"[{case.name}] timing {len(models)} runners interleaved, {runs} runs each, in both orders")
+    # the runner after another pays for its caches and threads waking up: time in both orders, average the medians
+    fwd = latency_side_by_side(models, calib[0], runs=runs, threads=THREADS, exact_int8=exact)
+    rev = latency_side_by_side(dict(reversed(list(models.items()))), calib[0], runs=runs, threads=THREADS,
+                               exact_int8=exact)
+    lat = {k: {q: (fwd[k][q] + rev[k][q]) / 2 for q in ("median_ms", "p90_ms")} for k in models}
     vs = datasets.load_validation(case.val, m.task, pre, m.labels)
     task = build_task(m)
     macs = model_macs(b.model_path("fp32"))
@@ -187,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     md = [f"# medge INT8 vs NNCF + OpenVINO INT8 ({mach['cpu']}, {isa})", "",
           f"{data['date']}; ONNX Runtime {mach['onnxruntime']}, OpenVINO {ov.__version__.split('-')[0]}, "
           f"NNCF {nncf.__version__}; "
-          f"{THREADS} threads, batch 1, median of {a.runs} runs per runner interleaved in blocks in one process; load "
+          f"{THREADS} threads, batch 1, median of {a.runs} runs per runner interleaved in blocks in one process, mean "
+          "of both runner orders; load "
           f"average at start {data['load_average'][0]:.2f}. Ratios are against ONNX Runtime FP32 on the same model. "
           "`python -m benchmarks.bench_peers`.", ""]
     for r in results:
