@@ -72,7 +72,7 @@ def test_device_loads_only_the_engine_keyed_for_its_gpu_trt_precision_and_dla(tm
     from edge.inference.bundle import load_bundle
 
     root = tmp_path / "b"
-    shutil.copytree("models/bundles/us-free-fluid", root)
+    shutil.copytree("models/bundles/us-free-fluid", root, ignore=shutil.ignore_patterns("engines"))  # a local cache
     bundle = load_bundle(root)
     orin = GpuInfo("Orin (nvgpu)", (8, 7))
     precision = bundle.variant(None).precision
