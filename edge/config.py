@@ -59,7 +59,8 @@ class ModelConfig:
                              choices=(None, "fp32", "int8", "fp16"))
     providers: tuple[str, ...] = _k(("cpu",), "execution providers to try in order; the first that loads and warms "
                                     "up is used (cpu, cuda, tensorrt, trt-native, openvino, openvino-gpu)")
-    intra_op_threads: int = _k(2, "threads one inference may use (ONNX Runtime intra-op)", ge=1, le=64)
+    intra_op_threads: int = _k(2, "threads one inference may use (ONNX Runtime intra-op; OpenVINO inference threads)",
+                               ge=1, le=64)
     inter_op_threads: int = _k(1, "ONNX Runtime inter-op threads (parallel branches of a graph)", ge=1, le=64)
     warmup_runs: int = _k(3, "inferences run at start, before the first frame, so the first finding is not slow",
                           ge=0, le=100)

@@ -31,6 +31,16 @@ class BackendUnavailable(MedgeError):
     """An inference backend (TensorRT, CUDA) is not present on this machine."""
 
 
+def cause_line(e: BaseException, limit: int = 200) -> str:
+    """The line of a library's multi-line message that says what went wrong. OpenVINO starts with a source
+    location ("Exception from src/.../core.cpp:132:") and ends with the cause; ONNX Runtime puts the cause
+    on its first line."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    return (lines[-1] if lines[0].endswith(":") else lines[0])[:limit]
+
+
 def one_line(e: BaseException, limit: int = 160) -> str:
     """``Type: first line of the message`` - how an unexpected exception from a library is reported
     inside one of our one-line errors."""

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from edge.config import ModelConfig
-from edge.errors import ConfigError, MedgeError
+from edge.errors import ConfigError, MedgeError, cause_line
 from edge.inference.backends import PROVIDERS, build_backend
 from edge.inference.bundle import Bundle, load_bundle
 
@@ -220,9 +220,8 @@ def run_bench(bundle: Path | str, variant: str | None = None, providers: str | S
     except MedgeError:
         raise
     except Exception as e:  # a runtime failing mid-run (out of GPU memory, a kernel error): say which, in one line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise MedgeError(f"{b.root}: {v.name} failed on {backend.name}/{backend.provider} ({type(e).__name__}: "
-                         f"{first})") from None
+                         f"{cause_line(e)})") from None
     finally:
         backend.close()
     ms = times * 1000.0

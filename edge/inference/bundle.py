@@ -166,7 +166,7 @@ class Manifest:
                 metrics=dict(d.get("metrics") or {}),
                 calibration=dict(d.get("calibration") or {}),
                 provenance=dict(d.get("provenance") or {}),
-                intended_use=IntendedUse.from_dict(d["intended_use"], where) if sv >= 2 else None,
+                intended_use=_intended_use(d["intended_use"], where) if sv >= 2 else None,
                 reference=ReferenceStats.from_dict(d["reference"], where) if d.get("reference") else None,
                 runtimes=tuple(str(r) for r in d.get("runtimes") or ("onnxruntime",)),
                 schema_version=sv,
@@ -267,6 +267,15 @@ def verify_signature(root: Path, manifest_bytes: bytes, trusted_keys: list[Path]
         f"{root}: signature does not verify against any trusted key; the bundle was modified after signing "
         "or signed by an untrusted key - do not use it"
     )
+
+
+def _intended_use(d: Any, where: str) -> IntendedUse:
+    """Schema 2 must say which modalities the model reads: an empty section would read everything, silently."""
+    use = IntendedUse.from_dict(d, where)
+    if not use.modalities:
+        raise BundleError(f"{where}: intended_use.modalities is empty; a bundle must say which modalities its model "
+                          "reads (re-export with --modality)")
+    return use
 
 
 def not_a_bundle(path: Path, shown: str | None = None) -> str:

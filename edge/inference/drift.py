@@ -46,6 +46,8 @@ class FrameCheck:
     change: str | None = None  # "raised" | "cleared" when this frame changed the drift state
     window_psi: float | None = None
     frames: int = 0  # frames the monitor had seen, this one included
+    limit: float = 0.0  # the window threshold this frame was judged by
+    ood_frames: int = 0
 
     def reason(self, limit: float) -> str:
         return f"out of distribution: input intensity PSI {self.psi:.2f} above {limit:.2f} against the model's reference"
@@ -73,6 +75,7 @@ class DriftMonitor:
         self._below = 0
         self.window_psi: float | None = None
         self.peak_window_psi = 0.0
+        self._pending: FrameCheck | None = None  # a raise/clear not yet reported (see take_change)
 
     def observe(self, tensor: np.ndarray, streaming: bool = False) -> FrameCheck:
         """``streaming``: the frame is part of a stream (live video or a multi-frame object)."""
@@ -98,7 +101,22 @@ class DriftMonitor:
                     self.events += 1
                 elif self.state == "drift" and self._below >= self.s.persist_frames:
                     self.state, change = "ok", "cleared"
-            return FrameCheck(frame_psi, ood, change, self.window_psi, self.frames)
+            chk = FrameCheck(frame_psi, ood, change, self.window_psi, self.frames, self.threshold, self.ood_frames)
+            if change is not None:
+                self._pending = chk
+            return chk
+
+    def take_change(self) -> FrameCheck | None:
+        """The latest raise or clear not yet reported. It is held here, not on the frame, because the frame
+        may be dropped (live video) or fail before it reaches the post stage; `put_back` if reporting fails."""
+        with self._lock:
+            chk, self._pending = self._pending, None
+            return chk
+
+    def put_back(self, chk: FrameCheck) -> None:
+        with self._lock:
+            if self._pending is None:
+                self._pending = chk
 
     def observe_confidence(self, confidence: float) -> None:
         with self._lock:

@@ -47,12 +47,13 @@ def verify_models(cfg: Config) -> tuple[list[str], list[str]]:
         v = b.variant(m.variant)
         sig = b.signature_state
         use = b.manifest.intended_use
+        own = "".join(f", on {rt} {f} sha256 {b.manifest.files[f][:12]}" for rt, f in v.runtime_files.items())
         lines.append(f"model {m.name}: {b.manifest.name} {b.manifest.version} {v.name} "
-                     f"sha256 {b.model_sha256(v.name)[:12]} ({sig}); intended use: "
+                     f"sha256 {b.model_sha256(v.name)[:12]}{own} ({sig}); intended use: "
                      f"{use.describe() if use is not None else 'not declared'}")
         if b.manifest.legacy_warning:
             warnings.append(f"model {m.name}: {b.manifest.legacy_warning}")
     problems = wiring_problems(cfg, bundles)
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise ConfigError(problems)
     return lines, warnings

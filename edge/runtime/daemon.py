@@ -135,7 +135,7 @@ def run_daemon(cfg: Config, max_seconds: float | None = None,
 
         problems = wiring_problems(cfg, {n: lm.bundle for n, lm in models.items()})
         if problems:
-            raise ConfigError("\n".join(problems))
+            raise ConfigError(problems)
         from edge.imaging.deid import Pseudonymizer
 
         pseudonymizer = Pseudonymizer.load_or_create(cfg.pseudonym_key_path)

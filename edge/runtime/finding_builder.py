@@ -52,7 +52,8 @@ class FindingBuilder:
         fid = (deterministic_id(self.device_id, sop, self.model.sha256, det.label, event_start)
                if sop and not frame.live else str(uuid.uuid4()))
         return Finding(
-            device_id=self.device_id, modality=frame.modality, model=self.model, label=det.label,
+            # a bundle without an intended use reads objects without Modality too: say "other", never ""
+            device_id=self.device_id, modality=frame.modality or "OT", model=self.model, label=det.label,
             confidence=round(float(det.confidence), 4), needs_review=bool(det.needs_review), priority=det.priority,
             study_id=study, series_id=series, instance_id=instance, acquired_at=iso_utc(frame.acquired_at),
             created_at=iso_utc(time.time()), source=frame.source,

@@ -45,6 +45,7 @@ class StreamStats:
     errors: int = 0  # frames that failed (bad pixels, backend error)
     findings: int = 0  # findings written to the outbox
     out_of_scope: dict[str, int] = field(default_factory=dict)  # frames not read, per intended-use reason
+    out_of_scope_frames: int = 0  # frames not read (a frame can break several rules)
     duplicates: int = 0  # findings the outbox already had (re-processing after a restart)
     latencies_ms: deque = field(default_factory=deque)
     stage_ms: dict[str, deque] = field(default_factory=dict)
@@ -82,6 +83,7 @@ class StreamStats:
             "findings": self.findings,
             "duplicates": self.duplicates,
             "out_of_scope": dict(self.out_of_scope),
+            "out_of_scope_frames": self.out_of_scope_frames,
             "fps": self.fps(now),
             "latency_ms": percentiles(self.latencies_ms),
             "stage_ms": {k: percentiles(v, (50, 95)) for k, v in self.stage_ms.items()},
@@ -147,10 +149,13 @@ class Metrics:
             for k, v in (stages or {}).items():
                 s.add_stage(k, v)
 
-    def out_of_scope(self, name: str, reason: str) -> None:
+    def out_of_scope(self, name: str, reasons: list[str]) -> None:
+        """One frame not read, and every intended-use rule it broke."""
         s = self.stream(name)
         with self._lock:
-            s.out_of_scope[reason] = s.out_of_scope.get(reason, 0) + 1
+            s.out_of_scope_frames += 1
+            for reason in reasons:
+                s.out_of_scope[reason] = s.out_of_scope.get(reason, 0) + 1
 
     def finding(self, name: str, new: bool) -> None:
         s = self.stream(name)
@@ -179,7 +184,7 @@ class Metrics:
             for k in ("frames_in", "frames_done", "dropped", "errors", "findings", "duplicates")
         }
         total["quarantined"] = sum(int(s.get("inputs", {}).get("quarantined", 0)) for s in streams.values())
-        total["out_of_scope"] = sum(sum(s["out_of_scope"].values()) for s in streams.values())
+        total["out_of_scope"] = sum(s["out_of_scope_frames"] for s in streams.values())
         total["drifting"] = sorted(n for n, s in streams.items() if s.get("drift", {}).get("state") == "drift")
         total["fps"] = round(sum(s["fps"] for s in streams.values()), 2)
         total["latency_ms"] = percentiles(all_lat)

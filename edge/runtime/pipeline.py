@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 
 from edge.durable_files import write_atomic
-from edge.errors import MedgeError
+from edge.errors import MedgeError, cause_line
 from edge.events import DeviceEvent
 from edge.findings import Finding
 from edge.frames import Frame
@@ -199,6 +199,7 @@ class Pipeline:
         self.refusals: dict[str, int] = {}  # intended-use reason -> frames not read
         self.refusal_details: dict[str, str] = {}  # reason -> the first such frame's explanation
         self._last_refused: Any = None  # the stored object the last out-of-scope event was recorded for
+        self._scored = 0  # frames whose confidence went to the monitor (post stage's own count)
 
     # ------------------------------------------------------------------------------------ lifecycle
     def start(self) -> Pipeline:
@@ -281,7 +282,7 @@ class Pipeline:
                 try:
                     w.outputs = self.backend.run(w.tensor)
                 except Exception as e:  # ORT raises its own types for bad shapes/values
-                    w.error = f"inference failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                    w.error = f"inference failed ({cause_line(e)})"
                 w.t_infer_ms = (time.perf_counter() - t0) * 1000
                 w.tensor = None
             self._q_post.put(w, live=False)  # inference is paid for: never drop a result
@@ -311,8 +312,13 @@ class Pipeline:
                 self._out_of_scope(w)
             elif w.error is None:
                 self._publish_frame(w)
-            if w.check is not None and w.check.change is not None:
-                self._drift_changed(w.check, f)
+            change = self.monitor.take_change() if self.monitor is not None else None
+            if change is not None:
+                try:
+                    self._drift_changed(change, f)
+                except BaseException:
+                    self.monitor.put_back(change)  # reported with a later frame, never lost
+                    raise
             key = self._smoother_key(f)
             if key is not None and key[0] == "object" and f.frame_count is not None and f.index >= f.frame_count - 1:
                 self._end_object(key)  # the object's last frame, published or not: its episodes end here
@@ -336,7 +342,8 @@ class Pipeline:
             scores = self.task.peak_scores(w.outputs, w.geom, f)
             if self.monitor is not None:
                 self.monitor.observe_confidence(peak_confidence(scores))
-                if self.monitor.frames % self.MONITOR_WRITE_EVERY == 0:
+                self._scored += 1
+                if self._scored % self.MONITOR_WRITE_EVERY == 0:
                     self._write_monitor()
             if self.on_scores is not None:
                 self.on_scores(f, scores)
@@ -385,9 +392,9 @@ class Pipeline:
         """Not the model's input: count it, say so once per reason, and record it for a stored object."""
         f, refused = w.frame, w.refused or []
         model = self.builder.model
+        self.metrics.out_of_scope(self.name, [r.reason for r in refused])
         for r in refused:
             self.refusals[r.reason] = self.refusals.get(r.reason, 0) + 1
-            self.metrics.out_of_scope(self.name, r.reason)
             if r.reason not in self.refusal_details:
                 self.refusal_details[r.reason] = r.detail
                 self.logger.warning("source %s: %s is outside the intended use of model %s %s (%s); not read, no "
@@ -396,11 +403,11 @@ class Pipeline:
         key = self._smoother_key(f) or ("object", f.study.sop_instance_uid if f.study else str(f.origin))
         if f.live or key == self._last_refused:
             return
-        self._last_refused = key
         detail = "; ".join(r.detail for r in refused)
         ev = self.builder.event("out_of_scope", refused[0].reason, f"not read by {model.name} {model.version}: {detail}",
                                 f, measurements={"frames": float(f.frame_count or 1)})
         self.sink.store([ev])
+        self._last_refused = key  # only once it is stored: a failed store retries the object, and its event
 
     def _drift_changed(self, check: FrameCheck, f: Frame) -> None:
         mon = self.monitor
@@ -410,13 +417,13 @@ class Pipeline:
             self.logger.info("source %s: model %s inputs back within the reference (window PSI %.2f)", self.name,
                              model.name, check.window_psi or 0.0)
             return
-        detail = (f"input intensity drift on source {self.name}: window PSI {check.window_psi:.2f} above {mon.threshold:.2f} "
+        detail = (f"input intensity drift on source {self.name}: window PSI {check.window_psi:.2f} above {check.limit:.2f} "
                   f"for {mon.s.persist_frames} frames in a row (reference: {mon.ref.inputs} calibration inputs); check "
                   "probe, preset, gain and vendor processing; findings continue, out-of-distribution ones need review")
         self.logger.warning("%s", detail)
         ev = self.builder.event("drift", "intensity_psi", detail, f, priority="routine", stored_object=False,
-                                measurements={"window_psi": round(check.window_psi or 0.0, 4), "drift_psi": mon.threshold,
-                                              "frames": float(check.frames), "ood_frames": float(mon.ood_frames)})
+                                measurements={"window_psi": round(check.window_psi or 0.0, 4), "drift_psi": check.limit,
+                                              "frames": float(check.frames), "ood_frames": float(check.ood_frames)})
         self.sink.store([ev])
         self._write_monitor()
 

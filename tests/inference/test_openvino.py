@@ -68,19 +68,20 @@ def test_a_bundle_not_gated_on_openvino_is_not_run_on_it(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         be = build_backend(b, _cfg(b.root, "openvino", "cpu"), LOG)
     assert be.name == "onnxruntime"
-    assert any("was not accuracy-gated on OpenVINO" in r.getMessage() for r in caplog.records)
+    assert any("was not accuracy-gated on openvino" in r.getMessage() for r in caplog.records)
     with pytest.raises(BackendUnavailable, match="no usable inference provider"):
         build_backend(b, _cfg(b.root, "openvino"), LOG)
 
 
-def test_no_intel_gpu_here_falls_back_with_the_reason(tmp_path, caplog):
+def test_openvino_gpu_is_skipped_with_the_reason_and_the_cpu_plugin_serves(tmp_path, caplog):
     root = _copy(tmp_path, "cxr-opacity")
     if any(d.startswith("GPU") for d in ov.Core().available_devices):
         pytest.skip("this machine has an Intel GPU")
     with caplog.at_level(logging.WARNING):
         be = build_backend(load_bundle(root), _cfg(root, "openvino-gpu", "openvino"), LOG)
     assert be.provider == "openvino"
-    assert any("openvino-gpu: no OpenVINO GPU device" in r.getMessage() for r in caplog.records)
+    assert any("openvino-gpu: bundle cxr-opacity 1.0.0 was not accuracy-gated on openvino-gpu" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_the_pipeline_on_openvino_finds_what_it_finds_on_onnxruntime(tmp_path):
@@ -103,3 +104,40 @@ def test_the_pipeline_on_openvino_finds_what_it_finds_on_onnxruntime(tmp_path):
     assert found["openvino"] and [x[:2] for x in found["openvino"]] == [x[:2] for x in found["cpu"]]
     (a,), (b,) = found["cpu"], found["openvino"]
     assert abs(a[2][0] - b[2][0]) <= 1 and abs(a[2][1] - b[2][1]) <= 1  # the same episode, give or take a frame
+
+
+def test_sources_sharing_one_openvino_backend_get_their_own_outputs(tmp_path):
+    """Two pipelines on one model share its backend: each frame's outputs must be that frame's."""
+    import threading
+
+    root = _copy(tmp_path, "cxr-opacity")
+    b = load_bundle(root)
+    be = build_backend(b, _cfg(root, "openvino"), LOG)
+    shape = [int(d) for d in b.manifest.input.shape]
+    xs = [np.full(shape, v, np.float32) for v in (-1.5, 1.5)]
+    want = [be.run(x)[b.manifest.outputs[0].name].copy() for x in xs]
+    wrong = []
+
+    def worker(k: int) -> None:
+        for _ in range(200):
+            got = be.run(xs[k])[b.manifest.outputs[0].name]
+            if not np.array_equal(got, want[k]):
+                wrong.append(k)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not np.array_equal(want[0], want[1]) and wrong == []
+
+
+def test_the_gpu_plugin_needs_its_own_gate(tmp_path, caplog):
+    root = _copy(tmp_path, "cxr-opacity")
+    b = load_bundle(root)
+    assert "openvino-gpu" not in b.manifest.runtimes  # export gates the CPU plugin only
+    with caplog.at_level(logging.WARNING):
+        be = build_backend(b, _cfg(root, "openvino-gpu", "cpu"), LOG)
+    assert be.name == "onnxruntime"
+    assert any("not accuracy-gated on openvino-gpu" in r.getMessage() or "no OpenVINO GPU device" in r.getMessage()
+               for r in caplog.records)

@@ -272,3 +272,37 @@ def test_a_gain_shift_raises_one_drift_event_and_its_findings_need_review_with_t
 
     img = cv2.imread(str(tmp_path / "drift.png"))
     assert img is not None and img.shape[0] > 100 and len(np.unique(img.reshape(-1, 3), axis=0)) > 3
+
+
+def test_a_drift_raise_on_a_frame_that_never_reaches_the_post_stage_is_still_reported():
+    """Live video drops frames between stages: the raise is held by the monitor, not by the frame."""
+    b = load_bundle(BUNDLES / "us-free-fluid")
+    from edge.inference.drift import DriftMonitor
+    from edge.inference.preprocess import Preprocessor
+
+    mon = DriftMonitor(b.manifest.reference, MonitorSettings())
+    pre = Preprocessor(b.manifest.preprocess)
+    from models import synth_ultrasound as sus
+
+    cine = sus.make_cine(7400, n_frames=60)
+    raised = None
+    for img in cine.frames:
+        chk = mon.observe(pre.apply(Frame(pixels=np.clip(img.astype(np.float32) * 1.6, 0, 255).astype(np.uint8),
+                                          modality="US", source="s"))[0], streaming=True)
+        raised = raised or (chk if chk.change == "raised" else None)
+    assert raised is not None  # that frame is now "dropped": nobody reports it
+    pending = mon.take_change()
+    assert pending is not None and pending.change == "raised" and pending.frames == raised.frames
+    assert mon.take_change() is None
+    mon.put_back(pending)  # storing the event failed: the next frame reports it
+    assert mon.take_change() is pending
+
+
+def test_a_schema2_bundle_that_names_no_modality_is_refused(tmp_path):
+    root = tmp_path / "b"
+    shutil.copytree(BUNDLES / "cxr-opacity", root)
+    m = yaml.safe_load((root / "manifest.yaml").read_text())
+    m["intended_use"] = {}
+    (root / "manifest.yaml").write_text(yaml.safe_dump(m))
+    with pytest.raises(BundleError, match="intended_use.modalities is empty"):
+        load_bundle(root)

@@ -1,20 +1,26 @@
-"""OpenVINO backend: the bundle's own hash-verified QDQ ONNX file, compiled by OpenVINO.
+"""OpenVINO backend: a hash-verified QDQ ONNX file of the bundle, compiled by OpenVINO.
 
-Why: on x86 mini-PCs without VNNI (the field-clinic class) OpenVINO's CPU plugin runs the same QDQ model
-ONNX Runtime runs markedly faster (benchmarks/results/peers.md), so no second model file is needed: the
-file the accuracy gate measured is the file that runs, and the manifest says whether the gate passed on
-OpenVINO too (``runtimes``; a bundle not gated on it is not run on it).
+Why: on x86 mini-PCs OpenVINO's CPU plugin runs QDQ models markedly faster than ONNX Runtime
+(benchmarks/results/peers.md). It runs the bundle's common INT8 file, or the variant's own OpenVINO file
+when export found one (all-int8: ONNX Runtime's narrow-conv float rule does not apply here) that passed
+the gate on OpenVINO (``variants.int8.runtime_files``). Either way it is the file the gate measured on
+OpenVINO, and only bundles whose manifest lists OpenVINO in ``runtimes`` run here at all: the CPU plugin
+for ``openvino``, the GPU plugin only for ``openvino-gpu`` (export gates the CPU plugin only, so no bundle
+offers the GPU yet).
 
-Settings are the device's, and export's gate uses the same function (`compile_cpu`): the latency hint, the
-profile's thread count, no thread pinning (the pipeline's own threads share the cores) and fp32 inference
-precision (on CPUs with bf16 or AMX OpenVINO would otherwise lower fp32 layers to bf16 on its own, and the
-gate would no longer describe what runs). Compiled blobs are cached in the bundle's device cache,
-``engines/openvino-<version>-<device>/``, so a new OpenVINO or another device never reuses a stale blob.
+Settings match export's gate (`compile_cpu`): the latency hint, no thread pinning (the pipeline's own
+threads share the cores) and fp32 inference precision (on CPUs with bf16 or AMX OpenVINO would otherwise
+lower fp32 layers to bf16 on its own, and the gate would no longer describe what runs); the thread count
+is the profile's (the gate uses 2; the count changes speed, not the arithmetic). Compiled blobs are cached
+in the bundle's device cache, ``engines/openvino-<version>-<device>/``, so a new OpenVINO or another
+device never reuses a stale blob. One infer request per backend, used under a lock: sources that share a
+model share its backend, and an unguarded request hands one frame's outputs to another.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from edge.config import ModelConfig
-from edge.errors import BackendUnavailable, BundleError
+from edge.errors import BackendUnavailable, cause_line
 from edge.inference.bundle import Bundle
 
 DEVICES = {"openvino": "CPU", "openvino-gpu": "GPU"}  # profile provider name -> OpenVINO device
@@ -67,11 +73,14 @@ class OpenVinoRunner:
         self.input_name: str = compiled.inputs[0].get_any_name()
         self.input_shape = tuple(compiled.inputs[0].get_partial_shape().to_shape())
         self.output_names: list[str] = [o.get_any_name() for o in compiled.outputs]
+        self._lock = threading.Lock()
 
     def run(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
-        self.request.infer({0: tensor})
-        # the request reuses its output buffers on the next call: copy before handing them on
-        return {n: np.array(self.request.get_output_tensor(i).data, copy=True) for i, n in enumerate(self.output_names)}
+        with self._lock:  # one request: infer and read its outputs as one step
+            self.request.infer({0: tensor})
+            # the request reuses its output buffers on the next call: copy before handing them on
+            return {n: np.array(self.request.get_output_tensor(i).data, copy=True)
+                    for i, n in enumerate(self.output_names)}
 
 
 class OpenVinoBackend(OpenVinoRunner):
@@ -88,15 +97,18 @@ class OpenVinoBackend(OpenVinoRunner):
                     log: logging.Logger, allow_spinning: bool = False) -> OpenVinoBackend:
         ov = _openvino()
         offered = bundle.manifest.runtimes
-        if RUNTIME not in offered:
-            raise BackendUnavailable(f"bundle {bundle.manifest.name} {bundle.manifest.version} was not accuracy-gated on "
-                                     f"OpenVINO (gated on: {', '.join(offered)}); re-export it with medge[openvino] "
-                                     "installed, or list cpu")
         path = bundle.model_path(model_cfg.variant, RUNTIME)
         core = ov.Core()
         skipped = []
         for p in providers:
             device = DEVICES[p]
+            gated = RUNTIME if device == "CPU" else p  # the GPU plugin rounds differently: it needs its own gate
+            if gated not in offered:
+                skipped.append(f"{p}: bundle {bundle.manifest.name} {bundle.manifest.version} was not accuracy-gated on "
+                               f"{gated} (gated on: {', '.join(offered)}); re-export it with medge[openvino] "
+                               "installed, or list cpu")
+                log.warning("model %s: provider %s", model_cfg.name, skipped[-1])
+                continue
             if not any(d.split(".")[0] == device for d in core.available_devices):
                 skipped.append(f"{p}: no OpenVINO {device} device on this machine")
                 log.warning("model %s: provider %s", model_cfg.name, skipped[-1])
@@ -111,11 +123,13 @@ class OpenVinoBackend(OpenVinoRunner):
             try:
                 compiled = core.compile_model(str(path), device,
                                               device_config(device, int(model_cfg.intra_op_threads), cache))
+                backend = cls(compiled, p, path)
+                backend.warmup(model_cfg.warmup_runs)
             except Exception as e:  # OpenVINO raises RuntimeError subclasses with multi-line text
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise BundleError(f"{path}: OpenVINO cannot compile the model for {device} ({first})") from None
-            backend = cls(compiled, p, path)
-            backend.warmup(model_cfg.warmup_runs)
+                # unavailable, not fatal: the profile's next provider (cpu) still serves the patient
+                skipped.append(f"{p}: OpenVINO cannot compile or run {path.name} on {device} ({cause_line(e)})")
+                log.warning("model %s: provider %s", model_cfg.name, skipped[-1])
+                continue
             log.info("model %s: %s on openvino/%s (OpenVINO %s, %d threads, warm-up %s ms)", model_cfg.name, path.name,
                      device, ov.__version__.split("-")[0], model_cfg.intra_op_threads,
                      "/".join(f"{t:.1f}" for t in backend.warmup_ms) or "-")
