@@ -221,7 +221,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
                     "int8": {"file": "model.int8.onnx", "precision": "int8", "recipe": recipe.to_dict()}}
         if runtime_files:
             variants["int8"]["runtime_files"] = runtime_files
-            variants["int8"]["runtime_recipes"] = {"openvino": r_ov.to_dict()}
+            variants["int8"]["runtime_recipes"] = {"openvino": r_ov}
         if opts.fp16 if opts.fp16 is not None else opts.target != "cpu":
             log("writing the FP16 variant (GPU targets)")
             quantize.to_fp16(fp32, stage / "model.fp16.onnx")
@@ -309,15 +309,21 @@ def _openvino_candidate(opts: ExportOptions, recipe: quantize.Recipe, fp32: Path
     about ONNX Runtime (its narrow-conv speed rule; its accuracy fallback, which runs ORT's kernels), and
     OpenVINO runs int8 where ORT does not pay and rounds differently. So try, in order, everything in int8,
     then only the common file's accuracy-fallback nodes in float; the first that passes the gate on
-    OpenVINO is its file. None: nothing to gain (the common file has no float nodes) or neither passes
-    (OpenVINO is then gated on the common file)."""
-    if opts.target != "cpu" or "openvino" not in runtimes.installed() or not recipe.nodes_to_exclude:
+    OpenVINO is its file. Both use 8-bit weights except in the layers that read the input (7-bit:
+    `quantize.narrow_first_layer_weights`, NNCF's overflow rule; the common file's 7-bit weights everywhere
+    cost the benchmark U-Net its gate) and drop the Q/DQ round trip at the tail (`drop_float_tail_qdq`).
+    None: OpenVINO not installed, or neither passes (OpenVINO is then gated on the common file)."""
+    if opts.target != "cpu" or "openvino" not in runtimes.installed():
         return None
     tried = []
     for keep in dict.fromkeys([(), tuple(recipe.fallback_nodes)]):
-        r_ov = replace(recipe, nodes_to_exclude=keep, fallback_nodes=keep, per_channel_axes=dict(recipe.per_channel_axes))
+        # 8-bit weights but the first layer's (NNCF's overflow rule), no Q/DQ round trip at the tail
+        r_ov = replace(recipe, reduce_range=False, nodes_to_exclude=keep, fallback_nodes=keep,
+                       per_channel_axes=dict(recipe.per_channel_axes))
         path = scratch / f"int8-openvino-{len(tried)}.onnx"
         quantize.quantize(fp32, path, r_ov, tensors, in_name, cache)
+        model, first = quantize.narrow_first_layer_weights(onnx.load(str(path)))
+        onnx.save(quantize.drop_float_tail_qdq(model)[0], str(path))
         g = evaluate.gate(vs, task, ref, evaluate.predict(path, vs, task, runtime="openvino"), budget,
                           opts.min_subgroup_samples)
         what = f"{', '.join(keep)} in float" if keep else "every node in int8"
@@ -325,7 +331,7 @@ def _openvino_candidate(opts: ExportOptions, recipe: quantize.Recipe, fp32: Path
             f"(budget {budget}) -> {'pass: shipped as ' + OPENVINO_INT8 if g.passed else 'fail'}")
         tried.append(what)
         if g.passed:
-            return path, g, r_ov
+            return path, g, {**r_ov.to_dict(), "seven_bit_weight_nodes": first, "tail_qdq_dropped": True}
     log(f"openvino: no own file passed ({'; '.join(tried)}); OpenVINO is gated on the common file")
     return None
 

@@ -141,3 +141,22 @@ def test_the_gpu_plugin_needs_its_own_gate(tmp_path, caplog):
     assert be.name == "onnxruntime"
     assert any("not accuracy-gated on openvino-gpu" in r.getMessage() or "no OpenVINO GPU device" in r.getMessage()
                for r in caplog.records)
+
+
+def test_openvinos_own_file_has_8bit_weights_but_7bit_in_the_first_layer_and_no_tail_round_trip():
+    """NNCF's overflow rule (7-bit where the wide input is read) and its float tail, checked in the file."""
+    import onnx
+    from onnx import numpy_helper
+
+    b = load_bundle(BUNDLES / "us-free-fluid")
+    recipe = b.manifest.raw["variants"]["int8"]["runtime_recipes"]["openvino"]
+    m = onnx.load(str(b.model_path("int8", "openvino")))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    producer = {o: n for n in m.graph.node for o in n.output}
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    wmax = {n.name: int(np.abs(inits[producer[n.input[1]].input[0]].astype(np.int32)).max()) for n in convs}
+    first = recipe["seven_bit_weight_nodes"]
+    assert first and all(wmax[n] <= 64 for n in first)
+    assert max(v for k, v in wmax.items() if k not in first) > 64  # 8-bit elsewhere
+    out = m.graph.output[0].name
+    assert producer[producer[out].input[0]].op_type == "Conv"  # logits straight from the head conv (via Identity)
