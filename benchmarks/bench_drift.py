@@ -98,7 +98,7 @@ def run(bundle: str, frames: Iterator[Frame], shift: str) -> dict:
         f.pixels = SHIFTS[shift](f.pixels, rng)
         t, _ = pre.apply(f)
         t0 = time.perf_counter()
-        chk = mon.observe(t, f.live or (f.frame_count or 1) > 1)
+        chk = mon.observe(t, f.streaming)
         cost += time.perf_counter() - t0
         n += 1
         if chk.change == "raised" and first is None:

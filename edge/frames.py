@@ -95,6 +95,11 @@ class Frame:
             raise ValueError(f"frame pixels must be uint8 or float32, got {p.dtype}")
 
     @property
+    def streaming(self) -> bool:
+        """Part of a stream of alike frames (live video, a cine), not a single stored image."""
+        return self.live or (self.frame_count or 1) > 1
+
+    @property
     def height(self) -> int:
         return int(self.pixels.shape[0])
 

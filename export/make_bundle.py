@@ -151,7 +151,8 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
                 "inputs (agreement, not clinical accuracy; pass --val for a labelled set)")
 
         # FP32 first: a model at chance level is refused before calibration and quantization are paid for
-        ref = evaluate.predict(fp32, vs, tspec)
+        fp32_outputs = evaluate.run_outputs(fp32, vs)  # the gate's reference, and the drift reference's confidences
+        ref = evaluate.predictions(tspec, vs, fp32_outputs)
         if opts.val is None:
             vs.truth = evaluate.truth_from(ref, tspec)
         sanity = evaluate.sanity(vs, tspec, ref, labelled=opts.val is not None)
@@ -261,7 +262,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
                "fallback": {"ranking": ranking, "steps": [s.to_dict() for s in steps]}, "provenance": provenance}
         report.write_reports(stage, rep)
         log("reference statistics for drift monitoring (calibration tensors, FP32 confidences)")
-        reference = _reference(stage / "model.fp32.onnx", calib, vs, tspec, opts.val is not None)
+        reference = _reference(fp32_outputs, calib, vs, tspec, opts.val is not None)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "name": str(spec["name"]),
@@ -360,14 +361,13 @@ def _r(v: float | None) -> float | None:
     return None if v is None else round(float(v), 5)
 
 
-def _reference(fp32: Path, calib: list[datasets.Sample], vs: datasets.ValidationSet, task: Task,
-               labelled: bool) -> ReferenceStats:
+def _reference(fp32_outputs: list[dict[str, np.ndarray]], calib: list[datasets.Sample], vs: datasets.ValidationSet,
+               task: Task, labelled: bool) -> ReferenceStats:
     """What the device's drift monitor compares against: the calibration tensors as the device makes them,
     and FP32's peak confidence per validation input (calibration inputs without --val)."""
-    outs = evaluate.run_outputs(fp32, vs)
     conf = [peak_confidence(task.peak_scores(o, s.geometry, Frame(np.zeros((1, 1), np.uint8), "", "export",
                                                                       spacing_mm=s.spacing_mm)))
-            for o, s in zip(outs, vs.samples, strict=True)]
+            for o, s in zip(fp32_outputs, vs.samples, strict=True)]
     return build_reference([s.tensor for s in calib], conf, "validation" if labelled else "calibration",
                            [s.geometry.frame_size for s in calib], [s.spacing_mm for s in calib if s.spacing_mm])
 

@@ -46,21 +46,12 @@ def latency_side_by_side(models: dict[str, Path | tuple[str, Path]], x: np.ndarr
 
 
 def machine() -> dict[str, Any]:
+    """The CPU (and its int8-relevant ISA, read as `medge bench` reads it) a report was measured on."""
     import onnxruntime as ort
 
-    cpu = platform.processor() or platform.machine()
-    isa: list[str] = []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-                break
-    except OSError:
-        pass
-    # int8 speed-ups depend on the ISA: VNNI (avx512_vnni / avx_vnni) roughly doubles int8 conv throughput over AVX2
+    from edge.commands.bench import cpu_info
+
+    cpu, isa = cpu_info()
     return {"cpu": cpu, "isa": isa, "python": platform.python_version(), "onnxruntime": ort.__version__}
 
 

@@ -268,7 +268,7 @@ class Pipeline:
                 try:
                     w.tensor, w.geom = self.preprocessor.apply(w.frame)
                     if self.monitor is not None:
-                        w.check = self.monitor.observe(w.tensor, w.frame.live or (w.frame.frame_count or 1) > 1)
+                        w.check = self.monitor.observe(w.tensor, w.frame.streaming)
                 except Exception as e:  # cv2.error, ValueError...: a bad frame must not stop the stream
                     w.error = f"preprocessing failed ({str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__})"
             w.t_pre_ms = (time.perf_counter() - t0) * 1000
