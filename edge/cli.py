@@ -158,12 +158,16 @@ def replay(
     as_json: bool = typer.Option(False, "--json", help="print findings and the summary as JSON lines"),
     trusted_key: list[Path] = typer.Option([], "--trusted-key", help="require a signature by this public key (PEM); "
                                            "repeatable", metavar="PEM"),
+    overlays: Path | None = typer.Option(None, "--overlays", help="write one overlay PNG per finding into this folder",
+                                         metavar="DIR"),
+    video: Path | None = typer.Option(None, "--video", help="write an annotated copy of a cine or video (every frame "
+                                      "with its detections)", metavar="OUT.mp4"),
 ) -> None:
     """Run the device pipeline offline on one file and print findings and the latency summary."""
     from edge.commands.replay import replay_file
 
     raise typer.Exit(replay_file(file, bundle, variant=variant, realtime=realtime, as_json=as_json,
-                                 trusted_keys=list(trusted_key)))
+                                 trusted_keys=list(trusted_key), overlays_dir=overlays, video=video))
 
 
 @app.command()
@@ -388,6 +392,19 @@ def broker_config(
         typer.echo(f"wrote {p}")
     typer.echo(f"{len(fl.devices)} device(s), {len(fl.receivers)} receiver(s), {len(fl.monitors)} monitor(s); "
                "restart mosquitto to apply")
+
+
+@hospital_app.command("relink-keygen")
+def relink_keygen(
+    out: Path = typer.Option(..., "--out", help="folder for relink.key (private, stays at the hospital) and "
+                             "relink.pub.pem (goes into every device profile as privacy.relink_public_key)"),
+) -> None:
+    """Make the hospital's re-link key pair: devices seal original study UIDs to it, only its holder opens them."""
+    from hospital.relink import keygen
+
+    kid = keygen(out / "relink.key", out / "relink.pub.pem")
+    typer.echo(f"wrote {out / 'relink.key'} (private, mode 600: only the DICOM forwarder's host needs it)")
+    typer.echo(f"wrote {out / 'relink.pub.pem'} (key id {kid}): set privacy.relink_public_key to it in device profiles")
 
 
 HOSPITAL_DB = typer.Option(..., "--db", help="the receiver's SQLite file, or a postgresql:// URL")

@@ -27,6 +27,7 @@ from edge.errors import ConfigError
 
 SCHEMA_VERSION = 1
 VIDEO_MODALITIES = ("US", "ES", "XA", "OT")
+OVERLAY_POLICIES = ("none", "urgent-or-review", "all")  # edge.inference.tasks.overlay.OverlayPolicy
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ACK_MODES = ("end-to-end", "broker")
 
@@ -111,8 +112,11 @@ class PipelineConfig:
     on_frames: int = _k(3, "video: positive frames within the window that start an event (at most smoothing_window)",
                         ge=1, le=1000)
     off_frames: int = _k(5, "video: consecutive negative frames that end an event", ge=1, le=1000)
-    overlays: bool = _k(False, "draw an overlay picture for each finding (kept on the device unless "
-                        "privacy.send_overlays)")
+    overlays: str = _k("urgent-or-review", "which findings carry a picture of the frame with their evidence drawn "
+                       "(contours, boxes, or the classifier's explanation heatmap) and label: urgent-or-review, all "
+                       "or none; pictures leave the device only with privacy.send_overlays", choices=OVERLAY_POLICIES)
+    overlay_max_side: int = _k(384, "overlay pictures are scaled to at most this many pixels per side (and "
+                               "280 kB of PNG)", ge=64, le=2048)
     opencv_threads: int | None = _k(1, "OpenCV worker threads for decoding and resizing (null: OpenCV's default pool)",
                                     ge=0, le=256)
 
@@ -203,8 +207,14 @@ class InputLimitsConfig:
 class PrivacyConfig:
     pseudonym_key_file: Path | None = _k(None, "secret key for pseudonymous patient and study ids (null: "
                                          "<data_dir>/pseudonym.key, created on first start); keep it per site")
-    send_overlays: bool = _k(False, "include overlay pictures in findings sent off the device (they show the "
-                             "image, so they are off by default)")
+    send_overlays: bool = _k(True, "include overlay pictures in findings sent to the hospital: ultrasound is "
+                             "masked outside its imaging region and withheld without one (burned-in names), as for "
+                             "every pixel that leaves; false: findings carry no picture at all")
+    relink_public_key: Path | None = _k(None, "the hospital's re-link public key (PEM, X25519, from `medge hospital "
+                                        "relink-keygen`): each finding on a stored object then carries its original "
+                                        "Study/Series/SOP Instance UIDs sealed to it, so the hospital, and only it, can "
+                                        "attach a DICOM SR to the original study (null: pseudonyms only)",
+                                        exists="file")
 
 
 @dataclass(frozen=True)
@@ -540,6 +550,13 @@ def _start_checks(cfg: Config, ctx: _Ctx) -> None:
             why = _tls_problem(sy.ca_file, sy.cert_file, sy.key_file)
             if why:
                 ctx.report("sync.cert_file" if "certificate/key" in why else "sync.ca_file", why)
+    if ctx.check_files and cfg.privacy.relink_public_key is not None and cfg.privacy.relink_public_key.is_file():
+        from edge.imaging.relink import OriginSealer
+
+        try:
+            OriginSealer.load(cfg.privacy.relink_public_key)
+        except _CE as e:
+            ctx.report("privacy.relink_public_key", str(e))
     if ctx.check_files:
         why = _unwritable(cfg.data_dir)
         if why:

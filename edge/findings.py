@@ -55,6 +55,8 @@ class Finding:
     latency_ms: float | None = None  # capture -> finding
     overlay_png_b64: str | None = None  # optional small overlay, masked outside the imaging region
     review_reasons: list[str] = field(default_factory=list)  # why needs_review: uncertain, out of distribution
+    code: dict[str, str] | None = None  # the label's code from the manifest: {"scheme", "value", "meaning"}
+    origin_sealed: str | None = None  # original UIDs, HPKE-sealed to the hospital's key (edge.imaging.relink)
     finding_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     schema: str = SCHEMA
 

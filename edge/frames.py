@@ -18,8 +18,9 @@ import numpy as np
 class StudyRef:
     """DICOM identity of the image a frame came from.
 
-    These are the *original* identifiers and never leave the device: `edge.imaging.deid` turns them into keyed
-    pseudonyms before a finding is written to the outbox.
+    These are the *original* identifiers and never leave the device readable: `edge.imaging.deid` turns them
+    into keyed pseudonyms before a finding is written to the outbox, and `edge.imaging.relink` seals them to
+    the hospital's key (only the hospital can open them).
     """
 
     study_uid: str | None = None
@@ -27,6 +28,7 @@ class StudyRef:
     sop_instance_uid: str | None = None
     patient_id: str | None = None
     accession_number: str | None = None
+    sop_class_uid: str | None = None  # what a hospital's SR names as its evidence
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from edge.inference.preprocess import Preprocessor
 from edge.inference.reference import ReferenceStats, build_reference, peak_confidence
 from edge.inference.tasks import TASK_KINDS, Output, Task, TaskConfig, build_task
 
-from . import datasets, evaluate, quantize, report, runtimes, sensitivity
+from . import datasets, evaluate, explain, quantize, report, runtimes, sensitivity
 from .bundle_writer import finalize_manifest, staging
 from .spec import SPEC_FILE, ResolvedSpec, SpecFlags, SpecResolver
 from .speed import choose_narrow_exclusions
@@ -129,6 +129,8 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
         out_specs = [{**next(o for o in io["outputs"] if o["name"] == d["name"]), "activation": d["activation"]}
                      for d in spec["outputs"]]
 
+        explanation, fp32_plain = _explanation(task, fp32, out_specs, scratch, log)
+
         pre = Preprocessor(pre_spec)
         calib = datasets.load_samples(opts.calib, pre, "calibration", opts.video_step,
                                       progress("calibration", len(datasets.list_inputs(opts.calib, "calibration")))
@@ -209,6 +211,9 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
                     "calibration set, raise --max-drop, or allow more steps with --max-fallback")
             int8, recipe = state["path"], state["recipe"]
         shutil.copyfile(int8, stage / "model.int8.onnx")
+        if explanation.kind == "cam":
+            explanation = _gate_explanation(explanation, stage / "model.int8.onnx", vs, tspec, ref, fp32_outputs, exact,
+                                            gate_warnings, log)
         runtime_files: dict[str, str] = {}
         gates = {"onnxruntime": res}
         ov_file = _openvino_candidate(opts, recipe, fp32, tensors, in_name, cache, scratch, vs, tspec, ref, budget, log)
@@ -234,7 +239,16 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
             if rt != "onnxruntime":
                 timed.update({f"fp32@{rt}": (rt, stage / "model.fp32.onnx"),
                               f"int8@{rt}": (rt, stage / runtime_files.get(rt, "model.int8.onnx"))})
+        if fp32_plain is not None:  # what the explanation output costs: the same files without it, same loop
+            quantize.quantize(fp32_plain, scratch / "int8.plain.onnx", recipe, tensors, in_name, cache)
+            timed.update({"fp32 without cam": fp32_plain, "int8 without cam": scratch / "int8.plain.onnx"})
         lat = report.latency_side_by_side(timed, x0, runs=opts.latency_runs, exact_int8=exact)
+        if fp32_plain is not None:
+            cost = {k: round(lat[k]["median_ms"], 3) for k in ("fp32", "fp32 without cam", "int8", "int8 without cam")}
+            cost["int8_cost_pct"] = round(100 * (lat["int8"]["median_ms"] / lat["int8 without cam"]["median_ms"] - 1), 1)
+            explanation.extra["latency_ms"] = cost
+            log(f"explanation map cost: INT8 {cost['int8']} ms with, {cost['int8 without cam']} ms without "
+                f"({cost['int8_cost_pct']:+.1f} %)")
         latency = {"machine": report.machine(), "threads": 2, "runs": opts.latency_runs, "variants": lat,
                    "speedup_int8": round(lat["fp32"]["median_ms"] / lat["int8"]["median_ms"], 3)}
         if opts.target == "cpu" and latency["speedup_int8"] < MIN_USEFUL_SPEEDUP:
@@ -259,7 +273,8 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
         provenance = _provenance(opts, spec_text, created)
         rep = {"name": str(spec["name"]), "version": str(spec["version"]), "task": task, "target": opts.target,
                "speed_rule": speed_rule, "gate": gate, "latency": latency, "recipe": recipe.to_dict(), "calibration": cal_summary,
-               "fallback": {"ranking": ranking, "steps": [s.to_dict() for s in steps]}, "provenance": provenance}
+               "fallback": {"ranking": ranking, "steps": [s.to_dict() for s in steps]}, "provenance": provenance,
+               "explanation": explanation.to_dict()}
         report.write_reports(stage, rep)
         log("reference statistics for drift monitoring (calibration tensors, FP32 confidences)")
         reference = _reference(fp32_outputs, calib, vs, tspec, opts.val is not None)
@@ -273,6 +288,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
             "threshold": float(spec.get("threshold", 0.5)),
             "review_band": [float(v) for v in spec.get("review_band", [0.4, 0.6])],
             "urgent_labels": [str(v) for v in spec.get("urgent_labels") or []],
+            "codes": dict(spec.get("codes") or {}),
             "input": io["input"],
             "outputs": out_specs,
             "preprocess": pre_spec.to_dict(),
@@ -288,6 +304,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
             "intended_use": use.use.to_dict(),
             "runtimes": offered,
             "reference": reference.to_dict(),
+            "explanation": explanation.to_dict(),
         }
         finalize_manifest(stage, manifest)
         load_bundle(stage)  # what we publish must be exactly what the device accepts
@@ -301,6 +318,46 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print,
 
 
 OPENVINO_INT8 = "model.int8.openvino.onnx"
+
+
+def _explanation(task: str, fp32: Path, out_specs: list[dict[str, Any]], scratch: Path,
+                 log: Callable[[str], None]) -> tuple[explain.Explanation, Path | None]:
+    """Which explanation the bundle provides; for a classifier with a poolable head, the CAM output is added
+    to the FP32 file before calibration (so it is quantized and gated with the rest). Returns the FP32 file
+    without it too, to time what it costs."""
+    if task != "classify":
+        what = "the mask is its own explanation" if task == "segment" else "the boxes are their own explanation"
+        return explain.Explanation("mask" if task == "segment" else "boxes", what), None
+    plain = scratch / "fp32.plain.onnx"
+    shutil.copyfile(fp32, plain)
+    shape = out_specs[0].get("shape") or []
+    n = int(np.prod([d for d in shape[1:] if isinstance(d, int) and d > 0])) if len(shape) > 1 else 1
+    e = explain.add_cam(fp32, str(out_specs[0]["name"]), n)
+    log(f"explanation: class-activation map ({e.method}, output {e.output} {e.shape})" if e.kind == "cam"
+        else f"explanation: none ({e.reason})")
+    return e, plain if e.kind == "cam" else None
+
+
+def _gate_explanation(e: explain.Explanation, int8: Path, vs: datasets.ValidationSet, task: Task,
+                      ref: evaluate.Predictions, fp32_outputs: list[dict[str, np.ndarray]], exact: bool,
+                      warnings: list[str], log: Callable[[str], None]) -> explain.Explanation:
+    """INT8's maps against FP32's on the samples FP32 calls positive (all, when fewer than 5 are): a map that
+    departs from FP32's is not shipped (the bundle then says why), the classification itself is unaffected."""
+    pos = [i for i, d in enumerate(evaluate.decisions(ref, task)) if d]
+    idx = pos if len(pos) >= 5 else list(range(len(vs.samples)))
+    sub = datasets.ValidationSet(task=vs.task, samples=[vs.samples[i] for i in idx])
+    out8 = evaluate.run_outputs(int8, sub, exact)
+    agree = explain.agreement([fp32_outputs[i][e.output] for i in idx], [o[e.output] for o in out8])
+    log(f"explanation gate: INT8 vs FP32 maps r = {agree['correlation']:.3f}, hottest cell within one cell in "
+        f"{100 * agree['peak_agreement']:.0f} % ({agree['samples']} samples; needs r >= {explain.MIN_CORRELATION})")
+    if agree["correlation"] < explain.MIN_CORRELATION:
+        msg = (f"explanation map withheld: INT8's map departs from FP32's (r = {agree['correlation']:.3f} < "
+               f"{explain.MIN_CORRELATION}); findings carry no heatmap")
+        warnings.append(msg)
+        log(f"WARNING: {msg}")
+        return explain.Explanation("none", msg)
+    e.extra["gate"] = agree
+    return e
 
 
 def _openvino_candidate(opts: ExportOptions, recipe: quantize.Recipe, fp32: Path, tensors: list, in_name: str,

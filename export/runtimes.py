@@ -28,9 +28,12 @@ def _ort(path: Path, threads: int, exact_int8: bool) -> Runner:
 
 
 def _openvino(path: Path, threads: int, exact_int8: bool) -> Runner:
+    import onnx
+
     from edge.inference.backends.openvino import OpenVinoRunner, compile_cpu
 
-    return OpenVinoRunner(compile_cpu(path, threads)).run
+    names = tuple(o.name for o in onnx.load(str(path), load_external_data=False).graph.output)
+    return OpenVinoRunner(compile_cpu(path, threads), names).run
 
 
 # name (an edge.inference.backends LOADERS key) -> (module that must be importable, runner factory)

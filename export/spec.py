@@ -25,7 +25,8 @@ from typing import Any
 import onnx
 import yaml
 
-from edge.errors import InputError
+from edge.errors import BundleError, InputError
+from edge.inference.bundle import label_codes
 from edge.inference.preprocess import PreprocessSpec
 from edge.inference.tasks import TASK_KINDS
 from edge.inference.tasks.base import POSTPROCESS_KEYS, background_set
@@ -68,6 +69,9 @@ SPEC_KEYS: dict[str, SpecKey] = {k.name: k for k in (
             "confidences inside the band are flagged needs_review, on either side of the threshold"),
     SpecKey("urgent_labels", "list of labels", "[]", "--urgent",
             "positive findings of these labels outside the review band get priority urgent"),
+    SpecKey("codes", "mapping label -> {scheme, value, meaning}", "{} (the hospital's SR then names the label with "
+            "a private code, scheme 99MEDGE)", "", "each label as a coded concept (e.g. {scheme: SCT, value: '27925004', "
+            "meaning: Nodule}); every finding carries its label's code and the hospital's DICOM SR uses it"),
     SpecKey("input", "{name: text}", "the graph's only input", "", "checked against the graph"),
     SpecKey("outputs", "list of {name, activation}", "the first graph output (detect: all of them, boxes first); "
             "activation none when the graph ends in Sigmoid or Softmax (through reshapes), else sigmoid for one "
@@ -276,6 +280,7 @@ class SpecResolver:
         self._take("review_band", list(f.review_band) if f.review_band else None, [0.4, 0.6])
         self._take("urgent_labels", f.urgent_labels, [])
         self._take("postprocess", None, {})
+        self._take("codes", None, {})
         self._check(task, labels, channels)
         return ResolvedSpec(self.spec, self.origin, self.file, self.notes)
 
@@ -357,6 +362,10 @@ class SpecResolver:
         stray = [x for x in s["urgent_labels"] if x not in labels]
         if stray:
             raise InputError(f"{w}: urgent label(s) {', '.join(stray)} not among the labels {labels}")
+        try:
+            s["codes"] = label_codes(s["codes"], tuple(labels), w)
+        except BundleError as e:
+            raise InputError(str(e)) from None
         pp = s["postprocess"]
         if not isinstance(pp, dict):
             raise InputError(f"{w}: postprocess must be a mapping")

@@ -13,6 +13,7 @@ from edge.frames import Frame, Region, StudyRef
 from edge.inference.bundle import load_bundle
 from edge.inference.preprocess import Preprocessor
 from edge.inference.tasks import build_task
+from edge.inference.tasks.overlay import OverlayPolicy
 from edge.runtime.finding_builder import FindingBuilder, deterministic_id
 from tests.support.bundles import blob_image, write_bundle
 
@@ -34,7 +35,7 @@ def _finding(tmp_path, live=False) -> Finding:
     x, g = Preprocessor(b.manifest.preprocess).apply(f)
     (det,) = build_task(b.manifest, overlays=True).decode({"logits": sess.run(None, {"input": x})[0]}, g, f)
     builder = FindingBuilder("cart-7", ModelRef(b.manifest.name, b.manifest.version, b.model_sha256(), "fp32"),
-                             pseudonymize=lambda s: ("P-" + s.study_uid[-1], "P-s", "P-i"))
+                             pseudonymize=lambda s: ("P-" + s.study_uid[-1], "P-s", "P-i"), overlays=OverlayPolicy())
     return builder.build(det, f, 12.5, frame_range=(3, 7) if live else None)
 
 

@@ -16,8 +16,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
+from edge.commands.pictures import AnnotatedVideo, OverlayFiles
 from edge.commands.report_lines import finding_line, summary_line
 from edge.config import SourceConfig
 from edge.errors import InputError
@@ -25,20 +27,27 @@ from edge.events import DeviceEvent
 from edge.findings import Finding
 from edge.inference.drift import MonitorSettings
 from edge.inference.loaded_model import load_model_dir
+from edge.inference.tasks.overlay import OverlayPolicy
 from edge.runtime.metrics import Metrics
 from edge.runtime.pipeline import Pipeline, PipelineSettings, build_pipeline
 
 
 def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: bool = True, as_json: bool = False,
                 trusted_keys: list[Path] | None = None, echo: Callable[[str], None] = print,
-                settings: PipelineSettings | None = None) -> int:
+                settings: PipelineSettings | None = None, overlays_dir: Path | None = None,
+                video: Path | None = None) -> int:
+    """``overlays_dir``: one PNG per finding there (every finding gets a picture); ``video``: an annotated
+    copy of the input, every read frame with its detections."""
     file = Path(file)
     if not file.is_file():
         raise InputError(f"{file}: file not found")
     log = logging.getLogger("medge.replay")
     if not logging.getLogger().handlers:
         logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
-    lm = load_model_dir(Path(bundle), variant, list(trusted_keys or []), log)
+    pictures = overlays_dir is not None or video is not None
+    lm = load_model_dir(Path(bundle), variant, list(trusted_keys or []), log, overlays=pictures)
+    files = OverlayFiles(overlays_dir) if overlays_dir is not None else None
+    annotated = AnnotatedVideo(video) if video is not None else None
     from edge import sources as srcmod
     from edge.imaging.deid import Pseudonymizer
     from edge.runtime.daemon import source_context
@@ -53,14 +62,19 @@ def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: 
         sink = MemorySink()
 
         def show(f: Finding, new: bool) -> None:
+            if files is not None:
+                files.add(f, new)
             echo(json.dumps({"finding": f.to_dict()}, sort_keys=True) if as_json else finding_line(f, new))
 
         peaks = PeakScores()
 
         metrics = Metrics(logger=log)
-        pl = build_pipeline(source, lm, "replay", pseudonymizer.study_ids, sink, metrics,
-                            settings or PipelineSettings(queue_depth=1 if realtime else 4), stop_event=stop,
-                            logger=log, on_finding=show, on_scores=peaks.add, monitoring=MonitorSettings())
+        settings = settings or PipelineSettings(queue_depth=1 if realtime else 4)
+        if pictures:
+            settings = replace(settings, overlays=OverlayPolicy("all", max(settings.overlays.max_side, 768)))
+        pl = build_pipeline(source, lm, "replay", pseudonymizer.study_ids, sink, metrics, settings, stop_event=stop,
+                            logger=log, on_finding=show, on_scores=peaks.add, monitoring=MonitorSettings(),
+                            on_detections=annotated.add if annotated is not None else None)
         if not as_json:
             echo(f"replaying {file.name} through {lm.describe()} ({'real time' if realtime else 'as fast as possible'})")
             if lm.bundle.manifest.legacy_warning:
@@ -74,6 +88,7 @@ def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: 
             pl.join(30)
         wall = time.perf_counter() - t0
         source.close()
+        picture_lines = ([files.line()] if files is not None else []) + ([annotated.close()] if annotated else [])
         lm.close()
         snap = metrics.snapshot()
         task = lm.task
@@ -94,6 +109,8 @@ def replay_file(file: Path, bundle: Path, variant: str | None = None, realtime: 
                     echo(f"event: {e.describe()}")
             if peaks.frames or not pl.refusals:
                 echo(peaks.line(task.threshold, task.band))
+            for line in picture_lines:
+                echo(line)
         stats = getattr(source, "stats", None)
         if stats is not None and stats.errors:
             echo(f"medge: error: {stats.last_error}")

@@ -425,7 +425,7 @@ def study_ref(ds: Dataset) -> StudyRef:
 
     return StudyRef(study_uid=s("StudyInstanceUID"), series_uid=s("SeriesInstanceUID"),
                     sop_instance_uid=s("SOPInstanceUID"), patient_id=s("PatientID"),
-                    accession_number=s("AccessionNumber"))
+                    accession_number=s("AccessionNumber"), sop_class_uid=s("SOPClassUID"))
 
 
 # ------------------------------------------------------------------------------------ display mapping

@@ -98,6 +98,10 @@ class Manifest:
     # CPU runtimes the accuracy gate passed on (edge.inference.backends LOADERS keys); a bundle is run only
     # on those. Older bundles were gated on ONNX Runtime alone.
     runtimes: tuple[str, ...] = ("onnxruntime",)
+    codes: dict[str, dict[str, str]] = field(default_factory=dict)  # label -> coded concept (label_codes)
+    # which explanation the bundle provides: {kind: cam, output, shape, gate, ...} (export/explain.py), or
+    # {kind: none | mask | boxes, reason}; older bundles say nothing (read as none)
+    explanation: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -169,6 +173,8 @@ class Manifest:
                 intended_use=_intended_use(d["intended_use"], where) if sv >= 2 else None,
                 reference=ReferenceStats.from_dict(d["reference"], where) if d.get("reference") else None,
                 runtimes=tuple(str(r) for r in d.get("runtimes") or ("onnxruntime",)),
+                codes=label_codes(d.get("codes"), tuple(str(x) for x in d["labels"]), where),
+                explanation=_explanation(d.get("explanation"), d, where),
                 schema_version=sv,
                 raw=d,
             )
@@ -183,7 +189,41 @@ class Manifest:
         return TaskConfig(task=self.task, labels=self.labels,
                           outputs=tuple(Output(o.name, o.activation) for o in self.outputs), threshold=self.threshold,
                           review_band=self.review_band, urgent_labels=self.urgent_labels,
-                          postprocess=dict(self.postprocess))
+                          postprocess=dict(self.postprocess),
+                          explanation_output=self.explanation.get("output") if self.explanation.get("kind") == "cam"
+                          else None)
+
+
+def _explanation(raw: Any, d: dict[str, Any], where: str) -> dict[str, Any]:
+    if raw is None:
+        return {"kind": "none", "reason": "the bundle predates explanation maps"}
+    if not isinstance(raw, dict) or raw.get("kind") not in ("cam", "none", "mask", "boxes"):
+        raise BundleError(f"{where}: explanation must be a mapping with kind cam, none, mask or boxes")
+    if raw["kind"] == "cam" and d.get("task") != "classify":
+        raise BundleError(f"{where}: explanation kind cam is for classify models, not {d.get('task')}")
+    if raw["kind"] == "cam" and not raw.get("output"):
+        raise BundleError(f"{where}: explanation kind cam names no output")
+    return dict(raw)
+
+
+def label_codes(raw: Any, labels: tuple[str, ...], where: str) -> dict[str, dict[str, str]]:
+    """The manifest's ``codes``: each label as a coded concept ({scheme, value, meaning}, e.g. SCT 27925004
+    Nodule), so the hospital's DICOM SR names the finding in a terminology a PACS and a registry understand.
+    Findings carry their label's code; a label without one gets a private code at the hospital."""
+    if raw in (None, {}):
+        return {}
+    if not isinstance(raw, dict):
+        raise BundleError(f"{where}: codes must be a mapping label -> {{scheme, value, meaning}}")
+    out = {}
+    for label, c in raw.items():
+        if str(label) not in labels:
+            raise BundleError(f"{where}: codes.{label}: not one of the labels {list(labels)}")
+        if not isinstance(c, dict) or set(c) != {"scheme", "value", "meaning"} or not all(
+                isinstance(v, (str, int)) and str(v).strip() and len(str(v)) <= 64 for v in c.values()):
+            raise BundleError(f"{where}: codes.{label} must be {{scheme: SCT, value: '27925004', meaning: Nodule}} "
+                              "(three non-empty texts of at most 64 characters)")
+        out[str(label)] = {k: str(c[k]).strip() for k in ("scheme", "value", "meaning")}
+    return out
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ def assemble(bundle: Bundle, mcfg: ModelConfig, overlays: bool, logger: logging.
 
 def load_model(cfg: Config, mcfg: ModelConfig, logger: logging.Logger) -> LoadedModel:
     # Every finding in the outbox is sent, so an overlay is only drawn when privacy also allows sending it.
-    overlays = cfg.pipeline.overlays and cfg.privacy.send_overlays
+    overlays = cfg.pipeline.overlays != "none" and cfg.privacy.send_overlays
     return assemble(load_model_bundle(cfg, mcfg), mcfg, overlays, logger)
 
 

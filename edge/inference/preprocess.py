@@ -142,6 +142,16 @@ class Geometry:
         out[self.roi.y0 : self.roi.y1, self.roi.x0 : self.roi.x1] = roi
         return out
 
+    def map_to_frame(self, model_map: np.ndarray) -> np.ndarray:
+        """Resample a model-space float map (HxW, e.g. an explanation heatmap) onto the full frame (bilinear;
+        zero outside the region the model saw)."""
+        ch, cw = self.content_size
+        content = np.asarray(model_map, np.float32)[self.pad_top : self.pad_top + ch, self.pad_left : self.pad_left + cw]
+        roi = cv2.resize(content, (self.roi.width, self.roi.height), interpolation=cv2.INTER_LINEAR)
+        out = np.zeros(self.frame_size, dtype=np.float32)
+        out[self.roi.y0 : self.roi.y1, self.roi.x0 : self.roi.x1] = roi
+        return out
+
     def points_to_frame(self, xy: np.ndarray) -> np.ndarray:
         """Map Nx2 model-space (x, y) points to frame coordinates."""
         xy = np.asarray(xy, dtype=np.float64)

@@ -61,7 +61,7 @@ class Event:
                                        *(r for r in d.review_reasons if not r.startswith("uncertain")))))
         return Detection(d.label, self.peak.confidence, self.peak.positive, self.peak.needs_review or bool(reasons),
                          self.peak.priority, dict(d.measurements), dict(d.geometry), d.overlay_png_b64,
-                         reasons), self.largest_frame
+                         reasons, d.picture), self.largest_frame
 
     @property
     def confidence(self) -> float:

@@ -89,6 +89,15 @@ def source_context(cfg: Config, log: logging.Logger) -> Any:
                          limits=DecodeLimits.from_mb(lim.max_frame_mb, lim.max_object_mb))
 
 
+def relink_sealer(cfg: Config) -> Any:
+    """The hospital's re-link key from the profile, or None (findings then carry pseudonyms only)."""
+    if cfg.privacy.relink_public_key is None:
+        return None
+    from edge.imaging.relink import OriginSealer
+
+    return OriginSealer.load(cfg.privacy.relink_public_key)
+
+
 def run_daemon(cfg: Config, max_seconds: float | None = None,
                on_finding: Callable[[Finding, bool], None] | None = None) -> int:
     """Run until a signal, ``max_seconds``, or every finite source is done; return the exit code.
@@ -139,6 +148,7 @@ def run_daemon(cfg: Config, max_seconds: float | None = None,
         from edge.imaging.deid import Pseudonymizer
 
         pseudonymizer = Pseudonymizer.load_or_create(cfg.pseudonym_key_path)
+        sealer = relink_sealer(cfg)
         sink.handle()  # open (and if needed create) the outbox now: a bad path fails the start
         if cfg.sync.enabled:
             from edge.link.sync import SyncClient
@@ -153,7 +163,7 @@ def run_daemon(cfg: Config, max_seconds: float | None = None,
         for scfg, src in zip(cfg.sources, sources, strict=True):
             pl = build_pipeline(src, models[scfg.model], cfg.device.id, pseudonymizer.study_ids, sink, metrics, settings,
                                 stop_event=stop, logger=log.getChild("pipeline"), on_finding=on_finding,
-                                monitoring=monitor_settings(cfg), monitor_dir=cfg.monitor_dir)
+                                monitoring=monitor_settings(cfg), monitor_dir=cfg.monitor_dir, sealer=sealer)
             pipelines.append(pl.start())
         notifier.ready(f"running {len(pipelines)} source(s)")
         log.info("ready: %d source(s), %d model(s); outbox %s", len(pipelines), len(models), cfg.outbox_path)

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from edge.events import DeviceEvent, event_id
 from edge.findings import Finding, ModelRef, iso_utc
 from edge.frames import Frame, StudyRef
+from edge.imaging.relink import OriginSealer
 from edge.inference.tasks import Detection
+from edge.inference.tasks.overlay import OverlayPolicy, render
 
 FINDING_NAMESPACE = uuid.UUID("6f1d7c2e-4b1a-5e8f-9c3d-2a7b8e9f0a1b")  # fixed forever: ids must be reproducible
 
@@ -41,6 +43,9 @@ class FindingBuilder:
     device_id: str
     model: ModelRef
     pseudonymize: PseudonymFn | None = None
+    sealer: OriginSealer | None = None  # the hospital's re-link key: original UIDs travel sealed to it
+    codes: dict[str, dict[str, str]] | None = None  # label -> coded concept, from the manifest
+    overlays: OverlayPolicy | None = None  # which findings get a picture (None: none)
 
     def build(self, det: Detection, frame: Frame, latency_ms: float, frame_range: tuple[int, int] | None = None,
               event_start: int | None = None, frame_index: int | None = None) -> Finding:
@@ -51,6 +56,7 @@ class FindingBuilder:
         sop = frame.study.sop_instance_uid if frame.study else None
         fid = (deterministic_id(self.device_id, sop, self.model.sha256, det.label, event_start)
                if sop and not frame.live else str(uuid.uuid4()))
+        sealed = self.sealer.seal_study(frame.study, fid) if self.sealer is not None else None
         return Finding(
             # a bundle without an intended use reads objects without Modality too: say "other", never ""
             device_id=self.device_id, modality=frame.modality or "OT", model=self.model, label=det.label,
@@ -59,8 +65,13 @@ class FindingBuilder:
             created_at=iso_utc(time.time()), source=frame.source,
             frame_index=frame.index if frame_index is None else frame_index, frame_range=frame_range,
             measurements=dict(det.measurements), geometry=dict(det.geometry), latency_ms=round(latency_ms, 2),
-            overlay_png_b64=det.overlay_png_b64, finding_id=fid, review_reasons=list(det.review_reasons),
+            overlay_png_b64=det.overlay_png_b64 or self._picture(det), finding_id=fid, review_reasons=list(det.review_reasons),
+            code=dict(self.codes[det.label]) if self.codes and det.label in self.codes else None, origin_sealed=sealed,
         )
+
+    def _picture(self, det: Detection) -> str | None:
+        p = self.overlays
+        return render(det.picture, det, p.max_side) if p is not None and p.wants(det.priority, det.needs_review) else None
 
     def event(self, kind: str, reason: str, detail: str, frame: Frame, *, priority: str = "low",
               stored_object: bool = True, measurements: dict[str, float] | None = None) -> DeviceEvent:

@@ -45,6 +45,7 @@ from edge.errors import MedgeError, cause_line
 from edge.events import DeviceEvent
 from edge.findings import Finding
 from edge.frames import Frame
+from edge.imaging.relink import OriginSealer
 from edge.inference.backends import Backend
 from edge.inference.drift import DriftMonitor, FrameCheck, MonitorSettings
 from edge.inference.intended_use import IntendedUse, Refusal
@@ -52,6 +53,7 @@ from edge.inference.preprocess import Geometry, Preprocessor
 from edge.inference.reference import peak_confidence
 from edge.inference.smoothing import Event, Hysteresis
 from edge.inference.tasks import Detection, Task
+from edge.inference.tasks.overlay import OverlayPolicy
 from edge.runtime.finding_builder import FindingBuilder, PseudonymFn
 from edge.runtime.metrics import Metrics
 
@@ -149,11 +151,13 @@ class PipelineSettings:
     # ONNX Runtime's workers, which wait for their slowest thread: 1 measured ~0.95 of bare session.run fps
     # vs ~0.85 with OpenCV's default (benchmarks/bench_pipeline.py).
     opencv_threads: int | None = 1
+    overlays: OverlayPolicy = field(default_factory=OverlayPolicy)  # drawn only if the model's task attaches pictures
 
     @classmethod
     def from_config(cls, p: PipelineConfig) -> PipelineSettings:
         return cls(queue_depth=p.queue_depth, on_frames=p.on_frames, off_frames=p.off_frames,
-                   smoothing_window=p.smoothing_window, opencv_threads=p.opencv_threads)
+                   smoothing_window=p.smoothing_window, opencv_threads=p.opencv_threads,
+                   overlays=OverlayPolicy(p.overlays, p.overlay_max_side))
 
 
 def monitor_settings(cfg: Config) -> MonitorSettings | None:
@@ -180,6 +184,7 @@ class Pipeline:
     on_finding: Callable[[Finding, bool], None] | None = None
     # per frame, every reportable label's confidence (medge replay); called after the frame's latency is taken
     on_scores: Callable[[Frame, dict[str, float]], None] | None = None
+    on_detections: Callable[[Frame, list[Detection]], None] | None = None  # every read frame (`medge replay --video`)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("medge.pipeline"))
     stop_event: threading.Event = field(default_factory=threading.Event)
     intended_use: IntendedUse | None = None  # None: a bundle that declares none (reads everything)
@@ -358,6 +363,8 @@ class Pipeline:
     def _publish_frame(self, w: Work) -> None:
         f = w.frame
         dets = [self._with_review_reasons(d, w.check) for d in self.task.decode(w.outputs, w.geom, f)]
+        if self.on_detections is not None:
+            self.on_detections(f, dets)
         key = self._smoother_key(f)
         if key is None:
             self._emit([self.builder.build(d, f, (time.monotonic() - f.captured_at) * 1000) for d in dets])
@@ -471,16 +478,22 @@ def build_pipeline(source: Source, model: LoadedModel, device_id: str, pseudonym
                    stop_event: threading.Event | None = None, logger: logging.Logger | None = None,
                    on_finding: Callable[[Finding, bool], None] | None = None,
                    on_scores: Callable[[Frame, dict[str, float]], None] | None = None,
-                   monitoring: MonitorSettings | None = None, monitor_dir: Path | None = None) -> Pipeline:
+                   on_detections: Callable[[Frame, list[Detection]], None] | None = None,
+                   monitoring: MonitorSettings | None = None, monitor_dir: Path | None = None,
+                   sealer: OriginSealer | None = None) -> Pipeline:
     """The one way the daemon, `medge replay` and the demo put a source in front of a loaded model.
-    ``monitoring`` None: no drift monitor (as for a bundle without reference statistics)."""
+    ``monitoring`` None: no drift monitor (as for a bundle without reference statistics). ``sealer``: the
+    hospital's re-link key (profile ``privacy.relink_public_key``); None: findings carry no sealed origin."""
     ref = model.bundle.manifest.reference
     monitor = DriftMonitor(ref, monitoring) if ref is not None and monitoring is not None else None
     if monitor is not None:
         metrics.attach_drift(source.name, monitor.snapshot)
+    settings = settings or PipelineSettings()
+    overlays = settings.overlays if model.task.overlays else None
     return Pipeline(source=source, preprocessor=model.preprocessor, backend=model.backend, task=model.task,
-                    builder=FindingBuilder(device_id, model.ref, pseudonymize), sink=sink, metrics=metrics,
-                    settings=settings or PipelineSettings(), on_finding=on_finding, on_scores=on_scores,
+                    builder=FindingBuilder(device_id, model.ref, pseudonymize, sealer, model.bundle.manifest.codes, overlays),
+                    sink=sink, metrics=metrics,
+                    settings=settings, on_finding=on_finding, on_scores=on_scores, on_detections=on_detections,
                     logger=logger or logging.getLogger("medge.pipeline"), stop_event=stop_event or threading.Event(),
                     intended_use=model.bundle.manifest.intended_use, monitor=monitor,
                     monitor_settings=monitoring or MonitorSettings(),

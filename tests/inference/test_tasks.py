@@ -56,16 +56,20 @@ def test_segment_no_spacing_reports_pixels_only_and_empty_frame_nothing(tmp_path
 
 def test_segment_overlay_only_with_imaging_region(tmp_path):
     b = load_bundle(write_bundle(tmp_path / "b"))
-    (d,) = _run(b, blob_image(), overlays=True)
-    assert d.overlay_png_b64 is None  # unknown imaging region: burned-in text could leak
     import base64
 
     import cv2
+
+    from edge.inference.tasks.overlay import render
+    (d,) = _run(b, blob_image(), overlays=True)
+    assert d.picture is not None and render(d.picture, d, 256) is None  # unknown imaging region: text could leak
     img = blob_image()
     img[0:10, :] = 255  # "burned-in text" band outside the region
     (d,) = _run(b, img, region=Region(0, 16, 128, 128), overlays=True)
-    png = cv2.imdecode(np.frombuffer(base64.b64decode(d.overlay_png_b64), np.uint8), cv2.IMREAD_COLOR)
-    assert png.shape[:2] == (128, 128) and png[:16].max() == 0 and png[40, 40].max() > 0
+    png = cv2.imdecode(np.frombuffer(base64.b64decode(render(d.picture, d, 256)), np.uint8), cv2.IMREAD_COLOR)
+    band = png.shape[0] - 128  # the caption (label, confidence) sits on a band above the image
+    assert 10 <= band <= 40 and png.shape[1] == 128 and png[:band].max() > 0  # the caption is drawn
+    assert png[band:band + 16].max() == 0 and png[band + 40, 40].max() > 0  # outside the region: black
 
 
 def test_classify_threshold_review_band_priority(tmp_path):

@@ -67,12 +67,15 @@ def cache_dir(bundle: Bundle, device: str) -> Path:
 class OpenVinoRunner:
     """Runs one compiled model: outputs by the ONNX output names the manifest uses."""
 
-    def __init__(self, compiled: Any) -> None:
+    def __init__(self, compiled: Any, names: tuple[str, ...] = ()) -> None:
+        """``names``: the ONNX output names the caller reads (manifest outputs, explanation): OpenVINO keeps
+        every name a tensor had, and `get_any_name` may return another one."""
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         self.input_name: str = compiled.inputs[0].get_any_name()
         self.input_shape = tuple(compiled.inputs[0].get_partial_shape().to_shape())
-        self.output_names: list[str] = [o.get_any_name() for o in compiled.outputs]
+        self.output_names: list[str] = [next((n for n in names if n in o.get_names()), o.get_any_name())
+                                        for o in compiled.outputs]
         self._lock = threading.Lock()
 
     def run(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
@@ -86,8 +89,8 @@ class OpenVinoRunner:
 class OpenVinoBackend(OpenVinoRunner):
     name = RUNTIME
 
-    def __init__(self, compiled: Any, provider: str, model_path: Path) -> None:
-        super().__init__(compiled)
+    def __init__(self, compiled: Any, provider: str, model_path: Path, names: tuple[str, ...] = ()) -> None:
+        super().__init__(compiled, names)
         self.provider = provider
         self.model_path = model_path
         self.warmup_ms: list[float] = []
@@ -123,7 +126,8 @@ class OpenVinoBackend(OpenVinoRunner):
             try:
                 compiled = core.compile_model(str(path), device,
                                               device_config(device, int(model_cfg.intra_op_threads), cache))
-                backend = cls(compiled, p, path)
+                m = bundle.manifest
+                backend = cls(compiled, p, path, (*(o.name for o in m.outputs), str(m.explanation.get("output", ""))))
                 backend.warmup(model_cfg.warmup_runs)
             except Exception as e:  # OpenVINO raises RuntimeError subclasses with multi-line text
                 # unavailable, not fatal: the profile's next provider (cpu) still serves the patient

@@ -73,6 +73,7 @@ class TaskConfig:
     review_band: tuple[float, float] = (0.4, 0.6)
     urgent_labels: tuple[str, ...] = ()
     postprocess: dict[str, Any] = field(default_factory=dict)
+    explanation_output: str | None = None  # a classifier's class-activation map (1, K, h, w), if the bundle has one
 
 
 @dataclass
@@ -88,6 +89,9 @@ class Detection:
     geometry: dict[str, Any] = field(default_factory=dict)
     overlay_png_b64: str | None = None
     review_reasons: tuple[str, ...] = ()  # why needs_review is set (the pipeline fills it in)
+    # what an overlay would show (`edge.inference.tasks.overlay.Picture`); rendered only for findings the
+    # profile's overlay policy picks, never serialized
+    picture: Any = field(default=None, repr=False, compare=False)
 
 
 def apply_activation(x: np.ndarray, activation: str, axis: int) -> np.ndarray:

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 
 from edge.errors import InputError
 from edge.inference import metrics as M
 from edge.inference.tasks.base import Detection, Task, apply_activation, clip01
+from edge.inference.tasks.overlay import Picture
 
 if TYPE_CHECKING:
     from edge.frames import Frame
@@ -43,12 +45,34 @@ class Classify(Task):
 
     def decode(self, outputs: dict[str, np.ndarray], geom: Geometry, frame: Frame) -> list[Detection]:
         out = []
-        for label, conf in self.model_space(outputs, geom).candidates:
+        r = self.model_space(outputs, geom)
+        cam = outputs.get(self.m.explanation_output) if self.m.explanation_output else None
+        for label, conf in r.candidates:
             j = self.judge(label, conf)
             if j is None:
                 continue
-            out.append(Detection(label, conf, j[0], j[1], j[2], measurements={"probability": round(conf, 4)}))
+            det = Detection(label, conf, j[0], j[1], j[2], measurements={"probability": round(conf, 4)})
+            if cam is not None:
+                heat = self.heatmap(cam, r.labels.index(label), geom)
+                peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
+                (x, y), = geom.points_to_frame(np.array([[peak[1] + 0.5, peak[0] + 0.5]]))
+                det.geometry = {"heatmap_peak": [round(float(x), 1), round(float(y), 1)],
+                                "frame_size": [frame.height, frame.width]}
+                if self.overlays:
+                    det.picture = Picture(frame, geom, heat=heat)
+            out.append(det)
         return out
+
+    def heatmap(self, cam: np.ndarray, channel: int, geom: Geometry) -> np.ndarray:
+        """The class-activation map of one label as a model-space 0..1 map: min-max scaled within the image
+        content (letterbox padding excluded), as CAMs are shown, bilinearly upsampled to the model input."""
+        c = np.asarray(cam, np.float32)[0, min(channel, cam.shape[1] - 1)]
+        mh, mw = geom.model_size
+        up = cv2.resize(c, (mw, mh), interpolation=cv2.INTER_LINEAR)
+        content = geom.content(up)
+        lo, hi = float(content.min()), float(content.max())
+        heat = np.clip((up - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(up)
+        return geom.content_to_model(geom.content(heat))
 
     def peak_scores(self, outputs: dict[str, np.ndarray], geom: Geometry, frame: Frame) -> dict[str, float]:
         r = self.model_space(outputs, geom)

@@ -17,7 +17,7 @@ import numpy as np
 from edge.errors import InputError
 from edge.inference import metrics as M
 from edge.inference.tasks.base import Detection, Task, TaskConfig, apply_activation, clip01
-from edge.inference.tasks.overlay import make_overlay
+from edge.inference.tasks.overlay import Picture
 
 if TYPE_CHECKING:
     from edge.frames import Frame
@@ -110,11 +110,7 @@ class Detect(Task):
             det = Detection(r.label, r.confidence, j[0], j[1], j[2], meas,
                             {"boxes": frame_boxes, "frame_size": [frame.height, frame.width]})
             if self.overlays:
-                m = np.zeros((frame.height, frame.width), np.uint8)
-                for fb in frame_boxes:
-                    x0, y0, x1, y1 = (int(round(v)) for v in fb[:4])
-                    cv2.rectangle(m, (x0, y0), (x1, y1), 1, 2)
-                det.overlay_png_b64 = make_overlay(frame, m)
+                det.picture = Picture(frame, geom, boxes=frame_boxes)
             out.append(det)
         return out
 

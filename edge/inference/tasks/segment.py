@@ -13,7 +13,7 @@ import numpy as np
 from edge.errors import InputError
 from edge.inference import metrics as M
 from edge.inference.tasks.base import Detection, Task, TaskConfig, apply_activation, clip01
-from edge.inference.tasks.overlay import make_overlay
+from edge.inference.tasks.overlay import Picture
 
 if TYPE_CHECKING:
     from edge.frames import Frame
@@ -115,8 +115,8 @@ class Segment(Task):
                 geometry["largest_box"] = np.round(box.reshape(-1), 1).tolist()
             det = Detection(r.label, r.confidence, positive, review, prio, meas, geometry)
             if self.overlays and keep:
-                full = geom.content_to_model((r.components > 0).astype(np.uint8))
-                det.overlay_png_b64 = make_overlay(frame, geom.mask_to_frame(full))
+                kept = np.isin(r.components, [i for _, i in keep[: self.max_regions]]).astype(np.uint8)
+                det.picture = Picture(frame, geom, mask=geom.content_to_model(kept))
             out.append(det)
         return out
 
