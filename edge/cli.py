@@ -146,7 +146,9 @@ def demo(
     """Run the built-in demo: both reference models on bundled sample input, CPU only, no broker."""
     from edge.commands.demo import run_demo
 
-    raise typer.Exit(run_demo(data_dir, broker=broker))
+    from hospital.relink import keygen
+
+    raise typer.Exit(run_demo(data_dir, broker=broker, relink_keygen=keygen))
 
 
 @app.command()
@@ -441,6 +443,61 @@ def hospital_findings_show(finding_id: str = typer.Argument(...), db: str = HOSP
         raise InputError(f"finding {finding_id}: not in {db}")
     typer.echo(json.dumps(row.to_dict(), indent=2) if as_json else row.describe() + "\n" +
                json.dumps(row.finding, indent=2))
+
+
+RELINK_KEY = typer.Option([], "--relink-key", metavar="KEY", help="the hospital's re-link private key (PEM, from "
+                          "medge hospital relink-keygen) that opens the findings' sealed original UIDs; repeatable "
+                          "(key rotation)")
+CALLING_AET = typer.Option("MEDGE", "--calling-aet", metavar="AET", help="medge's own AE title (the PACS must know it)")
+
+
+def _hospital_logging() -> None:
+    import logging
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@hospital_app.command("dicom")
+def hospital_dicom(
+    db: str = HOSPITAL_DB,
+    finding_id: str = typer.Option(..., "--finding", metavar="ID", help="a finding id from medge hospital findings list"),
+    out: Path = typer.Option(..., "--out", metavar="DIR", help="folder for <id>.sr.dcm (and <id>.sc.dcm with an overlay)"),
+    relink_key: list[Path] = RELINK_KEY,
+    pacs: str | None = typer.Option(None, "--pacs", metavar="AET@HOST:PORT", help="fill patient and study attributes "
+                                    "by C-FIND from this PACS (default: left empty)"),
+    calling_aet: str = CALLING_AET,
+) -> None:
+    """Write one stored finding as a DICOM SR (TID 1500) and its overlay as a Secondary Capture, in the original study."""
+    _hospital_logging()
+    from hospital.dicom.objects import dicom_files
+
+    for p in dicom_files(db, finding_id, out, list(relink_key), pacs=pacs, calling_aet=calling_aet):
+        typer.echo(str(p))
+
+
+@hospital_app.command("forward")
+def hospital_forward(
+    db: str = HOSPITAL_DB,
+    pacs: str = typer.Option(..., "--pacs", metavar="AET@HOST:PORT", help="the PACS to C-STORE into, e.g. "
+                             "ORTHANC@127.0.0.1:4242"),
+    relink_key: list[Path] = RELINK_KEY,
+    calling_aet: str = CALLING_AET,
+    queue: Path | None = typer.Option(None, "--queue", metavar="FILE", help="the forwarder's own durable state "
+                                      "(default: <db>.forward.sqlite3 next to the receiver's database)"),
+    once: bool = typer.Option(False, "--once", help="send every pending finding once now and exit (1 if some are left)"),
+    timeout: float = typer.Option(30.0, "--timeout", metavar="S", help="seconds per network step (connect, "
+                                  "association, each response)"),
+    max_seconds: float | None = typer.Option(None, "--max-seconds", hidden=True, help="stop after this many seconds (testing)"),
+) -> None:
+    """Follow the receivers' database and send each finding to the PACS as SR (+ SC) by C-STORE, exactly once."""
+    _hospital_logging()
+    from hospital.dicom.forwarder import ForwardConfig, forward_command
+    from hospital.dicom.pacs import PacsAddress
+
+    cfg = ForwardConfig(db=db, pacs=PacsAddress.parse(pacs), relink_keys=list(relink_key), calling_aet=calling_aet,
+                        queue=queue, timeout_s=timeout)
+    raise typer.Exit(forward_command(cfg, once=once, max_seconds=max_seconds))
 
 
 @hospital_events_app.command("list")

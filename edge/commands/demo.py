@@ -6,6 +6,11 @@ prints each finding as it lands. The demo profile has no broker, so findings sta
 saying so explicitly avoids the natural question "where did they go?". ``--broker URL`` turns sync on,
 so the same run also shows the hospital side: a `medge receive` on that broker stores and acknowledges
 the findings, and the demo waits (``sync.drain_on_exit_s``) until it has.
+
+Pictures: the demo profile draws an overlay for every finding (`pipeline.overlays: all`) and the demo writes
+them as PNGs into ``<data_dir>/overlays/``. The hospital side needs the original study UIDs to file a DICOM
+SR in its PACS; the demo plays the hospital too, so it makes a re-link key pair in ``<data_dir>/hospital/``
+on first use and seals each finding's origin to it (a real device gets only the hospital's public key).
 """
 
 from __future__ import annotations
@@ -46,7 +51,9 @@ def _fresh(folder: Path) -> None:
     (folder / MARKER).write_text("made by medge demo; removed and re-made by the next demo run\n")
 
 
-def run_demo(data_dir: Path | None = None, echo=print, broker: str | None = None) -> int:
+def run_demo(data_dir: Path | None = None, echo=print, broker: str | None = None, relink_keygen=None) -> int:
+    """``relink_keygen``: makes the demo hospital's re-link pair (`hospital.relink.keygen`; the CLI passes it,
+    since nothing under edge/ imports the hospital package); None: findings carry pseudonyms only."""
     from edge.config import load_config
     from edge.runtime.daemon import LOG_FORMAT, run_daemon
 
@@ -58,6 +65,7 @@ def run_demo(data_dir: Path | None = None, echo=print, broker: str | None = None
         logging.basicConfig(level="WARNING", format=LOG_FORMAT)
     cfg = load_config(profile, data_dir=Path(data_dir))
     cfg = _quiet(cfg)
+    cfg, relink_key = _with_relink_key(cfg, Path(data_dir), relink_keygen)
     if broker:
         import dataclasses
 
@@ -68,9 +76,13 @@ def run_demo(data_dir: Path | None = None, echo=print, broker: str | None = None
     for s in cfg.sources:
         echo(f"  source {s.name}: {s.kind} {s.path.name if s.path else ''} -> model {s.model}")
     seen: list[Finding] = []
+    from edge.commands.pictures import OverlayFiles
+
+    pictures = OverlayFiles(Path(data_dir) / "overlays")
 
     def show(f: Finding, new: bool) -> None:
         seen.append(f)
+        pictures.add(f, new)
         echo("  finding " + finding_line(f, new))
 
     t0 = time.monotonic()
@@ -85,12 +97,30 @@ def run_demo(data_dir: Path | None = None, echo=print, broker: str | None = None
     else:
         echo("  no broker is configured in the demo profile (sync.enabled: false), so findings stay in the local "
              "outbox; on a device they are sent to the hospital broker when the link is up (try --broker)")
+    echo(f"  {pictures.line()}")
+    if relink_key is not None:
+        echo(f"  original study UIDs are sealed to the demo hospital's key {relink_key} (medge hospital dicom "
+             "--relink-key opens them)")
     extra = "" if Path(data_dir) == load_config(profile, check_files=False).data_dir else f" --data-dir {data_dir}"
     shown = os.path.relpath(profile) if Path(os.path.relpath(profile)).parts[:1] != ("..",) else str(profile)
     echo(f"  they are kept in {data_dir}; look at them with:")
     echo(f"    medge findings list -c {shown}{extra}")
     echo(f"    medge outbox status -c {shown}{extra}")
     return code
+
+
+def _with_relink_key(cfg, data_dir: Path, keygen):
+    """The demo hospital's own re-link pair in <data_dir>/hospital/ (made once) unless the profile names a
+    hospital key; returns the profile and the private key the demo's hospital side opens origins with."""
+    import dataclasses
+
+    if cfg.privacy.relink_public_key is not None or keygen is None:
+        return cfg, None  # the profile's own hospital key (or none): its private half is not the demo's
+    folder = data_dir / "hospital"
+    if not (folder / "relink.key").exists():
+        keygen(folder / "relink.key", folder / "relink.pub.pem")
+    return (dataclasses.replace(cfg, privacy=dataclasses.replace(cfg.privacy, relink_public_key=folder / "relink.pub.pem")),
+            folder / "relink.key")
 
 
 def _quiet(cfg):
