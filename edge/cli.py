@@ -145,7 +145,6 @@ def demo(
 ) -> None:
     """Run the built-in demo: both reference models on bundled sample input, CPU only, no broker."""
     from edge.commands.demo import run_demo
-
     from hospital.relink import keygen
 
     raise typer.Exit(run_demo(data_dir, broker=broker, relink_keygen=keygen))
@@ -458,6 +457,13 @@ def _hospital_logging() -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
+def _need_highdicom() -> None:
+    try:
+        import highdicom  # noqa: F401
+    except ImportError:
+        raise _usage("DICOM output needs highdicom: pip install 'medge[hospital]'") from None
+
+
 @hospital_app.command("dicom")
 def hospital_dicom(
     db: str = HOSPITAL_DB,
@@ -470,6 +476,7 @@ def hospital_dicom(
 ) -> None:
     """Write one stored finding as a DICOM SR (TID 1500) and its overlay as a Secondary Capture, in the original study."""
     _hospital_logging()
+    _need_highdicom()
     from hospital.dicom.objects import dicom_files
 
     for p in dicom_files(db, finding_id, out, list(relink_key), pacs=pacs, calling_aet=calling_aet):
@@ -492,6 +499,7 @@ def hospital_forward(
 ) -> None:
     """Follow the receivers' database and send each finding to the PACS as SR (+ SC) by C-STORE, exactly once."""
     _hospital_logging()
+    _need_highdicom()
     from hospital.dicom.forwarder import ForwardConfig, forward_command
     from hospital.dicom.pacs import PacsAddress
 
