@@ -1,4 +1,4 @@
-"""Build the signed demo bundles the device demo runs: models/bundles/us-free-fluid and cxr-opacity.
+"""Build the signed demo bundles: models/bundles/us-free-fluid, cxr-opacity (the device demo) and cxr-nodule.
 
 Each reference model goes through the same `medge export quantize` path a user's model would: fresh
 calibration and validation folders from the synthetic generators (seeds disjoint from training), the
@@ -7,7 +7,7 @@ The private demo key lives at models/keys/demo-signing.pem and is never committe
 is missing a new pair is made and the public half (models/keys/demo-signing.pub.pem, committed, named in
 firmware_configs/demo.yaml) is replaced, so bundles and trusted key always match.
 
-    python -m models.build_bundles [--only us-free-fluid|cxr-opacity] [--n-calib 64] [--n-val 120]
+    python -m models.build_bundles [--only us-free-fluid|cxr-opacity|cxr-nodule] [--n-calib 64] [--n-val 120]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ PUBLIC = KEYS / "demo-signing.pub.pem"
 MODELS = {  # bundle name: (model folder, models.datasets kind)
     "us-free-fluid": ("us_free_fluid", "us"),
     "cxr-opacity": ("cxr_opacity", "cxr"),
+    "cxr-nodule": ("cxr_nodule", "nodule"),
 }
 CALIB_SEED, VAL_SEED = 101, 202
 

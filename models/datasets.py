@@ -3,6 +3,7 @@
     python -m models.datasets us  --out DIR --n N --seed S     # segmentation: DIR/us_00000.png + DIR/masks/us_00000.png
     python -m models.datasets cxr --out DIR --n N --seed S     # classification: DIR/cxr_00000.png + DIR/labels.csv
     python -m models.datasets cxr --out DIR --n N --format dicom   # ... as CR DICOM (MONOCHROME1 and 2 alternate)
+    python -m models.datasets nodule --out DIR --n N --seed S  # detection: DIR/nodule_00000.png + DIR/boxes.json
 
 Formats (what a reader must do to get the device's display values):
 - US images: 8-bit grayscale PNG = display values as-is (the fan region is in dataset.json; the
@@ -11,6 +12,10 @@ Formats (what a reader must do to get the device's display values):
   already inverted): display = png / 65535 as float32. DICOM: stored values + window, decode as the
   device does. labels.csv: header ``file,label``, label 1 = focal opacity present. Classes alternate,
   so any prefix of a set is balanced.
+- Nodule images: like CXR images (16-bit PNG or ``--format dicom``), phantoms without a focal opacity and
+  with ``index % 4`` small lung nodules (0-3, so any prefix of four holds each count). boxes.json maps
+  each file to ``[[x0, y0, x1, y1, "nodule"], ...]`` in frame pixels (the nodule's bounding square; an
+  empty list for an image without nodules), what the export toolchain reads for a detect model.
 
 Sample i of a set depends only on (seed, i): ``--n 50`` is a prefix of ``--n 500`` with the same seed.
 The training scripts draw from seeds that these defaults never use (see TRAIN_SEED in each script).
@@ -36,7 +41,8 @@ from . import synth_ultrasound as sus
 from . import synth_xray as sxr
 from .atomic import write_bytes, write_dicom, write_png, write_text
 
-KINDS = ("us", "cxr")
+KINDS = ("us", "cxr", "nodule")
+NODULE_LABEL = "nodule"
 FORMATS = ("png", "dicom")
 
 
@@ -78,6 +84,19 @@ def cxr_sample(seed: int, index: int, size: int = 512, photometric: str | None =
     pi = photometric or ("MONOCHROME1" if (index // 2) % 2 else "MONOCHROME2")
     p = sxr.make_phantom(rng, size=size, opacity=bool(index % 2), photometric=pi)
     return CxrSample(p, sxr.phantom_display(p))
+
+
+def nodule_sample(seed: int, index: int, size: int = 512, photometric: str | None = None) -> CxrSample:
+    """``index % 4`` nodules, no focal opacity; photometric alternates every other pair, as for cxr."""
+    rng = sample_rng(seed, index)
+    pi = photometric or ("MONOCHROME1" if (index // 2) % 2 else "MONOCHROME2")
+    p = sxr.make_phantom(rng, size=size, opacity=False, photometric=pi, nodules=index % 4)
+    return CxrSample(p, sxr.phantom_display(p))
+
+
+def nodule_boxes(phantom: sxr.XrayPhantom, ndigits: int = 2) -> list[list]:
+    """Ground truth in the export toolchain's detect format: [x0, y0, x1, y1, label] per nodule, frame pixels."""
+    return [[*(round(float(v), ndigits) for v in n.box), NODULE_LABEL] for n in phantom.nodules]
 
 
 def read_display_png(path: Path) -> np.ndarray:
@@ -133,6 +152,28 @@ def write_cxr(out: Path, n: int, seed: int, fmt: str = "png", size: int = 512) -
     return out
 
 
+def write_nodule(out: Path, n: int, seed: int, fmt: str = "png", size: int = 512) -> Path:
+    from .synth_dicom import cr_dataset
+
+    out = Path(out)
+    boxes, files = {}, {}
+    for i in range(n):
+        s = nodule_sample(seed, i, size=size)
+        if fmt == "png":
+            name = f"nodule_{i:05d}.png"
+            write_png(out / name, np.round(s.pixels * 65535.0).astype(np.uint16))
+        else:
+            name = f"nodule_{i:05d}.dcm"
+            write_dicom(out / name, cr_dataset(s.phantom, key=f"nodule-{seed}-{i}", patient_id=f"FAKE-{seed}-{i:05d}"))
+        boxes[name] = nodule_boxes(s.phantom)
+        files[name] = {"photometric": s.phantom.photometric, "spacing_mm": list(s.phantom.spacing_mm),
+                       "nodules": [{"cx": round(o.cx, 2), "cy": round(o.cy, 2), "radius": round(o.radius, 2),
+                                    "radius_mm": o.radius_mm, "side": o.side} for o in s.phantom.nodules]}
+    write_bytes(out / "boxes.json", (json.dumps(boxes, indent=1) + "\n").encode())
+    _write_meta(out, "nodule", n, seed, fmt, files)
+    return out
+
+
 def _write_meta(out: Path, kind: str, n: int, seed: int, fmt: str, files: dict) -> None:
     meta = {
         "generator": f"models.datasets {kind}",
@@ -154,14 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--format", choices=FORMATS, default="png", help="cxr only: png (default) or dicom")
+    ap.add_argument("--format", choices=FORMATS, default="png", help="cxr and nodule: png (default) or dicom")
     a = ap.parse_args(argv)
     if a.n <= 0:
         ap.error("--n must be positive")
     if a.kind == "us" and a.format != "png":
-        ap.error("--format dicom is only available for cxr")
+        ap.error("--format dicom is only available for cxr and nodule")
     if a.kind == "us":
         write_us(a.out, a.n, a.seed)
+    elif a.kind == "nodule":
+        write_nodule(a.out, a.n, a.seed, a.format)
     else:
         write_cxr(a.out, a.n, a.seed, a.format)
     print(f"wrote {a.n} {a.kind} samples to {a.out}")

@@ -7,8 +7,10 @@
   about a third of the way in, stays, and is gone again for the last quarter.
 - cxr_opacity.dcm: CR, 512x512, 12 bits stored, MONOCHROME1, focal opacity in one lung.
 - cxr_normal.dcm: CR, 512x512, 12 bits stored, MONOCHROME2, no opacity.
-- truth.json: the ground truth behind them (fluid frames and areas, opacity position), for tests and
-  for checking the demo's findings.
+- cxr_nodule.dcm: CR, 384x384 (the same ~35 cm field of view at a coarser pixel spacing, which keeps the
+  samples folder small), 12 bits stored, MONOCHROME1, two small lung nodules, no opacity.
+- truth.json: the ground truth behind them (fluid frames and areas, opacity position, nodule boxes in
+  frame pixels), for tests and for checking the demo's findings.
 
 Patient identity in every file is visibly fake. The seeds were chosen once so the examples are clear
 ones (a visible opacity, a pocket of moderate size); they are not a sample of typical difficulty.
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_bytes, write_dicom
+from .datasets import nodule_boxes
 from .synth_dicom import cr_dataset, us_multiframe_dataset
 from .synth_ultrasound import make_cine
 from .synth_xray import make_phantom
@@ -31,6 +34,7 @@ from .synth_xray import make_phantom
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 US_SEED, US_FRAMES, US_FPS, US_SCHEDULE = 4, 60, 25.0, (0.3, 0.75)
 CXR_OPACITY_SEED, CXR_NORMAL_SEED = 12, 16
+CXR_NODULE_SEED, CXR_NODULE_SIZE, CXR_NODULE_COUNT, CXR_NODULE_PHOTOMETRIC = 0, 384, 2, "MONOCHROME1"
 
 
 def make_samples(out: Path = SAMPLES_DIR) -> dict:
@@ -60,8 +64,23 @@ def make_samples(out: Path = SAMPLES_DIR) -> dict:
             "opacity": None if o is None else {"cx": round(o.cx, 1), "cy": round(o.cy, 1), "radius": round(o.radius, 1),
                                                "side": o.side},
         }
+    p = nodule_phantom()
+    write_dicom(out / "cxr_nodule.dcm", cr_dataset(p, key="sample-cxr_nodule.dcm", patient_id=f"FAKE-CXR-{CXR_NODULE_SEED:04d}"))
+    truth["cxr_nodule.dcm"] = {
+        "label": 0, "photometric": p.photometric, "window": list(p.window), "spacing_mm": list(p.spacing_mm),
+        "size": list(p.stored.shape), "opacity": None,
+        "nodules": [{"cx": round(n.cx, 1), "cy": round(n.cy, 1), "radius": round(n.radius, 1), "radius_mm": n.radius_mm,
+                     "side": n.side} for n in p.nodules],
+        "boxes": nodule_boxes(p, 1),
+    }
     write_bytes(out / "truth.json", (json.dumps(truth, indent=1) + "\n").encode())
     return truth
+
+
+def nodule_phantom():
+    """The phantom behind cxr_nodule.dcm (tests regenerate it to compare with the decoded pixels)."""
+    return make_phantom(CXR_NODULE_SEED, size=CXR_NODULE_SIZE, opacity=False, photometric=CXR_NODULE_PHOTOMETRIC,
+                        nodules=CXR_NODULE_COUNT)
 
 
 def main(argv: list[str] | None = None) -> int:

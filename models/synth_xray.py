@@ -1,9 +1,12 @@
-"""Synthetic chest-radiograph phantoms with an optional focal opacity.
+"""Synthetic chest-radiograph phantoms with an optional focal opacity and optional small lung nodules.
 
 The reference opacity classifier needs labelled frontal chest images that can be regenerated and
 committed; this phantom provides the anatomy that makes the task non-trivial (ribs and clavicles crossing
 the lungs, heart and mediastinum, diaphragm domes, lung markings, quantum noise) and a focal opacity of
-random size, contrast and position inside one lung as the positive class.
+random size, contrast and position inside one lung as the positive class. The reference nodule detector
+uses the same anatomy with ``nodules=k``: k small round nodules (radius a few mm, modest contrast) inside the
+lung fields, each with its ground-truth box in frame pixels (`Nodule.box`). ``nodules=0`` (the default)
+draws nothing extra from the random stream, so existing callers get byte-identical phantoms.
 
 Pixels are *stored values* (uint16, 12 bits used), as a CR/DX detector writes them, with a VOI window
 and a photometric interpretation. `display` turns them into what the device's DICOM decoder hands to
@@ -35,12 +38,32 @@ class Opacity:
 
 
 @dataclass(frozen=True)
+class Nodule:
+    cx: float  # pixels (frame coordinates, x to the right)
+    cy: float
+    radius: float  # pixels: the projected sphere's edge (the density is zero outside it)
+    contrast: float  # peak added attenuation, relative to lung-to-soft-tissue difference
+    side: str  # "right" or "left" lung (patient side; image left = patient right)
+    radius_mm: float  # radius with the phantom's pixel spacing
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """Ground-truth box x0, y0, x1, y1 in frame pixels: the nodule's bounding square."""
+        return (self.cx - self.radius, self.cy - self.radius, self.cx + self.radius, self.cy + self.radius)
+
+
+NODULE_RADIUS_PX = (6.0, 11.0)  # at 512 px (about 4-8 mm with the phantom's 0.62-0.75 mm spacing), times the patient scale
+NODULE_CONTRAST = (0.35, 0.7)  # peak added attenuation relative to the lung-to-soft-tissue difference
+
+
+@dataclass(frozen=True)
 class XrayPhantom:
     stored: np.ndarray  # HxW uint16 stored values in the given photometric interpretation
     photometric: str  # MONOCHROME1 (high value = dark) or MONOCHROME2 (high value = bright)
     window: tuple[float, float]  # (center, width) in stored values
     spacing_mm: tuple[float, float]  # (row, column) imager pixel spacing
     opacity: Opacity | None
+    nodules: tuple[Nodule, ...] = ()
 
     @property
     def label(self) -> int:
@@ -84,8 +107,10 @@ def make_phantom(
     size: int = 512,
     opacity: bool | None = None,
     photometric: str = "MONOCHROME2",
+    nodules: int = 0,
 ) -> XrayPhantom:
-    """One frontal chest phantom. ``opacity=None`` draws the class at random (p = 0.5)."""
+    """One frontal chest phantom. ``opacity=None`` draws the class at random (p = 0.5); ``nodules`` small round
+    nodules are placed inside the lungs (0, the default, leaves the random stream and the image unchanged)."""
     if photometric not in PHOTOMETRICS:
         raise ValueError(f"photometric must be one of {PHOTOMETRICS}, got {photometric!r}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
@@ -170,6 +195,8 @@ def make_phantom(
         blob = blob * blob * (3 - 2 * blob)
         att += contrast * LUNG_DEPTH * blob * lung_soft
 
+    drawn = _draw_nodules(att, xx, yy, rl, ll, heart | medi, lung_soft, int(nodules), s * scale, rng) if nodules else []
+
     att = cv2.GaussianBlur(att, (0, 0), 1.0 * s)
     # detector: exposure-dependent gain and offset, quantum noise, a little low-frequency nonuniformity
     lo, hi = rng.uniform(300, 700), rng.uniform(2800, 3700)
@@ -196,4 +223,28 @@ def make_phantom(
         window=(float(round(center)), float(round(width))),
         spacing_mm=(float(px), float(px)),
         opacity=op,
+        nodules=tuple(Nodule(cx, cy, r, c, side, round(r * float(px), 2)) for cx, cy, r, c, side in drawn),
     )
+
+
+def _draw_nodules(att, xx, yy, rl, ll, mediastinum, lung_soft, n, s, rng) -> list[tuple]:
+    """Add ``n`` projected spheres to ``att`` (in place) inside the lung fields, clear of the heart and
+    mediastinum and of each other; returns (cx, cy, radius, contrast, side) per nodule."""
+    lungs = (rl | ll) & ~cv2.dilate(mediastinum.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    dist = cv2.distanceTransform(lungs.astype(np.uint8), cv2.DIST_L2, 5)
+    out: list[tuple] = []
+    for _ in range(n):
+        r = float(rng.uniform(*NODULE_RADIUS_PX) * s)
+        ok = dist > r + 4 * s
+        for cx, cy, rr, _c, _side in out:
+            ok &= (xx - cx) ** 2 + (yy - cy) ** 2 > (r + rr + 12 * s) ** 2
+        ys, xs = np.nonzero(ok)
+        if len(ys) == 0:
+            break
+        k = int(rng.integers(0, len(ys)))
+        cx, cy = float(xs[k] + rng.uniform(-0.5, 0.5)), float(ys[k] + rng.uniform(-0.5, 0.5))
+        contrast = float(rng.uniform(*NODULE_CONTRAST))
+        d2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / (r * r)
+        att += contrast * LUNG_DEPTH * np.sqrt(np.clip(1.0 - d2, 0.0, 1.0)) * np.maximum(lung_soft, 0.5)
+        out.append((cx, cy, r, contrast, "right" if rl[int(round(cy)), int(round(cx))] else "left"))
+    return out

@@ -90,3 +90,17 @@ def test_overlay_policy_urgent_or_review_by_default(tmp_path):
     with pytest.raises(ValueError):
         OverlayPolicy("sometimes")
     assert b.manifest.codes  # the reference classifier names its label with a code
+
+
+def test_detector_overlay_draws_its_boxes_on_the_nodules(tmp_path):
+    rc, (f,), _ = _replay("cxr_nodule.dcm", "cxr-nodule", tmp_path, overlays_dir=tmp_path / "ov")
+    assert rc == 0 and f["label"] == "nodule" and len(f["geometry"]["boxes"]) == 2
+    (png,) = (tmp_path / "ov").glob("*.png")
+    img = _png(png).astype(int)
+    h, w = TRUTH["cxr_nodule.dcm"]["size"]
+    band = img.shape[0] - h
+    yellow = (img[band:, :, 2] > 200) & (img[band:, :, 1] > 180) & (img[band:, :, 0] < 80)  # the routine colour
+    for x0, y0, x1, y1, _ in TRUTH["cxr_nodule.dcm"]["boxes"]:  # a drawn outline around each true nodule
+        ring = yellow[max(0, int(y0) - 4):int(y1) + 5, max(0, int(x0) - 4):int(x1) + 5]
+        assert ring.sum() >= 8, (x0, y0)
+    assert yellow.sum() < 0.05 * yellow.size  # boxes and their scores, not a tinted image

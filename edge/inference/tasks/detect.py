@@ -49,15 +49,18 @@ class Detect(Task):
 
     def split(self, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         names = [o.name for o in self.m.outputs if o.name in outputs] or list(outputs)
+        activation = self.activation
         if len(names) >= 2:
             boxes = np.asarray(outputs[names[0]], np.float32).reshape(-1, 4)
             scores = np.asarray(outputs[names[1]], np.float32)
             scores = scores.reshape(boxes.shape[0], -1)
+            # two outputs: the scores' own activation (boxes are coordinates, never activated)
+            activation = next((o.activation for o in self.m.outputs if o.name == names[1]), activation)
         else:
             y = np.asarray(outputs[names[0]], np.float32)
             y = y.reshape(-1, y.shape[-1])
             boxes, scores = y[:, :4], y[:, 4:]
-        return boxes, apply_activation(scores, self.activation, 1)
+        return boxes, apply_activation(scores, activation, 1)
 
     def model_space(self, outputs: dict[str, np.ndarray], geom: Geometry) -> list[LabelBoxes]:
         boxes, scores = self.split(outputs)
