@@ -5,7 +5,9 @@ the same file with the CAM output removed from the graph's outputs is timed in t
 (`export.report.latency_side_by_side`: device session settings, 2 threads, median of ``--runs`` per file,
 blocks rotating across files, run in both orders and averaged). Then the device-side work per finding:
 decoding the map (`Classify.decode` with and without it) and rendering the overlay PNG (`overlay.render`),
-on the reference sample models/samples/cxr_opacity.dcm.
+on the reference sample models/samples/cxr_opacity.dcm. The reference model's map is the pooled map itself
+(free); the common CNN head (GAP -> Gemm) gets an added 1x1 convolution, so the ResNet-18-class benchmark
+model of benchmarks/make_models.py (FP32) is timed with and without its added map too.
 
     python -m benchmarks.bench_explain [--runs 300]
 
@@ -22,6 +24,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from benchmarks.results_io import write_results
@@ -82,6 +85,24 @@ def main() -> None:
             wo = (first[f"{k} without map"]["median_ms"] + second[f"{k} without map"]["median_ms"]) / 2
             rows.append({"file": k, "runtime": files[k][0], "with_ms": round(w, 4), "without_ms": round(wo, 4),
                          "cost_ms": round(w - wo, 4), "cost_pct": round(100 * (w / wo - 1), 1)})
+        # the common head: GAP -> Flatten -> Gemm gets a 1x1 Conv with the head's weights (export.explain)
+        from benchmarks.make_models import resnet18
+        from export.explain import add_cam
+
+        plain = Path(tmp) / "resnet18.onnx"
+        onnx.save(resnet18(classes=2), str(plain))
+        cam = Path(tmp) / "resnet18.cam.onnx"
+        cam.write_bytes(plain.read_bytes())
+        e = add_cam(cam, "logits", 2)
+        xr = np.random.default_rng(0).normal(0, 1, (1, 1, 224, 224)).astype(np.float32)
+        pair = {"resnet18 fp32": cam, "resnet18 fp32 without map": plain}
+        first = latency_side_by_side(pair, xr, runs=max(30, a.runs // 5))
+        second = latency_side_by_side(dict(reversed(list(pair.items()))), xr, runs=max(30, a.runs // 5))
+        w = (first["resnet18 fp32"]["median_ms"] + second["resnet18 fp32"]["median_ms"]) / 2
+        wo = (first["resnet18 fp32 without map"]["median_ms"] + second["resnet18 fp32 without map"]["median_ms"]) / 2
+        rows.append({"file": f"ResNet-18-class fp32 ({e.method}, map {e.shape})", "runtime": "onnxruntime",
+                     "with_ms": round(w, 4), "without_ms": round(wo, 4), "cost_ms": round(w - wo, 4),
+                     "cost_pct": round(100 * (w / wo - 1), 1)})
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(b.model_path("int8")), providers=["CPUExecutionProvider"])
