@@ -522,6 +522,97 @@ def hospital_events_list(db: str = HOSPITAL_DB, as_json: bool = AS_JSON,
     _print_rows(rows, limit, as_json, noun="event")
 
 
+review_app = typer.Typer(cls=Commands, invoke_without_command=True, rich_markup_mode=None,
+                         help="The review station: clinicians confirm or reject findings; agreement per model.")
+app.add_typer(review_app, name="review")
+REVIEW_DB = typer.Option(..., "--db", metavar="DB", help="the receiver's SQLite file, or a postgresql:// URL")
+REVIEW_LISTEN = typer.Option("127.0.0.1:8080", "--listen", metavar="HOST:PORT", help="address to serve on (loopback "
+                             "unless TLS is in front: docs/HOSPITAL.md)")
+REVIEW_INSECURE = typer.Option(False, "--insecure-listen", help="allow a non-loopback --listen without TLS (passwords "
+                               "and findings cross the network in clear)")
+REVIEW_TLS_CERT = typer.Option(None, "--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (chain)")
+REVIEW_TLS_KEY = typer.Option(None, "--tls-key", metavar="PEM", help="the certificate's private key")
+REVIEW_REFRESH = typer.Option(30, "--refresh", metavar="S", help="seconds between worklist refreshes")
+
+
+def _review_extra() -> None:
+    try:
+        import argon2  # noqa: F401
+        import jinja2  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise _usage(f"the review station needs the hospital extra ({e.name} missing): pip install 'medge[hospital]'") from None
+
+
+def _review_serve(db: str, listen: str, insecure_listen: bool, tls_cert: Path | None, tls_key: Path | None,
+                  refresh: int) -> None:
+    _hospital_logging()
+    _review_extra()
+    from hospital.review.commands import serve
+
+    raise typer.Exit(serve(db, listen, insecure_listen=insecure_listen, tls_cert=tls_cert, tls_key=tls_key,
+                           refresh_s=refresh, echo=typer.echo))
+
+
+@review_app.callback()
+def review(ctx: typer.Context, db: str | None = typer.Option(None, "--db", metavar="DB", help="serve the review station on this "
+                                                            "database (the same as medge review serve --db DB)"),
+           listen: str = REVIEW_LISTEN, insecure_listen: bool = REVIEW_INSECURE, tls_cert: Path | None = REVIEW_TLS_CERT,
+           tls_key: Path | None = REVIEW_TLS_KEY, refresh: int = REVIEW_REFRESH) -> None:
+    """The review station: `medge review --db DB --listen 127.0.0.1:8080` serves it (as `serve`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if db is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+    _review_serve(db, listen, insecure_listen, tls_cert, tls_key, refresh)
+
+
+@review_app.command("serve")
+def review_serve(db: str = REVIEW_DB, listen: str = REVIEW_LISTEN, insecure_listen: bool = REVIEW_INSECURE,
+                 tls_cert: Path | None = REVIEW_TLS_CERT, tls_key: Path | None = REVIEW_TLS_KEY,
+                 refresh: int = REVIEW_REFRESH) -> None:
+    """Serve the worklist, finding pages, verdicts and the agreement dashboard (login required)."""
+    _review_serve(db, listen, insecure_listen, tls_cert, tls_key, refresh)
+
+
+@review_app.command("add-user")
+def review_add_user(name: str = typer.Argument(..., metavar="NAME", help="the user name to log in with"),
+                    role: str = typer.Option(..., "--role", metavar="reviewer|admin", help="admins also manage users"),
+                    db: str = REVIEW_DB) -> None:
+    """Create a local account; the password is read from stdin (twice at a terminal), stored as an argon2 hash."""
+    _review_extra()
+    from hospital.review.commands import add_user
+
+    typer.echo(add_user(db, name, role))
+
+
+@review_app.command("report")
+def review_report(db: str = REVIEW_DB,
+                  since: str | None = typer.Option(None, "--since", metavar="DATE", help="findings acquired since this "
+                                                   "date (2026-01-31) or ISO date-time"),
+                  out: Path = typer.Option(..., "--out", metavar="REPORT.md", help="the Markdown report; the plot goes "
+                                           "next to it (REPORT.png)")) -> None:
+    """Agreement per model, site and device over time, as Markdown + PNG (what /audit shows)."""
+    _review_extra()
+    from hospital.review.commands import report
+
+    for p in report(db, since, out):
+        typer.echo(f"wrote {p}")
+
+
+@review_app.command("export")
+def review_export(db: str = REVIEW_DB,
+                  since: str | None = typer.Option(None, "--since", metavar="DATE", help="verdicts recorded since this "
+                                                   "date or ISO date-time")) -> None:
+    """Print every verdict as a JSON line (finding_id, verdict, corrected_label, reviewer, time, ...)."""
+    _review_extra()
+    from hospital.review.commands import export_verdicts
+
+    export_verdicts(db, since, sys.stdout)
+
+
 def _usage(msg: str) -> typer.Exit:
     typer.echo(f"medge: error: {msg}", err=True)
     return typer.Exit(2)
