@@ -91,6 +91,11 @@ def parse_message(topic: str, payload: bytes, props: Any) -> Received | Rejected
             raise ValueError(f"{id_key} is empty")
     except (ValueError, KeyError, TypeError) as e:
         return Rejected(topic, now, f"payload is not {_KINDS[kind][0]} ({type(e).__name__}: {e})", payload)
+    if b"u0000" in payload and _has_nul(doc):
+        # valid JSON, but PostgreSQL's JSONB cannot hold it: the batch would fail at every receiver it is
+        # redelivered to and stop the group; refuse it here, like any other malformed message
+        return Rejected(topic, now, "a string holds a NUL character (\\u0000), which the hospital database cannot store",
+                        payload, fid)
     _, schema, optional = _KINDS[kind]
     if doc.get("schema", schema if optional else None) != schema:
         return Rejected(topic, now, f"schema {doc.get('schema')!r} is not {schema!r} (on a {TOPIC_LEVELS[kind]} topic)",
@@ -104,6 +109,16 @@ def parse_message(topic: str, payload: bytes, props: Any) -> Received | Rejected
     if doc.get("priority", "routine" if kind == "finding" else None) != ft.priority:
         return Rejected(topic, now, f"priority {doc.get('priority')!r} does not match the topic", payload, fid)
     return Received(fid, ft.site, ft.device, ft.priority, topic, now, payload.decode(), kind)
+
+
+def _has_nul(v: Any) -> bool:
+    if isinstance(v, str):
+        return "\x00" in v
+    if isinstance(v, dict):
+        return any(_has_nul(k) or _has_nul(x) for k, x in v.items())
+    if isinstance(v, list):
+        return any(_has_nul(x) for x in v)
+    return False
 
 
 def acknowledgements(batch: list[Received | Rejected]) -> dict[str, tuple[list[str], dict[str, str]]]:

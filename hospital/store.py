@@ -5,19 +5,30 @@ Device events (`edge.events`: objects outside a model's intended use, drift) get
 list built on it, can count one as a finding; they are stored exactly once in the same commit.
 
 SQLite (WAL, synchronous=FULL) by default; PostgreSQL by URL for hospitals that run one (psycopg 3).
-`add` is one commit for a batch; the receiver acknowledges nothing before it returns.
+`add` is one commit for a batch (idempotent by id: ``INSERT OR IGNORE`` / ``ON CONFLICT DO NOTHING``); the
+receiver acknowledges nothing before it returns. The schema is versioned (`hospital.migrations`): brought up
+to date at open, refused when newer than this code. A PostgreSQL connection that breaks raises
+`StoreUnavailable` (an OSError, so the receiver leaves the batch unacknowledged for the broker to redeliver)
+and is re-opened, with backoff, by the next call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
-from edge.errors import ConfigError
+from edge.errors import ConfigError, cause_line
+from edge.link.backoff import Backoff
+from hospital.migrations import SCHEMA_VERSION, migrate_postgres, migrate_sqlite, pg_version, refuse_newer, sqlite_version
+
+log = logging.getLogger("medge.store")
 
 
 @dataclass(frozen=True)
@@ -140,24 +151,22 @@ class SqliteStore:
         if not create:
             self.db = self._open_to_read()
             return
+        if not self.path.parent.is_dir():
+            raise ConfigError(f"{self.path}: folder {self.path.parent} does not exist; create it (the receiver does "
+                              "not guess where the hospital keeps its database)")
         try:
-            if not self.path.parent.is_dir():
-                raise ConfigError(f"{self.path}: folder {self.path.parent} does not exist; create it (the receiver does "
-                                  "not guess where the hospital keeps its database)")
             self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
             _wal(self.db)
             self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("CREATE TABLE IF NOT EXISTS findings (finding_id TEXT PRIMARY KEY, site TEXT NOT NULL,"
-                            " device_id TEXT NOT NULL, priority TEXT NOT NULL, topic TEXT NOT NULL,"
-                            " received_at TEXT NOT NULL, payload TEXT NOT NULL)")
-            self.db.execute("CREATE TABLE IF NOT EXISTS rejected (id INTEGER PRIMARY KEY, topic TEXT, received_at TEXT,"
-                            " reason TEXT, payload BLOB)")
-            self.db.execute("CREATE TABLE IF NOT EXISTS events (event_id TEXT PRIMARY KEY, site TEXT NOT NULL,"
-                            " device_id TEXT NOT NULL, priority TEXT NOT NULL, topic TEXT NOT NULL,"
-                            " received_at TEXT NOT NULL, payload TEXT NOT NULL)")
+            if migrate_sqlite(self.db, str(self.path)) == 0 and self.count():
+                log.info("store: %s adopted as schema version %d (a receiver database from before versioning)",
+                         self.path, SCHEMA_VERSION)
             self._has_events = True
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"{self.path}: cannot open receiver database ({e})") from None
+        except ConfigError:
+            self.db.close()
+            raise
 
     def _open_to_read(self) -> sqlite3.Connection:
         """Read-only: looking must not turn a mistyped --db (a device outbox, some other file) into a receiver
@@ -173,19 +182,27 @@ class SqliteStore:
             db.close()
             raise ConfigError(f"{self.path}: not a receiver database (no findings/rejected tables); check the --db path")
         self._has_events = "events" in tables  # written by a receiver from before device events: none stored
+        try:
+            refuse_newer(str(self.path), sqlite_version(db) or 0)
+        except ConfigError:
+            db.close()
+            raise
         return db
 
     def add(self, rows: list[Received], rejected: list[Rejected]) -> int:
+        """One transaction for the batch: the findings, the events and the rejected messages, or none of them."""
         n = 0
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            for r in rows:
-                table = "events" if r.kind == "event" else "findings"
-                n += self.db.execute(f"INSERT OR IGNORE INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                     (r.finding_id, r.site, r.device_id, r.priority, r.topic, r.received_at,
-                                      r.payload)).rowcount
-            self.db.executemany("INSERT INTO rejected(topic, received_at, reason, payload) VALUES (?, ?, ?, ?)",
-                                [(x.topic, x.received_at, x.reason, x.payload) for x in rejected])
+            for table, batch in (("findings", [r for r in rows if r.kind != "event"]),
+                                 ("events", [r for r in rows if r.kind == "event"])):
+                if batch:
+                    n += self.db.executemany(f"INSERT OR IGNORE INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                             [(r.finding_id, r.site, r.device_id, r.priority, r.topic, r.received_at,
+                                               r.payload) for r in batch]).rowcount
+            if rejected:
+                self.db.executemany("INSERT INTO rejected(topic, received_at, reason, payload) VALUES (?, ?, ?, ?)",
+                                    [(x.topic, x.received_at, x.reason, x.payload) for x in rejected])
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -218,60 +235,157 @@ class SqliteStore:
         self.db.close()
 
 
-class PostgresStore:
-    """The same tables in PostgreSQL, for hospitals that run one (needs psycopg 3; untested in CI)."""
+class StoreUnavailable(ConnectionError):
+    """The database cannot be reached now. Nothing of the batch in progress was acknowledged: the receiver
+    catches this (an OSError), drops its broker session's pending messages unacknowledged and reconnects, so the
+    broker delivers them again; a commit that did reach the database before the connection broke makes those
+    redeliveries counted duplicates (primary key), acknowledged once more."""
 
-    def __init__(self, url: str) -> None:
+
+def safe_url(url: str) -> str:
+    """A postgresql:// URL for messages: no password, no query string (which may carry one)."""
+    try:
+        u = urlsplit(url)
+        host = u.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = (f"{u.username}@" if u.username else "") + host + (f":{u.port}" if u.port else "")
+        return urlunsplit((u.scheme, netloc, u.path, "", ""))
+    except ValueError:
+        return "postgresql://..."
+
+
+# connection defaults a --db URL may override: a dead server must not hang a receiver for the TCP timeout
+_PG_DEFAULTS = {"connect_timeout": "5", "keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
+                "keepalives_count": "3", "tcp_user_timeout": "30000", "application_name": "medge"}
+_PG_INSERT = ("INSERT INTO {table} ({key}, site, device_id, priority, topic, received_at, payload)"
+              " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[],"
+              " %s::jsonb[]) ON CONFLICT ({key}) DO NOTHING")
+_PG_REJECTED = ("INSERT INTO medge_rejected (topic, received_at, reason, payload)"
+                " SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::text[], %s::bytea[])")
+
+
+class PostgresStore:
+    """The same tables in PostgreSQL (``medge_`` prefix, JSONB payloads), through psycopg 3.
+
+    - A batch is one transaction and one multi-row ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING``
+      per table (one round trip whatever the batch size); the return value counts new rows only.
+    - Connection loss: the failing call raises `StoreUnavailable` after one WARNING line naming the cause; the
+      next call reconnects, waiting out a backoff (0.5 s doubling to 5 s, with jitter) between attempts, so a
+      database that stays away costs a line per attempt, not a busy loop. Nothing is retried here: the batch
+      that failed belongs to the receiver's broker session, which it redelivers.
+    """
+
+    def __init__(self, url: str, create: bool = True, backoff_min_s: float = 0.5, backoff_max_s: float = 5.0) -> None:
         try:
             import psycopg  # type: ignore[import-not-found]
         except ImportError:
             raise ConfigError("a postgresql:// database needs psycopg: pip install 'psycopg[binary]'") from None
+        self._pg = psycopg
+        self._lost_errors = (psycopg.OperationalError, psycopg.InterfaceError)
+        self.url, self.where = url, safe_url(url)
+        self.backoff = Backoff(backoff_min_s, backoff_max_s)
+        self._retry_at = 0.0
+        self._lost_at: float | None = None
         try:
-            self.db = psycopg.connect(url)
-        except Exception as e:
-            raise ConfigError(f"cannot connect to PostgreSQL ({type(e).__name__}); check the --db URL") from None
-        with self.db.transaction():
-            self.db.execute("CREATE TABLE IF NOT EXISTS medge_findings (finding_id TEXT PRIMARY KEY, site TEXT NOT NULL,"
-                            " device_id TEXT NOT NULL, priority TEXT NOT NULL, topic TEXT NOT NULL,"
-                            " received_at TIMESTAMPTZ NOT NULL, payload JSONB NOT NULL)")
-            self.db.execute("CREATE TABLE IF NOT EXISTS medge_rejected (id BIGSERIAL PRIMARY KEY, topic TEXT,"
-                            " received_at TIMESTAMPTZ, reason TEXT, payload BYTEA)")
-            self.db.execute("CREATE TABLE IF NOT EXISTS medge_events (event_id TEXT PRIMARY KEY, site TEXT NOT NULL,"
-                            " device_id TEXT NOT NULL, priority TEXT NOT NULL, topic TEXT NOT NULL,"
-                            " received_at TIMESTAMPTZ NOT NULL, payload JSONB NOT NULL)")
+            self.db: Any = self._connect()
+        except psycopg.Error as e:
+            raise ConfigError(f"{self.where}: cannot connect to PostgreSQL ({cause_line(e)}); check the --db URL and "
+                              "that the server runs") from None
+        try:
+            if create:
+                migrate_postgres(self.db, self.where)
+                self._has_events = True
+            else:  # only looking: create nothing, refuse what is no receiver database
+                if self.db.execute("SELECT to_regclass('medge_findings')").fetchone()[0] is None:
+                    raise ConfigError(f"{self.where}: no receiver tables here (medge_findings); check the --db URL "
+                                      "(medge receive creates them)")
+                refuse_newer(self.where, pg_version(self.db) or 0)
+                self._has_events = self.db.execute("SELECT to_regclass('medge_events')").fetchone()[0] is not None
+        except psycopg.Error as e:
+            self.db.close()
+            raise ConfigError(f"{self.where}: cannot set up the receiver tables ({cause_line(e)})") from None
+        except ConfigError:
+            self.db.close()
+            raise
+
+    def _connect(self) -> Any:
+        from psycopg.conninfo import conninfo_to_dict
+
+        params = {**_PG_DEFAULTS, **conninfo_to_dict(self.url)}
+        return self._pg.connect(autocommit=True, **params)
+
+    def _conn(self) -> Any:
+        """The open connection, or a new one (after the backoff since the last failed attempt)."""
+        if not self.db.closed:
+            return self.db
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        try:
+            self.db = self._connect()
+        except self._lost_errors as e:
+            self._retry_at = time.monotonic() + self.backoff.next()
+            raise StoreUnavailable(f"PostgreSQL at {self.where} unavailable: {cause_line(e)}") from None
+        self.backoff.reset()
+        if self._lost_at is not None:
+            log.warning("store: reconnected to PostgreSQL at %s after %.1f s", self.where, time.monotonic() - self._lost_at)
+            self._lost_at = None
+        return self.db
+
+    def _lost(self, e: Exception) -> StoreUnavailable:
+        cause = cause_line(e)
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+            log.warning("store: lost the PostgreSQL connection to %s (%s); the batch in progress is not acknowledged "
+                        "and comes again; reconnecting with backoff", self.where, cause)
+        with contextlib.suppress(Exception):  # already broken: closing is only bookkeeping
+            self.db.close()
+        return StoreUnavailable(f"PostgreSQL at {self.where} unavailable: {cause}")
+
+    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        db = self._conn()
+        try:
+            return list(db.execute(sql, params).fetchall())
+        except self._lost_errors as e:
+            raise self._lost(e) from None
 
     def add(self, rows: list[Received], rejected: list[Rejected]) -> int:
+        db = self._conn()
         n = 0
-        with self.db.transaction():
-            for r in rows:
-                table, key = ("medge_events", "event_id") if r.kind == "event" else ("medge_findings", "finding_id")
-                cur = self.db.execute(f"INSERT INTO {table} VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                                      f" ON CONFLICT ({key}) DO NOTHING",
-                                      (r.finding_id, r.site, r.device_id, r.priority, r.topic, r.received_at, r.payload))
-                n += cur.rowcount
-            for x in rejected:
-                self.db.execute("INSERT INTO medge_rejected(topic, received_at, reason, payload) VALUES (%s, %s, %s, %s)",
-                                (x.topic, x.received_at, x.reason, x.payload))
+        try:
+            with db.transaction():
+                for table, key, batch in (("medge_findings", "finding_id", [r for r in rows if r.kind != "event"]),
+                                          ("medge_events", "event_id", [r for r in rows if r.kind == "event"])):
+                    if batch:
+                        cols = list(zip(*[(r.finding_id, r.site, r.device_id, r.priority, r.topic, r.received_at,
+                                           r.payload) for r in batch], strict=True))
+                        n += db.execute(_PG_INSERT.format(table=table, key=key), [list(c) for c in cols]).rowcount
+                if rejected:
+                    db.execute(_PG_REJECTED, ([x.topic for x in rejected], [x.received_at for x in rejected],
+                                              [x.reason for x in rejected], [x.payload for x in rejected]))
+        except self._lost_errors as e:
+            raise self._lost(e) from None
         return n
 
     def count(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM medge_findings").fetchone()[0])
+        return int(self._read("SELECT COUNT(*) FROM medge_findings")[0][0])
 
     def recent(self, n: int = 50) -> list[StoredFinding]:
-        return [_stored(r) for r in self.db.execute(
-            f"SELECT {_COLS} FROM medge_findings"
-            " ORDER BY received_at DESC LIMIT %s", (n,))]
+        return [_stored(r) for r in self._read(f"SELECT {_COLS} FROM medge_findings ORDER BY received_at DESC LIMIT %s",
+                                               (n,))]
 
     def get(self, finding_id: str) -> StoredFinding | None:
-        row = self.db.execute(f"SELECT {_COLS} FROM medge_findings"
-                              " WHERE finding_id = %s", (finding_id,)).fetchone()
-        return _stored(row) if row else None
+        rows = self._read(f"SELECT {_COLS} FROM medge_findings WHERE finding_id = %s", (finding_id,))
+        return _stored(rows[0]) if rows else None
 
     def count_events(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM medge_events").fetchone()[0])
+        return int(self._read("SELECT COUNT(*) FROM medge_events")[0][0]) if self._has_events else 0
 
     def events(self, n: int = 50) -> list[StoredEvent]:
-        return [_stored_event(r) for r in self.db.execute(
+        if not self._has_events:
+            return []
+        return [_stored_event(r) for r in self._read(
             f"SELECT {_EVENT_COLS} FROM medge_events ORDER BY received_at DESC LIMIT %s", (n,))]
 
     def close(self) -> None:
@@ -279,7 +393,8 @@ class PostgresStore:
 
 
 def open_store(db: str, create: bool = True) -> FindingStore:
-    """``create=False`` for commands that only look (a typo in --db must not make a new, empty database)."""
+    """``create=False`` for commands that only look (a typo in --db must not make a new, empty database).
+    Either way the schema version is checked (`hospital.migrations`); with ``create`` it is brought up to date."""
     if db.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(db)
+        return PostgresStore(db, create=create)
     return SqliteStore(db, create=create)

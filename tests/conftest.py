@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.support.bundles import write_bundle, write_public_key
 from tests.support.mqtt_broker import Broker
+from tests.support.postgres import pg_url, postgres_server, store_db  # noqa: F401 - fixtures: PostgreSQL, both stores
 
 
 @dataclass(frozen=True)

@@ -272,6 +272,11 @@ class Outbox:
                 raise ValueError(f"ttl_s has unknown priorities {sorted(unknown)}")
             self.ttl_s.update({k: float(v) for k, v in ttl_s.items()})
         self._db: sqlite3.Connection | None = None
+        # `PRAGMA data_version` when a lease last found nothing more to send (None: unknown). Until another
+        # connection commits (the pipeline storing a finding) or this one makes rows pending again, a lease
+        # cannot find anything, so it returns at once instead of taking the write lock: the sync loop asks
+        # 50 times a second, and an idle device (or a fleet of them on one host) should not pay for that.
+        self._idle_version: int | None = None
         deadline = time.monotonic() + busy_timeout_s
         while True:
             try:
@@ -365,6 +370,7 @@ class Outbox:
     def store(self, records: list[Finding | DeviceEvent]) -> list[bool]:
         """Store findings and device events in one transaction (one fsync); for each, whether it was stored
         (False: duplicate id, or a low-priority one dropped by the quota policy). Durable when this returns."""
+        self._idle_version = None  # new pending rows: the next lease must look
         now = time.time()
         rows = []
         for r in records:
@@ -431,6 +437,8 @@ class Outbox:
         """Take up to ``n`` pending findings for sending (urgent first, with a reserved share for the rest)."""
         if n <= 0:
             return []
+        if self._idle_version is not None and self._data_version() == self._idle_version:
+            return []
         now = time.time()
         with self._tx():
             # up to n candidates per priority straight off the (state, priority, created_at) index; no
@@ -443,7 +451,14 @@ class Outbox:
             items = [_item(r, state_override=IN_FLIGHT) for p in PRIORITIES for r in cand[p][:quota[p]]]
             self._db.executemany("UPDATE findings SET state=?, leased_at=? WHERE finding_id=?",
                                  [(IN_FLIGHT, now, it.finding_id) for it in items])
+        self._idle_version = self._data_version() if len(items) < n else None
         return items
+
+    def _data_version(self) -> int:
+        """Changes when another connection commits to the file (PRAGMA data_version; cheap, no lock)."""
+        if self._db is None:
+            raise OutboxError(f"{self.path}: outbox is closed")
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
     def mark_at_broker_many(self, finding_ids: Iterable[str], ack_wait_s: float, max_wait_s: float) -> int:
         """PUBACKs: in flight -> at broker. Each row becomes due for a resend ``ack_wait_s * 2**attempts``
@@ -467,6 +482,8 @@ class Outbox:
             cur = self._db.execute("UPDATE findings SET state=?, attempts=attempts+1, due_at=NULL"
                                    " WHERE state=? AND due_at<=?", (PENDING, AT_BROKER, now))
             self._bump("resent", cur.rowcount)
+        if cur.rowcount:
+            self._idle_version = None
         return cur.rowcount
 
     def mark_delivered(self, finding_id: str) -> bool:
@@ -506,6 +523,7 @@ class Outbox:
         with self._tx():
             cur = self._db.execute("UPDATE findings SET state=?, attempts=attempts+1, leased_at=NULL"
                                    " WHERE finding_id=? AND state=?", (PENDING, finding_id, IN_FLIGHT))
+        self._idle_version = None
         return cur.rowcount == 1
 
     def retry_all(self, at_broker: bool = False) -> int:
@@ -516,6 +534,7 @@ class Outbox:
         with self._tx():
             cur = self._db.execute("UPDATE findings SET state=?, leased_at=NULL, due_at=NULL WHERE state IN (?, ?)",
                                    (PENDING, *states))
+        self._idle_version = None
         return cur.rowcount
 
     def purge_expired(self) -> int:

@@ -409,3 +409,29 @@ def test_low_priority_events_follow_the_quota_and_ttl_rules(tmp_path):
         time.sleep(0.1)
         assert [it.finding_id for it in ob.lease(10)] == ["e-urgent-000002"]  # the expired low one is not sent
         assert ob.purge_expired() == 1 and ob.status().expired["low"] == 1
+
+
+def test_an_idle_lease_takes_no_lock_until_something_can_be_pending(tmp_path):
+    """The sync loop leases 50 times a second; with nothing to send it must not take the write lock each time,
+    yet a finding stored by another connection (the pipeline's), or made pending again here, is seen at once."""
+    import sqlite3
+
+    from tests.support.sync_helpers import findings
+
+    path = tmp_path / "o.sqlite3"
+    sender, pipeline = Outbox(path), Outbox(path)
+    assert sender.lease(10) == []
+    blocker = sqlite3.connect(str(path), isolation_level=None, timeout=0.1)
+    blocker.execute("BEGIN IMMEDIATE")  # someone else holds the write lock
+    assert sender.lease(10) == []  # idle: answered without waiting for the lock
+    blocker.execute("ROLLBACK")
+    pipeline.put_many(findings("d", 3))  # another connection commits
+    got = sender.lease(10)
+    assert len(got) == 3
+    assert sender.lease(10) == []
+    assert sender.requeue(got[0].finding_id)  # made pending again on this connection
+    assert [i.finding_id for i in sender.lease(10)] == [got[0].finding_id]
+    sender.put(findings("d", 1, start=9)[0])  # stored on this connection
+    assert len(sender.lease(10)) == 1
+    sender.close()
+    pipeline.close()
