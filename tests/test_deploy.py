@@ -36,3 +36,25 @@ def test_systemd_accepts_the_unit(tmp_path):
     unit.write_text(UNIT.read_text().replace("/opt/medge/venv/bin/medge", medge))
     r = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "medge.service" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("name", ["medge-receiver@.service", "medge-review.service", "medge-forward.service"])
+def test_systemd_accepts_the_hospital_units(tmp_path, name):
+    """The hospital side's units (docs/DEPLOYMENT.md) run commands that exist, with options medge accepts."""
+    analyze, medge = shutil.which("systemd-analyze"), shutil.which("medge")
+    if not analyze or not medge:
+        pytest.skip("systemd-analyze or an installed medge is not available here")
+    text = (ROOT / "deploy" / "systemd" / name).read_text()
+    assert "/opt/medge/venv/bin/medge " in text and "docs/" in text
+    command = " ".join(ln.split("=", 1)[1].rstrip("\\").strip() for ln in text.replace("\\\n", " ").splitlines()
+                       if ln.startswith("ExecStart="))
+    sub = command.split()[1:]  # the medge subcommand and its options accept --help (no side effects)
+    r = subprocess.run([medge, *[a for a in sub if a.startswith(("receive", "review", "hospital", "forward"))], "--help"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for opt in [a for a in sub if a.startswith("--")]:
+        assert opt in r.stdout, f"{name}: {opt} is not an option of {' '.join(sub[:2])}"
+    unit = tmp_path / ("medge-receiver@1.service" if "@" in name else name)
+    unit.write_text(text.replace("/opt/medge/venv/bin/medge", medge).replace("EnvironmentFile=", "EnvironmentFile=-"))
+    r = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and unit.name not in r.stderr, r.stderr
