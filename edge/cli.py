@@ -431,7 +431,7 @@ def hospital_findings_show(finding_id: str = typer.Argument(...), db: str = HOSP
     import json
 
     from edge.errors import InputError
-    from hospital.store import open_store
+    from hospital.store import open_store, safe_url
 
     store = open_store(db, create=False)
     try:
@@ -439,7 +439,7 @@ def hospital_findings_show(finding_id: str = typer.Argument(...), db: str = HOSP
     finally:
         store.close()
     if row is None:
-        raise InputError(f"finding {finding_id}: not in {db}")
+        raise InputError(f"finding {finding_id}: not in {safe_url(db) if '://' in db else db}")
     typer.echo(json.dumps(row.to_dict(), indent=2) if as_json else row.describe() + "\n" +
                json.dumps(row.finding, indent=2))
 

@@ -66,7 +66,7 @@ def dicom_files(db: str, finding_id: str, out: Path, relink_keys: list[Path], pa
     """`medge hospital dicom`: one stored finding as SR (+ SC) files in ``out``."""
     from edge.errors import InputError
     from hospital.relink import OriginOpener
-    from hospital.store import open_store
+    from hospital.store import open_store, safe_url
 
     if not relink_keys:
         raise ConfigError("--relink-key is required: findings carry pseudonyms only, and the original study's UIDs "
@@ -78,7 +78,7 @@ def dicom_files(db: str, finding_id: str, out: Path, relink_keys: list[Path], pa
     finally:
         store.close()
     if row is None:
-        raise InputError(f"finding {finding_id}: not in {db}")
+        raise InputError(f"finding {finding_id}: not in {safe_url(db) if '://' in db else db}")
     origin = opener.open(row.finding)
     if pacs is None:
         study = StudyAttributes()
