@@ -430,16 +430,9 @@ def hospital_findings_show(finding_id: str = typer.Argument(...), db: str = HOSP
     """One stored finding in full."""
     import json
 
-    from edge.errors import InputError
-    from hospital.store import open_store, safe_url
+    from hospital.store import stored_finding
 
-    store = open_store(db, create=False)
-    try:
-        row = store.get(finding_id)
-    finally:
-        store.close()
-    if row is None:
-        raise InputError(f"finding {finding_id}: not in {safe_url(db) if '://' in db else db}")
+    row = stored_finding(db, finding_id)
     typer.echo(json.dumps(row.to_dict(), indent=2) if as_json else row.describe() + "\n" +
                json.dumps(row.finding, indent=2))
 

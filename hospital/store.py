@@ -398,3 +398,17 @@ def open_store(db: str, create: bool = True) -> FindingStore:
     if db.startswith(("postgresql://", "postgres://")):
         return PostgresStore(db, create=create)
     return SqliteStore(db, create=create)
+
+
+def stored_finding(db: str, finding_id: str) -> StoredFinding:
+    """One stored finding, opened read-only; a missing one is a one-line error naming the database (no password)."""
+    from edge.errors import InputError
+
+    store = open_store(db, create=False)
+    try:
+        row = store.get(finding_id)
+    finally:
+        store.close()
+    if row is None:
+        raise InputError(f"finding {finding_id}: not in {safe_url(db) if '://' in db else db}")
+    return row

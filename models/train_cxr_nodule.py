@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import re
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +36,7 @@ from edge.inference.tasks.detect import Detect, gate_prediction
 
 from . import model_card
 from . import training as T
-from .atomic import write_bytes, write_text
+from .atomic import write_text
 from .datasets import nodule_sample, sample_rng
 from .synth_xray import make_phantom, phantom_display
 
@@ -184,42 +182,6 @@ def model_boxes(phantom, geom) -> np.ndarray:
 def tensor_geom(pre: Preprocessor, pixels: np.ndarray):
     x, geom = pre.apply(Frame(pixels=pixels, modality="CR", source="train"))
     return x[0], geom
-
-
-def export_detector(model: NoduleNet, input_shape: tuple[int, ...], path: Path, check_inputs: list[np.ndarray]) -> dict:
-    """`training.export_onnx` for two outputs: fold BN, export (TorchScript exporter), verify with onnxruntime."""
-    import onnx
-
-    model = model.eval()
-    folded = T.fold_batchnorm(model.for_export())
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(folded, (torch.zeros(input_shape),), buf, input_names=["input"], output_names=list(OUTPUTS),
-                          opset_version=T.OPSET, dynamo=False, do_constant_folding=True)
-    data = buf.getvalue()
-    proto = onnx.load_from_string(data)
-    onnx.checker.check_model(proto)
-    ops = sorted({n.op_type for n in proto.graph.node})
-    if "BatchNormalization" in ops:
-        raise RuntimeError("BatchNormalization survived folding")
-    from edge.inference.backends.onnxruntime import cpu_session
-
-    sess = cpu_session(data, 2)
-    max_err = 0.0
-    with torch.no_grad():
-        for x in check_inputs:
-            refs = [r.numpy() for r in model(torch.from_numpy(x))]
-            gots = sess.run(list(OUTPUTS), {"input": x})
-            for ref, got in zip(refs, gots, strict=True):
-                if got.shape != ref.shape:
-                    raise RuntimeError(f"ONNX output shape {got.shape} != torch {ref.shape}")
-                max_err = max(max_err, float(np.abs(got - ref).max()))
-    if max_err > 1e-3:
-        raise RuntimeError(f"onnxruntime output differs from torch by {max_err:.2e} (> 1e-3)")
-    write_bytes(Path(path), data)
-    return {"opset": T.OPSET, "ops": ops, "bytes": len(data), "ort_vs_torch_max_abs": max_err,
-            "params": int(sum(p.numel() for p in folded.parameters()))}
 
 
 def task_config(meta: dict, threshold: float | None = None, band: tuple[float, float] | None = None) -> TaskConfig:
@@ -407,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     checks = [pool[k][0][None] for k in range(min(3, len(pool)))]
     a.out.mkdir(parents=True, exist_ok=True)
     onnx_path = a.out / "model.onnx"
-    export = export_detector(model, spec.input_shape, onnx_path, checks)
+    export = T.export_onnx(model, spec.input_shape, onnx_path, checks, tuple(OUTPUTS), model.eval().for_export())
     training = {"steps": a.steps, "batch": a.batch, "n_train_images": a.n_train, "sizes": list(TRAIN_SIZES),
                 "lr": a.lr, "seed": a.seed, "data_seed": TRAIN_SEED, "data_seconds": t_data,
                 "train_seconds": round(t_train - t_data, 1), "torch": torch.__version__,

@@ -72,20 +72,22 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, check_inputs: list[np.ndarray]) -> dict:
-    """Fold BN, export, verify against torch with onnxruntime on real inputs, then write atomically."""
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, check_inputs: list[np.ndarray],
+                output_names: tuple[str, ...] = ("logits",), exportable: nn.Module | None = None) -> dict:
+    """Fold BN, export, verify every output against torch with onnxruntime on real inputs, then write
+    atomically. ``exportable``: the copy to export when it differs from ``model`` (scales folded in, ...)."""
     import copy
 
     import onnx
 
     model = model.eval()
-    folded = fold_batchnorm(copy.deepcopy(model))
+    folded = fold_batchnorm(copy.deepcopy(model) if exportable is None else exportable)
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         # the TorchScript exporter is deliberate: it folds constants into a plain Conv/Relu graph
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            folded, (torch.zeros(input_shape),), buf, input_names=["input"], output_names=["logits"],
+            folded, (torch.zeros(input_shape),), buf, input_names=["input"], output_names=list(output_names),
             opset_version=OPSET, dynamo=False, do_constant_folding=True,
         )
     data = buf.getvalue()
@@ -100,11 +102,12 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, chec
     max_err = 0.0
     with torch.no_grad():
         for x in check_inputs:
-            ref = model(torch.from_numpy(x)).numpy()
-            got = sess.run(["logits"], {"input": x})[0]
-            if got.shape != ref.shape:
-                raise RuntimeError(f"ONNX output shape {got.shape} != torch {ref.shape}")
-            max_err = max(max_err, float(np.abs(got - ref).max()))
+            out = model(torch.from_numpy(x))
+            refs = [r.numpy() for r in (out if isinstance(out, (tuple, list)) else (out,))]
+            for ref, got in zip(refs, sess.run(list(output_names), {"input": x}), strict=True):
+                if got.shape != ref.shape:
+                    raise RuntimeError(f"ONNX output shape {got.shape} != torch {ref.shape}")
+                max_err = max(max_err, float(np.abs(got - ref).max()))
     if max_err > 1e-3:
         raise RuntimeError(f"onnxruntime output differs from torch by {max_err:.2e} (> 1e-3)")
     write_bytes(Path(path), data)

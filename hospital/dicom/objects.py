@@ -66,19 +66,13 @@ def dicom_files(db: str, finding_id: str, out: Path, relink_keys: list[Path], pa
     """`medge hospital dicom`: one stored finding as SR (+ SC) files in ``out``."""
     from edge.errors import InputError
     from hospital.relink import OriginOpener
-    from hospital.store import open_store, safe_url
+    from hospital.store import stored_finding
 
     if not relink_keys:
         raise ConfigError("--relink-key is required: findings carry pseudonyms only, and the original study's UIDs "
                           "open only with the hospital's re-link private key (medge hospital relink-keygen)")
     opener = OriginOpener.load(*relink_keys)
-    store = open_store(db, create=False)
-    try:
-        row = store.get(finding_id)
-    finally:
-        store.close()
-    if row is None:
-        raise InputError(f"finding {finding_id}: not in {safe_url(db) if '://' in db else db}")
+    row = stored_finding(db, finding_id)
     origin = opener.open(row.finding)
     if pacs is None:
         study = StudyAttributes()
