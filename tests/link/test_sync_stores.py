@@ -143,4 +143,6 @@ def test_postgresql_restarts_mid_run_and_every_finding_is_stored_once(tmp_path, 
     assert not any(r.exc_info for r in caplog.records) and "Traceback" not in caplog.text
     st = rx.rx.stats
     print(f"\nreceived {st.received}, stored {st.stored}, duplicates {st.duplicates}, broker connections {st.connects}")
-    assert st.stored == 2 * n
+    # a commit that lands just as the server goes down reaches the client as an error: the broker redelivers
+    # the batch and it counts as duplicates (the rows above are what matters: every finding once)
+    assert st.stored <= 2 * n <= st.stored + st.duplicates
