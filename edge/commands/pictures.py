@@ -14,7 +14,6 @@ import threading
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from edge.durable_files import write_atomic
 from edge.errors import InputError
@@ -22,7 +21,7 @@ from edge.findings import Finding
 from edge.frames import Frame
 from edge.imaging.deid import exportable_pixels
 from edge.inference.tasks import Detection
-from edge.inference.tasks.overlay import caption, draw
+from edge.inference.tasks.overlay import caption, display_bgr, draw
 
 
 def overlay_name(f: Finding) -> str:
@@ -83,10 +82,7 @@ class AnnotatedVideo:
             if pix is None:
                 self.withheld += 1
                 return
-            if pix.dtype != np.uint8:
-                pix = (np.clip(pix, 0, 1) * 255).astype(np.uint8)
-            base = cv2.cvtColor(pix, cv2.COLOR_GRAY2BGR) if pix.ndim == 2 else cv2.cvtColor(pix, cv2.COLOR_RGB2BGR)
-            img = caption(base, f"frame {frame.index}: no detection", (200, 200, 200))
+            img = caption(display_bgr(pix), f"frame {frame.index}: no detection", (200, 200, 200))
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.path.suffix.lower() == ".mp4" else "MJPG"))

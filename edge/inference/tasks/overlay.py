@@ -61,12 +61,9 @@ class Picture:
     boxes: list[list[float]] = field(default_factory=list)  # frame pixels x0 y0 x1 y1 score (detect)
     heat: np.ndarray | None = None  # model-space 0..1 (classify, class-activation map), full model size
 
-    @property
-    def kind(self) -> str:
-        return "heatmap" if self.heat is not None else "boxes" if self.boxes else "mask" if self.mask is not None else "frame"
 
-
-def _bgr(pix: np.ndarray) -> np.ndarray:
+def display_bgr(pix: np.ndarray) -> np.ndarray:
+    """Display pixels (uint8 or float 0..1, grey or RGB) as an 8-bit BGR image to draw on."""
     if pix.dtype != np.uint8:
         pix = (np.clip(pix, 0, 1) * 255).astype(np.uint8)
     return cv2.cvtColor(pix, cv2.COLOR_GRAY2BGR) if pix.ndim == 2 else cv2.cvtColor(pix, cv2.COLOR_RGB2BGR)
@@ -80,7 +77,7 @@ def draw(picture: Picture, label: str, confidence: float, priority: str = "routi
     pix = exportable_pixels(frame)
     if pix is None:
         return None
-    img = _bgr(pix)
+    img = display_bgr(pix)
     colour = REVIEW_COLOUR if needs_review else COLOUR.get(priority, COLOUR["routine"])
     g = picture.geom
     if picture.heat is not None:
