@@ -119,6 +119,9 @@ class PipelineConfig:
                                "280 kB of PNG)", ge=64, le=2048)
     opencv_threads: int | None = _k(1, "OpenCV worker threads for decoding and resizing (null: OpenCV's default pool)",
                                     ge=0, le=256)
+    gil_switch_ms: float | None = _k(0.5, "how long a pipeline thread that finished its inference may wait for the "
+                                     "Python interpreter lock before the thread holding it is asked to yield (null: "
+                                     "Python's 5 ms)", ge=0.05, le=100)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -151,12 +152,17 @@ class PipelineSettings:
     # ONNX Runtime's workers, which wait for their slowest thread: 1 measured ~0.95 of bare session.run fps
     # vs ~0.85 with OpenCV's default (benchmarks/bench_pipeline.py).
     opencv_threads: int | None = 1
+    # Python's switch interval (sys.setswitchinterval, process-wide; None leaves Python's 5 ms). When the runtime
+    # returns a result, the infer thread needs the interpreter lock back; with the default it can wait up to 5 ms
+    # for the preprocess or post thread to yield it, longer than a 128x128 INT8 inference takes. 0.5 ms measured
+    # 0.9x-1.0x of bare fps where 5 ms gave 0.83x-0.92x (benchmarks/bench_pipeline.py).
+    gil_switch_ms: float | None = 0.5
     overlays: OverlayPolicy = field(default_factory=OverlayPolicy)  # drawn only if the model's task attaches pictures
 
     @classmethod
     def from_config(cls, p: PipelineConfig) -> PipelineSettings:
         return cls(queue_depth=p.queue_depth, on_frames=p.on_frames, off_frames=p.off_frames,
-                   smoothing_window=p.smoothing_window, opencv_threads=p.opencv_threads,
+                   smoothing_window=p.smoothing_window, opencv_threads=p.opencv_threads, gil_switch_ms=p.gil_switch_ms,
                    overlays=OverlayPolicy(p.overlays, p.overlay_max_side))
 
 
@@ -210,6 +216,8 @@ class Pipeline:
     def start(self) -> Pipeline:
         if self.settings.opencv_threads is not None:
             cv2.setNumThreads(self.settings.opencv_threads)
+        if self.settings.gil_switch_ms is not None:
+            sys.setswitchinterval(self.settings.gil_switch_ms / 1000)
         stages = ((self._capture, "capture", None, self._q_pre), (self._preprocess, "preprocess", self._q_pre, self._q_inf),
                   (self._infer, "infer", self._q_inf, self._q_post), (self._post, "post", self._q_post, None))
         for fn, nm, q_in, q_out in stages:

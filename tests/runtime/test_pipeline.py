@@ -114,6 +114,24 @@ def test_pipeline_sets_opencv_worker_pool_from_settings(parts):
         cv2.setNumThreads(before)
 
 
+def test_pipeline_sets_the_interpreter_switch_interval_from_settings(parts):
+    import sys
+
+    from edge.config import PipelineConfig
+
+    before = sys.getswitchinterval()
+    try:
+        for ms in (0.5, 2.0):
+            p, _ = _pipeline(parts, ListSource([_stored(0, bright=False)]), gil_switch_ms=ms)
+            assert p.start().join(30) and sys.getswitchinterval() == pytest.approx(ms / 1000)
+        sys.setswitchinterval(0.003)
+        p, _ = _pipeline(parts, ListSource([_stored(0, bright=False)]), gil_switch_ms=None)
+        assert p.start().join(30) and sys.getswitchinterval() == pytest.approx(0.003)  # None: left as it was
+        assert PipelineSettings.from_config(PipelineConfig(gil_switch_ms=1.5)).gil_switch_ms == 1.5
+    finally:
+        sys.setswitchinterval(before)
+
+
 def test_live_frames_latest_wins_counts_drops_and_bounds_latency(parts):
     frames = [Frame(pixels=blob_image(box=None), modality="US", source="cam", index=i, live=True) for i in range(80)]
     src = ListSource(frames, interval_s=0.004)  # 250 fps camera, 25 ms model
