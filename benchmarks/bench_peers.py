@@ -16,6 +16,10 @@ once in each order (the mean of the two medians: the runner after another pays f
 Accuracy: the task's primary metric on the validation set (reference models: true labels; benchmark
 models: FP32 pseudo-labels, as in export_matrix) for every INT8 form.
 
+medge vs NNCF is reported with a 95 % bootstrap interval of the ratio, and with what OpenVINO's CPU plugin
+executes for each INT8 form (layer type, runtime precision and kernel per node of the compiled model's
+runtime graph): when both lists are identical the two are the same computation and a ratio off 1.00 is noise.
+
 Share of the int8 peak: model MACs (Conv, ConvTranspose, Gemm, MatMul from the shape-inferred graph) /
 median latency, over threads x the CPU's clock x int8 multiply-accumulates per cycle and core by ISA:
 128 with AVX-512 VNNI (two 512-bit VPDPBUSD per cycle, 64 u8 x s8 products each), 64 with AVX-VNNI or
@@ -115,6 +119,31 @@ def nncf_model(fp32: Path, tensors: list[np.ndarray], out: Path) -> Path:
     return xml
 
 
+def execution_graph(model: Path) -> list[tuple[str, str, str]]:
+    """What OpenVINO's CPU plugin runs after its own graph transformations: (layer type, runtime precision,
+    kernel) per node in execution order, compiled with the device's settings. Two models with the same list
+    run the same kernels on the same precisions: their latencies can differ only by noise."""
+    from edge.inference.backends.openvino import compile_cpu
+
+    info = [op.get_rt_info() for op in compile_cpu(model, THREADS).get_runtime_model().get_ordered_ops()]
+    return [tuple(i[k].astype(str) for k in ("layerType", "runtimePrecision", "primitiveType")) for i in info]
+
+
+def compare_graphs(ours: list[tuple[str, str, str]], peer: list[tuple[str, str, str]]) -> dict:
+    differ = [i for i, (a, b) in enumerate(zip(ours, peer, strict=False)) if a != b]
+    int8 = lambda g: sum("I8" in k for _, _, k in g)  # noqa: E731 - kernels with an int8 implementation
+    return {"identical": ours == peer, "nodes": [len(ours), len(peer)], "int8_kernels": [int8(ours), int8(peer)],
+            "first_differences": [{"node": i, "medge": list(ours[i]), "nncf": list(peer[i])} for i in differ[:5]]}
+
+
+def ratio_interval(peer_ms: list[float], ours_ms: list[float], n: int = 2000, seed: int = 0) -> list[float]:
+    """95 % bootstrap interval of median(peer) / median(ours): whether a ratio near 1 says more than noise."""
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(peer_ms), np.asarray(ours_ms)
+    r = np.median(rng.choice(a, (n, a.size)), axis=1) / np.median(rng.choice(b, (n, b.size)), axis=1)
+    return [round(float(x), 3) for x in np.percentile(r, [2.5, 97.5])]
+
+
 def accuracy(model: tuple[str, Path], vs: datasets.ValidationSet, task) -> float | None:
     pred = evaluate.predictions(task, vs, evaluate.run_outputs(model[1], vs, True, model[0]))
     s = evaluate.score(vs, pred, task)
@@ -140,9 +169,9 @@ def one_model(case, work: Path, runs: int, log) -> dict:
     exact = b.variant("int8").recipe.get("reduce_range") is not True
     log(f"[{case.name}] timing {len(models)} runners interleaved, {runs} runs each, in both orders")
     # the runner after another pays for its caches and threads waking up: time in both orders, average the medians
-    fwd = latency_side_by_side(models, calib[0], runs=runs, threads=THREADS, exact_int8=exact)
+    fwd = latency_side_by_side(models, calib[0], runs=runs, threads=THREADS, exact_int8=exact, keep_times=True)
     rev = latency_side_by_side(dict(reversed(list(models.items()))), calib[0], runs=runs, threads=THREADS,
-                               exact_int8=exact)
+                               exact_int8=exact, keep_times=True)
     lat = {k: {q: (fwd[k][q] + rev[k][q]) / 2 for q in ("median_ms", "p90_ms")} for k in models}
     vs = datasets.load_validation(case.val, m.task, pre, m.labels)
     task = build_task(m)
@@ -159,10 +188,13 @@ def one_model(case, work: Path, runs: int, log) -> dict:
                    "primary": None if "fp32" in k else accuracy((rt, p), vs, task),
                    "int8_peak_share": round(macs / (ms / 1000) / peak, 4) if peak and "int8" in k else None}
     best = min(("medge int8 / ort", "medge int8 / ov"), key=lambda k: rows[k]["median_ms"])
+    times = lambda k: fwd[k]["times_ms"] + rev[k]["times_ms"]  # noqa: E731
+    graphs = compare_graphs(execution_graph(models["medge int8 / ov"][1]), execution_graph(xml))
     return {"model": case.name, "kind": case.kind, "task": m.task, "input": list(m.input.shape), "macs": macs,
             "primary_metric": TASK_KINDS[m.task].primary_metric, "gate_runtimes": list(m.runtimes),
             "fp32_primary": res.gate["fp32"].get(TASK_KINDS[m.task].primary_metric), "rows": rows,
-            "medge_best": best, "medge_best_vs_nncf": round(rows["nncf int8 / ov"]["median_ms"] / rows[best]["median_ms"], 3)}
+            "medge_best": best, "medge_best_vs_nncf": round(rows["nncf int8 / ov"]["median_ms"] / rows[best]["median_ms"], 3),
+            "medge_best_vs_nncf_95": ratio_interval(times("nncf int8 / ov"), times(best)), "openvino_graphs": graphs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,8 +238,16 @@ def main(argv: list[str] | None = None) -> int:
             prim = "-" if v["primary"] is None else f"{v['primary']:.4f}"
             share = "-" if v["int8_peak_share"] is None else f"{v['int8_peak_share']:.1%}"
             md.append(f"| {k} | {v['median_ms']:.2f} | {v['p90_ms']:.2f} | {v['vs_ort_fp32']:.2f}x | {prim} | {share} |")
+        lo, hi = r["medge_best_vs_nncf_95"]
+        g = r["openvino_graphs"]
+        same = ("identical: the same kernels on the same precisions, so any difference is noise" if g["identical"] else
+                f"different (first at node {g['first_differences'][0]['node']}: medge "
+                f"{'/'.join(g['first_differences'][0]['medge'])}, NNCF {'/'.join(g['first_differences'][0]['nncf'])})")
         md += ["", f"medge's best ({r['medge_best']}) vs NNCF + OpenVINO: **{r['medge_best_vs_nncf']:.2f}x** "
-               "(NNCF latency / medge latency; >= 1 means medge is at least as fast).", ""]
+               f"(NNCF latency / medge latency; >= 1 means medge is at least as fast; 95 % bootstrap interval "
+               f"{lo:.2f}-{hi:.2f}x).", "",
+               f"What OpenVINO's CPU plugin executes for medge's QDQ file and for NNCF's IR ({g['nodes'][0]} / "
+               f"{g['nodes'][1]} nodes, {g['int8_kernels'][0]} / {g['int8_kernels'][1]} int8 kernels): {same}.", ""]
     md += [f"Peak: {THREADS} threads x {ghz} GHz ({clock_from}) x {per_cycle} int8 MAC/cycle per core ({isa}, best case); "
            "the share is MACs / median latency / peak (above 100 % the core boosts past the clock the machine reports). "
            "Benchmark models have random weights: their metric is agreement with FP32 pseudo-labels."]

@@ -16,7 +16,8 @@ import numpy as np
 
 
 def latency_side_by_side(models: dict[str, Path | tuple[str, Path]], x: np.ndarray, runs: int = 30, threads: int = 2,
-                         warmup: int = 3, block: int = 5, exact_int8: bool = True) -> dict[str, dict[str, float]]:
+                         warmup: int = 3, block: int = 5, exact_int8: bool = True,
+                         keep_times: bool = False) -> dict[str, dict[str, Any]]:
     """Median latency per model, interleaved in short blocks within one process.
 
     Sessions are configured as the device runs them (`edge.inference.backends.onnxruntime`: intra-op workers do not
@@ -24,7 +25,8 @@ def latency_side_by_side(models: dict[str, Path | tuple[str, Path]], x: np.ndarr
     workers in one process would be charged to whichever model runs next. Each block still starts with
     one untimed run; then `block` timed runs. Blocks rotate across models until every model has `runs`
     timed runs. A model given as ``(runtime, path)`` runs on that CPU runtime (`export.runtimes`), so ONNX
-    Runtime and OpenVINO are timed in the same interleaved loop.
+    Runtime and OpenVINO are timed in the same interleaved loop. ``keep_times``: also return every timed run
+    (``times_ms``), for a confidence interval of a ratio.
     """
     from .runtimes import runner
 
@@ -41,8 +43,8 @@ def latency_side_by_side(models: dict[str, Path | tuple[str, Path]], x: np.ndarr
                 t0 = time.perf_counter()
                 r(x)
                 times[k].append((time.perf_counter() - t0) * 1000)
-    return {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)), "runs": len(v)}
-            for k, v in times.items()}
+    return {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)), "runs": len(v),
+                **({"times_ms": v} if keep_times else {})} for k, v in times.items()}
 
 
 def machine() -> dict[str, Any]:
