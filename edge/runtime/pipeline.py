@@ -154,8 +154,10 @@ class PipelineSettings:
     opencv_threads: int | None = 1
     # Python's switch interval (sys.setswitchinterval, process-wide; None leaves Python's 5 ms). When the runtime
     # returns a result, the infer thread needs the interpreter lock back; with the default it can wait up to 5 ms
-    # for the preprocess or post thread to yield it, longer than a 128x128 INT8 inference takes. 0.5 ms measured
-    # 0.9x-1.0x of bare fps where 5 ms gave 0.83x-0.92x (benchmarks/bench_pipeline.py).
+    # for the preprocess or post thread to yield it, longer than a 128x128 INT8 inference takes. With another
+    # process loading the cores, 0.5 ms measured 0.96x-1.01x of bare fps where 5 ms gave 0.83x-0.92x (OpenVINO
+    # INT8, 1 thread); on a quiet machine the two were equal (0.93x vs 0.92x, 16 paired rounds). See
+    # benchmarks/bench_pipeline.py.
     gil_switch_ms: float | None = 0.5
     overlays: OverlayPolicy = field(default_factory=OverlayPolicy)  # drawn only if the model's task attaches pictures
 
