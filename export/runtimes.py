@@ -32,7 +32,8 @@ def _openvino(path: Path, threads: int, exact_int8: bool) -> Runner:
 
     from edge.inference.backends.openvino import OpenVinoRunner, compile_cpu
 
-    names = tuple(o.name for o in onnx.load(str(path), load_external_data=False).graph.output)
+    names = (tuple(o.name for o in onnx.load(str(path), load_external_data=False).graph.output)
+             if path.suffix == ".onnx" else ())  # an OpenVINO IR (a peer's model in bench_peers) keeps its own names
     return OpenVinoRunner(compile_cpu(path, threads), names).run
 
 
