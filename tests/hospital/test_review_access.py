@@ -1,11 +1,10 @@
 """The review station's access rules, over HTTP against a real uvicorn server on 127.0.0.1 (a test clock
 drives expiry and lockout): no session, wrong role, missing or wrong CSRF token, expired session, lockout,
-logout, cookie flags, the audit log, and the listen-address rule."""
+logout, cookie flags, the audit log, and the listen-address rule; on a SQLite file and on PostgreSQL."""
 
 from __future__ import annotations
 
 import re
-import sqlite3
 import subprocess
 import sys
 
@@ -20,12 +19,12 @@ from starlette.routing import Route  # noqa: E402
 from hospital.review.app import PUBLIC, is_api  # noqa: E402
 from hospital.review.auth import ABSOLUTE_S, IDLE_S, LOCKOUT_S  # noqa: E402
 from tests.support import ROOT  # noqa: E402
-from tests.support.review import PASSWORDS, LiveStation, make_db  # noqa: E402
+from tests.support.review import PASSWORDS, LiveStation, db_errors, execute_raw, make_db, review_table, sqlite_db  # noqa: E402
 
 
 @pytest.fixture
-def live(tmp_path):
-    with LiveStation(make_db(tmp_path)) as s:
+def live(store_db):
+    with LiveStation(make_db(store_db)) as s:
         yield s
 
 
@@ -141,8 +140,9 @@ def test_sessions_expire_when_idle_and_after_the_absolute_limit(live):
         assert c.get("/api/worklist")[0] == 200
     live.clock.advance(25 * 60)
     assert c.get("/api/worklist")[0] == 401
-    rows = sqlite3.connect(live.db_path).execute("SELECT COUNT(*) FROM review_sessions WHERE username = 'rita'").fetchone()
-    assert rows[0] == 0  # expired sessions are deleted, not just ignored
+    db = live.test_db
+    rows = db.query(f"SELECT COUNT(*) FROM {review_table(db, 'sessions')} WHERE username = 'rita'")
+    assert rows[0][0] == 0  # expired sessions are deleted, not just ignored
 
 
 def test_five_failures_lock_a_user_name_for_15_minutes(live):
@@ -208,16 +208,17 @@ def test_audit_log_records_logins_views_and_verdicts_and_is_append_only(live):
     admin.login("admin")
     status, _, body = admin.get("/admin/log")
     assert status == 200 and "view_finding" in body and "login_failed" in body
-    db = sqlite3.connect(live.db_path)
-    for sql in ("UPDATE review_verdicts SET verdict = 'disagree'", "DELETE FROM review_verdicts",
-                "UPDATE review_audit SET action = 'x'", "DELETE FROM review_audit"):
-        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-            db.execute(sql)
+    entries = len(live.db.audit_log(500))
+    for sql in ("UPDATE {verdicts} SET verdict = 'disagree'", "DELETE FROM {verdicts}",
+                "UPDATE {audit} SET action = 'x'", "DELETE FROM {audit}"):
+        with pytest.raises(db_errors(), match="append-only"):
+            execute_raw(live.test_db, sql)
+    assert [v.verdict for v in live.db.verdicts()] == ["agree"] and len(live.db.audit_log(500)) == entries
 
 
 def test_binding_beyond_loopback_without_tls_is_refused(tmp_path):
-    db = make_db(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "edge.cli", "review", "--db", str(db), "--listen", "0.0.0.0:18080"],
+    db = make_db(sqlite_db(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "review", "--db", db.url, "--listen", "0.0.0.0:18080"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "not a loopback address" in r.stderr and "--insecure-listen" in r.stderr
     from hospital.review.commands import check_listen

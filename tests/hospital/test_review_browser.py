@@ -2,7 +2,8 @@
 against `medge review` started as the CLI starts it. A reviewer logs in, sees urgent and needs-review
 findings first, opens one with its overlay, records a verdict and sees the agreement dashboard change.
 
-Screenshots are kept as test artefacts in $MEDGE_TEST_ARTEFACTS/review-browser when that is set, else in
+Runs on a SQLite file and on PostgreSQL. Screenshots are kept as test artefacts in
+$MEDGE_TEST_ARTEFACTS/review-browser/<store> when that is set, else in
 the test's tmp_path; the folder is printed (pytest -s, or the captured output of a failure)."""
 
 from __future__ import annotations
@@ -67,14 +68,16 @@ def artefacts(tmp_path) -> Path:
     return folder
 
 
-def test_reviewer_logs_in_reviews_a_finding_and_sees_the_dashboard_change(tmp_path, browser, artefacts):
-    db = make_db(tmp_path)
-    with Server(db, tmp_path / "review.log") as server:
+def test_reviewer_logs_in_reviews_a_finding_and_sees_the_dashboard_change(store_db, tmp_path, browser, artefacts):
+    db = make_db(store_db)
+    shots = artefacts / db.kind  # the same pages from each store
+    shots.mkdir(exist_ok=True)
+    with Server(db.url, tmp_path / "review.log") as server:
         b, wait = browser, WebDriverWait(browser, 20)
         b.get(server.url + "/")
         wait.until(EC.presence_of_element_located((By.ID, "username")))
         assert b.current_url.startswith(server.url + "/login")
-        b.save_screenshot(str(artefacts / "1-login.png"))
+        b.save_screenshot(str(shots / "1-login.png"))
         b.find_element(By.ID, "username").send_keys("rita")
         b.find_element(By.ID, "password").send_keys(PASSWORDS["rita"])
         b.find_element(By.ID, "login").click()
@@ -88,13 +91,13 @@ def test_reviewer_logs_in_reviews_a_finding_and_sees_the_dashboard_change(tmp_pa
         first = rows[0]
         assert first.get_attribute("data-priority") == "urgent" and first.get_attribute("data-needs-review") == "1"
         assert "needs review" in first.text and "urgent" in first.text
-        b.save_screenshot(str(artefacts / "2-worklist.png"))
+        b.save_screenshot(str(shots / "2-worklist.png"))
 
         # the dashboard before
         b.get(server.url + "/audit")
         before = b.find_element(By.CSS_SELECTOR, '#by-model tr[data-key="us-free-fluid 1.0.0"]')
         assert before.get_attribute("data-reviewed") == "0" and before.find_element(By.CLASS_NAME, "agreement").text == "n/a"
-        b.save_screenshot(str(artefacts / "3-audit-before.png"))
+        b.save_screenshot(str(shots / "3-audit-before.png"))
 
         # open the top finding and check that its overlay picture loaded
         b.get(server.url + "/")
@@ -105,7 +108,7 @@ def test_reviewer_logs_in_reviews_a_finding_and_sees_the_dashboard_change(tmp_pa
         assert "free_fluid" in b.find_element(By.TAG_NAME, "h1").text
         assert "uncertain" in b.find_element(By.ID, "reasons").text
         assert b.find_element(By.ID, "sha").text == "f" * 64
-        b.save_screenshot(str(artefacts / "4-finding.png"))
+        b.save_screenshot(str(shots / "4-finding.png"))
 
         # one click: agree
         b.find_element(By.ID, "agree").click()
@@ -113,7 +116,7 @@ def test_reviewer_logs_in_reviews_a_finding_and_sees_the_dashboard_change(tmp_pa
         assert b.find_element(By.ID, "state").text == "agreed"
         history = b.find_element(By.ID, "verdicts").text
         assert "rita" in history and "agree (counts)" in history
-        b.save_screenshot(str(artefacts / "5-verdict.png"))
+        b.save_screenshot(str(shots / "5-verdict.png"))
 
         # the dashboard after
         b.get(server.url + "/audit")
@@ -121,7 +124,7 @@ def test_reviewer_logs_in_reviews_a_finding_and_sees_the_dashboard_change(tmp_pa
         assert after.get_attribute("data-reviewed") == "1" and after.get_attribute("data-agree") == "1"
         assert after.find_element(By.CLASS_NAME, "agreement").text == "100 %"
         assert len(b.find_elements(By.CSS_SELECTOR, "#charts svg")) == 2
-        b.save_screenshot(str(artefacts / "6-audit-after.png"))
+        b.save_screenshot(str(shots / "6-audit-after.png"))
 
         # the worklist moved on: the reviewed finding left the unreviewed list
         b.get(server.url + "/")
@@ -133,5 +136,5 @@ def test_reviewer_logs_in_reviews_a_finding_and_sees_the_dashboard_change(tmp_pa
         wait.until(EC.presence_of_element_located((By.ID, "username")))
         b.get(server.url + "/")
         assert b.current_url.startswith(server.url + "/login")
-    assert sorted(p.name for p in artefacts.iterdir()) == ["1-login.png", "2-worklist.png", "3-audit-before.png",
+    assert sorted(p.name for p in shots.iterdir()) == ["1-login.png", "2-worklist.png", "3-audit-before.png",
                                                            "4-finding.png", "5-verdict.png", "6-audit-after.png"]

@@ -1,12 +1,11 @@
 """The review station's work: the worklist's order, filters and counts, the finding page and its overlay,
 append-only verdicts, the agreement numbers and their trend, report, export and add-user; all on a receiver
-database that receivers keep writing to."""
+database that receivers keep writing to; the store-bound tests on a SQLite file and on PostgreSQL."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import subprocess
 import sys
 from datetime import timedelta
@@ -22,7 +21,7 @@ pytest.importorskip("uvicorn")
 from hospital.review import stats  # noqa: E402
 from hospital.review.db import SCHEMA_VERSION, ReviewDB  # noqa: E402
 from tests.support import ROOT  # noqa: E402
-from tests.support.review import CXR, NOW, US, WORKLIST_ORDER, LiveStation, finding, make_db, store  # noqa: E402
+from tests.support.review import CXR, NOW, US, WORKLIST_ORDER, LiveStation, finding, make_db, review_table, store  # noqa: E402
 
 
 def _medge(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -31,12 +30,12 @@ def _medge(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
 
 
 def _findings_table(db) -> str:
-    rows = sqlite3.connect(db).execute("SELECT * FROM findings ORDER BY finding_id").fetchall()
+    rows = db.query("SELECT * FROM {findings} ORDER BY finding_id")
     return hashlib.sha256(repr(rows).encode()).hexdigest()
 
 
-def test_worklist_orders_urgent_then_needs_review_then_oldest_and_filters(tmp_path):
-    db = make_db(tmp_path)
+def test_worklist_orders_urgent_then_needs_review_then_oldest_and_filters(store_db):
+    db = make_db(store_db)
     with LiveStation(db) as live:
         c = live.client()
         c.login("rita")
@@ -62,7 +61,7 @@ def test_worklist_orders_urgent_then_needs_review_then_oldest_and_filters(tmp_pa
         assert [r["finding_id"] for r in api["findings"]] == WORKLIST_ORDER
         assert [r["finding_id"] for r in json.loads(c.get("/api/worklist?state=disagreed")[2])["findings"]] == ["routine-old"]
         # a receiver keeps writing while the station runs: the new finding shows up, the findings table is untouched
-        store(db, [("site-c", finding("late-urgent", priority="urgent", needs_review=True, acquired=NOW))])
+        store(db.url, [("site-c", finding("late-urgent", priority="urgent", needs_review=True, acquired=NOW))])
         before = _findings_table(db)
         import time
 
@@ -72,8 +71,8 @@ def test_worklist_orders_urgent_then_needs_review_then_oldest_and_filters(tmp_pa
         assert _findings_table(db) == before
 
 
-def test_finding_page_overlay_and_append_only_verdicts(tmp_path):
-    db = make_db(tmp_path)
+def test_finding_page_overlay_and_append_only_verdicts(store_db):
+    db = make_db(store_db)
     with LiveStation(db) as live:
         c = live.client()
         c.login("rita")
@@ -148,9 +147,9 @@ def test_agreement_ppv_sensitivity_and_a_downward_trend():
     assert img is not None and img.shape[0] > 400
 
 
-def _weekly_history(tmp_path):
+def _weekly_history(db):
     """Eight weeks of cxr-opacity findings with reviewer agreement falling from 100 % to 25 %."""
-    db = make_db(tmp_path, findings=[])
+    db = make_db(db, findings=[])
     pairs, verdicts = [], []
     for w in range(8):
         for i in range(4):
@@ -159,8 +158,8 @@ def _weekly_history(tmp_path):
                                             needs_review=i == 0, overlay=False)))
             verdicts.append((fid, "agree" if i < 4 - w // 2 else "disagree"))
     pairs.append(("site-b", finding("us-1", model=US, label="free_fluid", acquired=NOW, overlay=False)))
-    store(db, pairs)
-    r = ReviewDB(str(db))
+    store(db.url, pairs)
+    r = ReviewDB(db.url)
     r.index_findings(force=True)
     for fid, v in verdicts:
         r.add_verdict(fid, v, None, None, "rita", "2026-12-01T12:00:00.000Z")
@@ -168,8 +167,8 @@ def _weekly_history(tmp_path):
     return db
 
 
-def test_audit_page_shows_the_fall_and_the_report_and_export_say_the_same(tmp_path):
-    db = _weekly_history(tmp_path)
+def test_audit_page_shows_the_fall_and_the_report_and_export_say_the_same(store_db, tmp_path):
+    db = _weekly_history(store_db)
     with LiveStation(db) as live:
         c = live.client()
         c.login("rita")
@@ -183,38 +182,38 @@ def test_audit_page_shows_the_fall_and_the_report_and_export_say_the_same(tmp_pa
         since = json.loads(c.get("/api/audit?since=2026-11-17")[2])
         assert {g["key"]: g for g in since["groups"]["model"]}["cxr-opacity 1.0.0"]["findings"] < 32
     out = tmp_path / "report.md"
-    r = _medge("review", "report", "--db", str(db), "--since", "2026-01-01", "--out", str(out))
+    r = _medge("review", "report", "--db", db.url, "--since", "2026-01-01", "--out", str(out))
     assert r.returncode == 0, r.stderr
     md = out.read_text()
     assert "**Falling agreement:** cxr-opacity 1.0.0" in md and "![agreement and needs-review rate over time](report.png)" in md
     assert "| cxr-opacity 1.0.0 | 32 | 25 % | 32 | 20 | 12 | 0 | 62 % |" in md and "not computable" in md
     img = cv2.imread(str(tmp_path / "report.png"))
     assert img is not None and img.shape[1] == 720
-    r = _medge("review", "export", "--db", str(db))
+    r = _medge("review", "export", "--db", db.url)
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     assert len(lines) == 32
     assert {"finding_id", "verdict", "corrected_label", "reviewer", "time"} <= set(lines[0])
     assert lines[0]["reviewer"] == "rita" and lines[0]["model"]["name"] == "cxr-opacity" and lines[0]["latest"]
-    r = _medge("review", "export", "--db", str(db), "--since", "2027-01-01")
+    r = _medge("review", "export", "--db", db.url, "--since", "2027-01-01")
     assert r.returncode == 0 and r.stdout == ""
-    r = _medge("review", "export", "--db", str(db), "--since", "yesterday")
+    r = _medge("review", "export", "--db", db.url, "--since", "yesterday")
     assert r.returncode == 2 and "--since 'yesterday'" in r.stderr
 
 
-def test_add_user_reads_the_password_from_stdin_and_tables_are_versioned(tmp_path):
-    db = make_db(tmp_path)
-    r = _medge("review", "add-user", "carol", "--role", "reviewer", "--db", str(db), stdin="carol-password-1\n")
+def test_add_user_reads_the_password_from_stdin_and_tables_are_versioned(store_db, tmp_path):
+    db = make_db(store_db)
+    r = _medge("review", "add-user", "carol", "--role", "reviewer", "--db", db.url, stdin="carol-password-1\n")
     assert r.returncode == 0 and "added reviewer carol" in r.stdout, r.stderr
-    rdb = ReviewDB(str(db))
+    rdb = ReviewDB(db.url)
     (user, hashed) = rdb.user("carol")
     assert user.role == "reviewer" and hashed.startswith("$argon2id$") and "carol-password-1" not in hashed
     assert rdb.schema_version() == SCHEMA_VERSION and rdb.migrate() == SCHEMA_VERSION
-    assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM review_schema").fetchone()[0] == 1
+    assert db.query(f"SELECT COUNT(*) FROM {review_table(db, 'schema')}")[0][0] == 1
     rdb.close()
     for args, err in ((["carol", "--role", "reviewer"], "exists already"), (["dave", "--role", "boss"], "role 'boss'"),
                       (["dave", "--role", "admin"], "at least 8 characters")):
-        r = _medge("review", "add-user", *args, "--db", str(db), stdin="short\n" if "dave" in args else "long-enough-9\n")
+        r = _medge("review", "add-user", *args, "--db", db.url, stdin="short\n" if "dave" in args else "long-enough-9\n")
         assert r.returncode == 2 and err in r.stderr, r.stderr
     r = _medge("review", "add-user", "x", "--role", "admin", "--db", str(tmp_path / "missing.sqlite3"), stdin="p" * 9)
     assert r.returncode == 2 and "no receiver database here" in r.stderr

@@ -1,7 +1,8 @@
 """The review station's test fixtures: a receiver database holding real findings, users, a real server.
 
 Findings are `edge.findings.Finding` documents with OpenCV-made overlay PNGs, stored through the receiver's
-own store API (`open_store(...).add([Received...], [])`), exactly as `medge receive` stores them.
+own store API (`open_store(...).add([Received...], [])`), exactly as `medge receive` stores them, in a
+`TestDB` of either kind (the ``store_db`` fixture, or `sqlite_db` for the tests whose subject is not the store).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from edge.findings import Finding, ModelRef, iso_utc
 from hospital.store import Received, open_store
 from tests.support import ROOT
 from tests.support.mqtt_broker import free_port, wait_port
+from tests.support.postgres import TestDB
 
 PASSWORDS = {"admin": "admin-password-1", "rita": "reviewer-password-1"}
 CXR = ModelRef("cxr-opacity", "1.0.0", "c" * 64, "int8")
@@ -79,14 +81,54 @@ def worklist_findings(now: datetime = NOW) -> list[tuple[str, Finding]]:
     ]
 
 
-def make_db(folder: Path, findings: list[tuple[str, Finding]] | None = None) -> Path:
+def sqlite_db(folder: Path) -> TestDB:
+    """A SQLite receiver database, for the tests where the store does not matter (they run once)."""
+    return TestDB("sqlite", str(folder / "hospital.sqlite3"))
+
+
+def review_table(db: TestDB, name: str) -> str:
+    """A review table's name in that store (``review_x`` in SQLite, ``medge_review_x`` in PostgreSQL)."""
+    return f"medge_review_{name}" if db.pg else f"review_{name}"
+
+
+def execute_raw(db: TestDB, sql: str) -> None:
+    """One statement on a connection of the test's own, past the review station's code (``{verdicts}`` names
+    a review table)."""
+    sql = sql.format(**{t: review_table(db, t) for t in ("verdicts", "audit", "users", "sessions")})
+    if db.pg:
+        import psycopg
+
+        with psycopg.connect(db.url, autocommit=True, connect_timeout=5) as c:
+            c.execute(sql)
+        return
+    import sqlite3
+
+    con = sqlite3.connect(db.url, timeout=30)
+    try:
+        con.execute(sql)
+        con.commit()
+    finally:
+        con.close()
+
+
+def db_errors() -> tuple[type[Exception], ...]:
+    """What a refused statement raises in either store."""
+    import sqlite3
+
+    try:
+        import psycopg
+    except ImportError:
+        return (sqlite3.DatabaseError,)
+    return (sqlite3.DatabaseError, psycopg.Error)
+
+
+def make_db(db: TestDB, findings: list[tuple[str, Finding]] | None = None) -> TestDB:
     """A receiver database with the worklist findings, the review tables, an admin and a reviewer."""
     from hospital.review.auth import create_user
     from hospital.review.db import ReviewDB
 
-    db = folder / "hospital.sqlite3"
-    store(db, worklist_findings() if findings is None else findings)
-    r = ReviewDB(str(db))
+    store(db.url, worklist_findings() if findings is None else findings)
+    r = ReviewDB(db.url)
     try:
         create_user(r, "admin", "admin", PASSWORDS["admin"], None)
         create_user(r, "rita", "reviewer", PASSWORDS["rita"], "admin")
@@ -99,7 +141,7 @@ def make_db(folder: Path, findings: list[tuple[str, Finding]] | None = None) -> 
 class Server:
     """`medge review serve` in a subprocess, on a free loopback port."""
 
-    db: Path
+    db: str  # the --db value
     log: Path
     proc: subprocess.Popen | None = None
     port: int = 0
@@ -112,7 +154,7 @@ class Server:
         self.port = free_port()
         self._log = self.log.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "review", "--db", str(self.db), "--listen", f"127.0.0.1:{self.port}",
+            [sys.executable, "-m", "edge.cli", "review", "--db", self.db, "--listen", f"127.0.0.1:{self.port}",
              "--refresh", "600"],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
@@ -177,8 +219,8 @@ class Clock:
 class LiveStation:
     """The review application on a real uvicorn server in a thread (127.0.0.1, free port), with a test clock."""
 
-    def __init__(self, db: Path, clock: Clock | None = None) -> None:
-        self.db_path, self.clock = db, clock or Clock()
+    def __init__(self, db: TestDB, clock: Clock | None = None) -> None:
+        self.test_db, self.clock = db, clock or Clock()
 
     def __enter__(self) -> LiveStation:
         import threading
@@ -189,7 +231,7 @@ class LiveStation:
         from hospital.review.commands import uvicorn_config
         from hospital.review.db import ReviewDB
 
-        self.db = ReviewDB(str(self.db_path))
+        self.db = ReviewDB(self.test_db.url)
         self.station = Station(self.db, clock=self.clock)
         self.app = self.station.app()
         self.port = free_port()
