@@ -43,6 +43,30 @@ def test_put_is_durable_and_idempotent(tmp_path):
         assert Finding.from_json(ob.get("f-routine-000002").payload).finding_id == "f-routine-000002"
 
 
+def test_new_rows_commit_with_fsync_and_state_changes_without(tmp_path):
+    """What each commit ran under, read from the statements the connection executed: a new row's
+    transaction must be FULL (on disk before store returns); a lease or an acknowledgement may be NORMAL."""
+    with Outbox(tmp_path / "ob.sqlite3") as ob:
+        seen: list[str] = []
+        ob._db.set_trace_callback(seen.append)
+        mode = lambda: ob._db.execute("PRAGMA synchronous").fetchone()[0]  # noqa: E731 - 2 FULL, 1 NORMAL
+
+        def commits_under(fn) -> int:
+            seen.clear()
+            fn()
+            assert any(x.upper().startswith("COMMIT") for x in seen), seen
+            return mode()
+
+        assert commits_under(lambda: ob.store([mk(1), mk(2)])) == 2
+        assert commits_under(lambda: ob.lease(2)) == 1
+        assert commits_under(lambda: ob.mark_delivered("f-routine-000001")) == 1
+        assert commits_under(lambda: ob.put(mk(3))) == 2  # back to FULL for the next new row
+        seen.clear()
+        assert ob.resend_overdue() == 0 and not any(x.upper().startswith(("BEGIN", "COMMIT")) for x in seen)
+    with Outbox(tmp_path / "ob.sqlite3") as ob:
+        assert ob.depth() == 2 and ob.status().delivered == 1
+
+
 def test_lease_ack_requeue_and_delivered_ids_stay_deduplicated(tmp_path):
     with Outbox(tmp_path / "ob.sqlite3") as ob:
         ob.put_many([mk(i) for i in range(5)])
