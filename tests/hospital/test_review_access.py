@@ -19,7 +19,7 @@ from starlette.routing import Route  # noqa: E402
 from hospital.review.app import PUBLIC, is_api  # noqa: E402
 from hospital.review.auth import ABSOLUTE_S, IDLE_S, LOCKOUT_S  # noqa: E402
 from tests.support import ROOT  # noqa: E402
-from tests.support.review import PASSWORDS, LiveStation, db_errors, execute_raw, make_db, review_table, sqlite_db  # noqa: E402
+from tests.support.review import PASSWORDS, LiveStation, db_errors, make_db, sqlite_db  # noqa: E402
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def test_sessions_expire_when_idle_and_after_the_absolute_limit(live):
     live.clock.advance(25 * 60)
     assert c.get("/api/worklist")[0] == 401
     db = live.test_db
-    rows = db.query(f"SELECT COUNT(*) FROM {review_table(db, 'sessions')} WHERE username = 'rita'")
+    rows = db.query("SELECT COUNT(*) FROM {review_sessions} WHERE username = 'rita'")
     assert rows[0][0] == 0  # expired sessions are deleted, not just ignored
 
 
@@ -209,10 +209,10 @@ def test_audit_log_records_logins_views_and_verdicts_and_is_append_only(live):
     status, _, body = admin.get("/admin/log")
     assert status == 200 and "view_finding" in body and "login_failed" in body
     entries = len(live.db.audit_log(500))
-    for sql in ("UPDATE {verdicts} SET verdict = 'disagree'", "DELETE FROM {verdicts}",
-                "UPDATE {audit} SET action = 'x'", "DELETE FROM {audit}"):
+    for sql in ("UPDATE {review_verdicts} SET verdict = 'disagree'", "DELETE FROM {review_verdicts}",
+                "UPDATE {review_audit} SET action = 'x'", "DELETE FROM {review_audit}"):
         with pytest.raises(db_errors(), match="append-only"):
-            execute_raw(live.test_db, sql)
+            live.test_db.execute(sql)
     assert [v.verdict for v in live.db.verdicts()] == ["agree"] and len(live.db.audit_log(500)) == entries
 
 

@@ -21,7 +21,7 @@ pytest.importorskip("uvicorn")
 from hospital.review import stats  # noqa: E402
 from hospital.review.db import SCHEMA_VERSION, ReviewDB  # noqa: E402
 from tests.support import ROOT  # noqa: E402
-from tests.support.review import CXR, NOW, US, WORKLIST_ORDER, LiveStation, finding, make_db, review_table, store  # noqa: E402
+from tests.support.review import CXR, NOW, US, WORKLIST_ORDER, LiveStation, finding, make_db, store  # noqa: E402
 
 
 def _medge(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -209,7 +209,7 @@ def test_add_user_reads_the_password_from_stdin_and_tables_are_versioned(store_d
     (user, hashed) = rdb.user("carol")
     assert user.role == "reviewer" and hashed.startswith("$argon2id$") and "carol-password-1" not in hashed
     assert rdb.schema_version() == SCHEMA_VERSION and rdb.migrate() == SCHEMA_VERSION
-    assert db.query(f"SELECT COUNT(*) FROM {review_table(db, 'schema')}")[0][0] == 1
+    assert db.query("SELECT COUNT(*) FROM {review_schema}")[0][0] == 1
     rdb.close()
     for args, err in ((["carol", "--role", "reviewer"], "exists already"), (["dave", "--role", "boss"], "role 'boss'"),
                       (["dave", "--role", "admin"], "at least 8 characters")):

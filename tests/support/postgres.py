@@ -40,6 +40,9 @@ import pytest
 from tests.support.mqtt_broker import free_port
 
 ROLE = "medge"
+# the tables a test names in `TestDB.execute` / `query` as ``{name}``: the receivers' and the review station's
+TABLES = ("findings", "events", "rejected", "review_verdicts", "review_audit", "review_users", "review_sessions",
+          "review_schema")
 
 
 def postgres_bin() -> Path | None:
@@ -174,29 +177,39 @@ class TestDB:
     def table(self, name: str) -> str:
         return f"medge_{name}" if self.pg else name
 
-    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
-        """``sql`` with ``?`` placeholders and ``{findings}``-style table names; [] while the table does not exist."""
-        sql = sql.format(**{t: self.table(t) for t in ("findings", "events", "rejected")})
+    def execute(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """One statement on a connection of the test's own, past the code under test; ``?`` placeholders and
+        ``{findings}``-style table names (`TABLES`). Raises what the database raises (a refusing trigger, say)."""
+        sql = sql.format(**{t: self.table(t) for t in TABLES})
         if self.pg:
             import psycopg
 
-            sql = sql.replace("?", "%s")
-            try:
-                with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as c:
-                    return list(c.execute(sql, params).fetchall())
-            except psycopg.errors.UndefinedTable:
-                return []
-        if not Path(self.url).exists():
-            return []
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as c:
+                cur = c.execute(sql.replace("?", "%s"), params)
+                return list(cur.fetchall()) if cur.description else []
         con = sqlite3.connect(self.url, timeout=30)
         try:
-            return list(con.execute(sql, params).fetchall())
-        except sqlite3.OperationalError as e:
-            if "no such table" in str(e):
-                return []
-            raise
+            rows = list(con.execute(sql, params).fetchall())
+            con.commit()
+            return rows
         finally:
             con.close()
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """`execute` for reading back: [] while the database or the table does not exist yet."""
+        if not self.pg and not Path(self.url).exists():
+            return []
+        missing: tuple[type[Exception], ...] = (sqlite3.OperationalError,)
+        if self.pg:
+            import psycopg
+
+            missing = (psycopg.errors.UndefinedTable,)
+        try:
+            return self.execute(sql, params)
+        except missing as e:
+            if isinstance(e, sqlite3.OperationalError) and "no such table" not in str(e):
+                raise
+            return []
 
     def ids(self) -> list[str]:
         return [r[0] for r in self.query("SELECT finding_id FROM {findings}")]

@@ -86,31 +86,6 @@ def sqlite_db(folder: Path) -> TestDB:
     return TestDB("sqlite", str(folder / "hospital.sqlite3"))
 
 
-def review_table(db: TestDB, name: str) -> str:
-    """A review table's name in that store (``review_x`` in SQLite, ``medge_review_x`` in PostgreSQL)."""
-    return f"medge_review_{name}" if db.pg else f"review_{name}"
-
-
-def execute_raw(db: TestDB, sql: str) -> None:
-    """One statement on a connection of the test's own, past the review station's code (``{verdicts}`` names
-    a review table)."""
-    sql = sql.format(**{t: review_table(db, t) for t in ("verdicts", "audit", "users", "sessions")})
-    if db.pg:
-        import psycopg
-
-        with psycopg.connect(db.url, autocommit=True, connect_timeout=5) as c:
-            c.execute(sql)
-        return
-    import sqlite3
-
-    con = sqlite3.connect(db.url, timeout=30)
-    try:
-        con.execute(sql)
-        con.commit()
-    finally:
-        con.close()
-
-
 def db_errors() -> tuple[type[Exception], ...]:
     """What a refused statement raises in either store."""
     import sqlite3
