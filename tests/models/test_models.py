@@ -20,6 +20,7 @@ from edge.inference.preprocess import Preprocessor, PreprocessSpec
 from models import datasets, make_samples, synth_ultrasound, synth_xray
 from models.synth_dicom import CR_IMAGE_STORAGE, US_MULTIFRAME_STORAGE, cr_dataset
 from tests.support import ROOT  # noqa: E402
+from tests.support.files import sha256
 
 MODELS = ROOT / "models"
 SAMPLES = MODELS / "samples"
@@ -129,7 +130,7 @@ def test_datasets_us_writes_pngs_and_same_named_masks_and_is_prefix_stable(tmp_p
     assert imgs == [f"us_{i:05d}.png" for i in range(4)]
     assert sorted(p.name for p in (tmp_path / "a" / "masks").glob("*.png")) == imgs
     for name in imgs[:2]:
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+        assert sha256(tmp_path / "a" / name) == sha256(tmp_path / "b" / name), name
     img = cv2.imread(str(tmp_path / "a" / imgs[0]), cv2.IMREAD_UNCHANGED)
     s = datasets.us_sample(5, 0)
     assert img.dtype == np.uint8 and np.array_equal(img, s.pixels)
@@ -211,8 +212,7 @@ def test_us_cine_jpeg_baseline_encoding_decodes(tmp_path):
 
 def test_make_samples_regenerates_identical_bytes(tmp_path):
     make_samples.make_samples(tmp_path)
-    for p in SAMPLES.iterdir():
-        assert (tmp_path / p.name).read_bytes() == p.read_bytes(), p.name
+    assert {p.name: sha256(p) for p in tmp_path.iterdir()} == {p.name: sha256(p) for p in SAMPLES.iterdir()}
 
 
 # ---------------------------------------------------------------- committed models
@@ -279,7 +279,7 @@ def test_train_us_smoke(tmp_path):
     args = ["--steps", "2", "--n-train", "4", "--n-eval", "3", "--batch", "2"]
     assert train_us_free_fluid.main([*args, "--out", str(tmp_path)]) == 0
     assert train_us_free_fluid.main([*args, "--out", str(tmp_path / "again")]) == 0
-    assert (tmp_path / "model.onnx").read_bytes() == (tmp_path / "again" / "model.onnx").read_bytes()  # seeded
+    assert sha256(tmp_path / "model.onnx") == sha256(tmp_path / "again" / "model.onnx")  # seeded
     assert "NOT FOR CLINICAL USE" in (tmp_path / "MODEL_CARD.md").read_text()
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["export"]["ort_vs_torch_max_abs"] < 1e-3 and m["held_out"]["frames"] == 3
