@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from edge.frames import Region
+from models.pixel_font import draw_text
 
 DEFAULT_SIZE = (256, 256)
 
@@ -244,13 +245,13 @@ def draw_overlay(img: np.ndarray, scene: Scene) -> None:
     """Burned-in annotations outside the fan: fake patient banner, date, probe and depth scale."""
     h, w = img.shape
     geo = scene.geometry
-    font, fs, col = cv2.FONT_HERSHEY_SIMPLEX, 0.28 * h / 256, 230
+    s = max(1, round(h / 256))
     ov = scene.overlay
-    cv2.putText(img, ov["name"], (3, int(0.035 * h) + 3), font, fs, col, 1, cv2.LINE_AA)
-    cv2.putText(img, ov["id"], (3, int(0.075 * h) + 3), font, fs, col, 1, cv2.LINE_AA)
-    cv2.putText(img, ov["date"], (int(0.70 * w), int(0.035 * h) + 3), font, fs, col, 1, cv2.LINE_AA)
-    cv2.putText(img, ov["time"], (int(0.70 * w), int(0.075 * h) + 3), font, fs, col, 1, cv2.LINE_AA)
-    cv2.putText(img, ov["probe"], (3, h - 5), font, fs, 200, 1, cv2.LINE_AA)
+    draw_text(img, ov["name"], 3, int(0.035 * h) + 3, 230, s)
+    draw_text(img, ov["id"], 3, int(0.075 * h) + 3, 230, s)
+    draw_text(img, ov["date"], int(0.70 * w), int(0.035 * h) + 3, 230, s)
+    draw_text(img, ov["time"], int(0.70 * w), int(0.075 * h) + 3, 230, s)
+    draw_text(img, ov["probe"], 3, h - 5, 200, s)
     # depth scale: a tick every cm along the right margin, labelled every 5 cm
     x = w - 6
     top, bottom = geo.apex_y + geo.r_min, geo.apex_y + geo.r_max
@@ -259,9 +260,9 @@ def draw_overlay(img: np.ndarray, scene: Scene) -> None:
         if y >= h:
             break
         ln = 4 if cm % 5 == 0 else 2
-        cv2.line(img, (x - ln, y), (x, y), 220, 1)
+        img[y, x - ln:x + 1] = 220
         if cm % 5 == 0 and cm > 0:
-            cv2.putText(img, str(cm), (x - 14, y + 3), font, 0.8 * fs, 220, 1, cv2.LINE_AA)
+            draw_text(img, str(cm), x - 5 - 12 * s, y + 3 * s, 220, s)
 
 
 def region_of(sector: np.ndarray) -> Region:
