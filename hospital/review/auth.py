@@ -6,7 +6,8 @@
   token and two expiries: idle (renewed by each request) and absolute (from login). Logout, a password change
   and disabling a user delete the session rows.
 - Lockout: 5 failed logins for one user name lock it for 15 minutes, whether the name exists or not; a
-  successful login clears the count.
+  successful login clears the count. Each attempt is counted before its password is checked, so parallel
+  guesses cannot slip past the limit.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from edge.findings import iso_utc
 from hospital.review.db import ROLES, ReviewDB, User
 
 MAX_FAILURES = 5
+LOCKED_MESSAGE = "Too many failed logins: this account is locked for 15 minutes."
 LOCKOUT_S = 15 * 60
 IDLE_S = 30 * 60
 ABSOLUTE_S = 12 * 3600
@@ -97,26 +99,22 @@ class Auth:
     def login(self, username: str, password: str, remote: str | None) -> LoginResult:
         db, now = self.db, self.now()
         username = username.strip()[:64]
-        lock = db.one("SELECT failures, locked_until FROM {lockouts} WHERE username = ?", (username,))
-        if lock and lock[1] and lock[1] > now:
-            db.audit("login_locked", username, at=now, detail=f"locked until {lock[1]}", remote=remote)
-            return LoginResult(None, "Too many failed logins: this account is locked for 15 minutes.", locked=True)
+        attempt, locked_until = self._count_attempt(username, now)
+        if locked_until or attempt > self.max_failures:
+            db.audit("login_locked", username, at=now, remote=remote,
+                     detail=f"locked until {locked_until}" if locked_until else f"attempt {attempt} in flight")
+            return LoginResult(None, LOCKED_MESSAGE, locked=True)
         found = db.user(username)
         ok = check_password(found[1] if found else None, password) and found is not None and found[0].active
         if not ok:
-            failures = (lock[0] if lock else 0) + 1
-            locked_until = self.now(self.lockout_s) if failures >= self.max_failures else None
+            lock = self.now(self.lockout_s) if attempt >= self.max_failures else None
             with db.transaction():
                 if lock:
-                    db.execute("UPDATE {lockouts} SET failures = ?, locked_until = ? WHERE username = ?",
-                               (0 if locked_until else failures, locked_until, username))
-                else:
-                    db.execute("INSERT INTO {lockouts} (username, failures, locked_until) VALUES (?, ?, ?)",
-                               (username, 0 if locked_until else failures, locked_until))
+                    db.execute("UPDATE {lockouts} SET failures = 0, locked_until = ? WHERE username = ?", (lock, username))
                 db.audit("login_failed", username, at=now, remote=remote,
-                         detail=f"locked until {locked_until}" if locked_until else f"failure {failures}")
-            if locked_until:
-                return LoginResult(None, "Too many failed logins: this account is locked for 15 minutes.", locked=True)
+                         detail=f"locked until {lock}" if lock else f"failure {attempt}")
+            if lock:
+                return LoginResult(None, LOCKED_MESSAGE, locked=True)
             return LoginResult(None, "Wrong user name or password.")
         token = secrets.token_urlsafe(32)
         with db.transaction():
@@ -128,6 +126,24 @@ class Auth:
                         self.now(self.absolute_s), remote))
             db.audit("login", username, at=now, remote=remote)
         return LoginResult(token, "")
+
+    def _count_attempt(self, username: str, now: str) -> tuple[int, str | None]:
+        """Count this login attempt before its password is checked: (attempts so far, this one included;
+        the lock's end while locked). Counting afterwards let parallel wrong passwords, each checked while
+        the others were hashing, read the same count and past the limit together. Only this transaction
+        writes the count (the row lock on PostgreSQL, BEGIN IMMEDIATE on SQLite), so across threads,
+        processes and stations at most ``max_failures`` passwords are checked per lockout window."""
+        db = self.db
+        with db.transaction():
+            db.execute("INSERT INTO {lockouts} (username, failures, locked_until) VALUES (?, 0, NULL)"
+                       " ON CONFLICT (username) DO NOTHING", (username,))
+            failures, locked_until = db.one("SELECT failures, locked_until FROM {lockouts} WHERE username = ?"
+                                            + (" FOR UPDATE" if db.pg else ""), (username,))
+            if locked_until and locked_until > now:
+                return failures, locked_until
+            failures = (0 if locked_until else failures) + 1  # an expired lock starts a new count
+            db.execute("UPDATE {lockouts} SET failures = ?, locked_until = NULL WHERE username = ?", (failures, username))
+        return failures, None
 
     def session(self, token: str | None) -> Session | None:
         """The live session this cookie token names (renewing its idle expiry), or None."""

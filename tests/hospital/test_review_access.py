@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -160,6 +161,20 @@ def test_five_failures_lock_a_user_name_for_15_minutes(live):
     assert [u.login("nobody", "x") for _ in range(5)] == [401, 401, 401, 401, 429]
     actions = [r[2] for r in live.db.audit_log(100)]
     assert actions.count("login_failed") == 10 and actions.count("login_locked") == 2 and "login" in actions
+
+
+def test_parallel_wrong_passwords_cannot_slip_past_the_limit(live):
+    """A password check takes tens of milliseconds; 20 guesses sent at once must not all be checked
+    against a count that none of them has raised yet."""
+    clients = [live.client() for _ in range(20)]
+    with ThreadPoolExecutor(len(clients)) as pool:
+        statuses = sorted(pool.map(lambda c: c.login("rita", "wrong-password"), clients))
+    assert statuses == [401] * 4 + [429] * 16
+    actions = [r[2] for r in live.db.audit_log(100)]
+    assert actions.count("login_failed") == 5 and actions.count("login_locked") == 15
+    assert live.client().login("rita") == 429  # locked, even for the right password
+    live.clock.advance(LOCKOUT_S + 1)
+    assert live.client().login("rita") == 303
 
 
 def test_logout_ends_the_session_on_the_server(live):
