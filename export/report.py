@@ -23,9 +23,12 @@ def latency_side_by_side(models: dict[str, Path | tuple[str, Path]], x: np.ndarr
     Sessions are configured as the device runs them (`edge.inference.backends.onnxruntime`: intra-op workers do not
     spin, because the pipeline's stages share the cores). With spinning on, a dozen idle sessions' spinning
     workers in one process would be charged to whichever model runs next. Each block still starts with
-    one untimed run; then `block` timed runs. Blocks rotate across models until every model has `runs`
-    timed runs. A model given as ``(runtime, path)`` runs on that CPU runtime (`export.runtimes`), so ONNX
-    Runtime and OpenVINO are timed in the same interleaved loop. ``keep_times``: also return every timed run
+    one untimed run; then `block` timed runs. Blocks rotate across models, in a new seeded order each
+    round, until every model has `runs` timed runs. In a fixed order the model after an ONNX Runtime one
+    ran 2-4 % slower than the same compiled OpenVINO file placed after another OpenVINO model (same file
+    both times, medians of 300), which bench_peers had charged to medge's OpenVINO row. A model given as
+    ``(runtime, path)`` runs on that CPU runtime (`export.runtimes`), so ONNX Runtime and OpenVINO are
+    timed in the same interleaved loop. ``keep_times``: also return every timed run
     (``times_ms``), for a confidence interval of a ratio.
     """
     from .runtimes import runner
@@ -36,8 +39,11 @@ def latency_side_by_side(models: dict[str, Path | tuple[str, Path]], x: np.ndarr
         for _ in range(warmup):
             r(x)
     times: dict[str, list[float]] = {k: [] for k in runners}
+    order, shuffle = list(runners), np.random.default_rng(0).shuffle
     while min(len(v) for v in times.values()) < runs:
-        for k, r in runners.items():
+        shuffle(order)  # a new, seeded order every round: no model always follows the same one
+        for k in order:
+            r = runners[k]
             r(x)  # absorbs the previous model's spinning workers
             for _ in range(min(block, runs - len(times[k]))):
                 t0 = time.perf_counter()
