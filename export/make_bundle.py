@@ -369,7 +369,9 @@ def _openvino_candidate(opts: ExportOptions, recipe: quantize.Recipe, fp32: Path
     then only the common file's accuracy-fallback nodes in float; the first that passes the gate on
     OpenVINO is its file. Both use 8-bit weights except in the layers that read the input (7-bit:
     `quantize.narrow_first_layer_weights`, NNCF's overflow rule; the common file's 7-bit weights everywhere
-    cost the benchmark U-Net its gate) and drop the Q/DQ round trip at the tail (`drop_float_tail_qdq`).
+    cost the benchmark U-Net its gate), quantize activations whose range crosses zero to symmetric int8 as
+    NNCF does (`symmetric_signed_activations`), give a Concat's inputs one scale as NNCF does
+    (`unify_concat_scales`), and drop the Q/DQ round trip at the tail (`drop_float_tail_qdq`).
     None: OpenVINO not installed, or neither passes (OpenVINO is then gated on the common file)."""
     if opts.target != "cpu" or "openvino" not in runtimes.installed():
         return None
@@ -381,6 +383,8 @@ def _openvino_candidate(opts: ExportOptions, recipe: quantize.Recipe, fp32: Path
         path = scratch / f"int8-openvino-{len(tried)}.onnx"
         quantize.quantize(fp32, path, r_ov, tensors, in_name, cache)
         model, first = quantize.narrow_first_layer_weights(onnx.load(str(path)))
+        model, signed = quantize.symmetric_signed_activations(model)
+        model, unified = quantize.unify_concat_scales(model)
         onnx.save(quantize.drop_float_tail_qdq(model)[0], str(path))
         g = evaluate.gate(vs, task, ref, evaluate.predict(path, vs, task, runtime="openvino"), budget,
                           opts.min_subgroup_samples)
@@ -389,7 +393,8 @@ def _openvino_candidate(opts: ExportOptions, recipe: quantize.Recipe, fp32: Path
             f"(budget {budget}) -> {'pass: shipped as ' + OPENVINO_INT8 if g.passed else 'fail'}")
         tried.append(what)
         if g.passed:
-            return path, g, {**r_ov.to_dict(), "seven_bit_weight_nodes": first, "tail_qdq_dropped": True}
+            return path, g, {**r_ov.to_dict(), "seven_bit_weight_nodes": first, "tail_qdq_dropped": True,
+                             "symmetric_int8_activations": signed, "unified_concat_scales": unified}
     log(f"openvino: no own file passed ({'; '.join(tried)}); OpenVINO is gated on the common file")
     return None
 

@@ -372,27 +372,39 @@ def to_fp16(fp32_path: Path, out_path: Path) -> None:
 
 
 def drop_float_tail_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """Remove the QuantizeLinear -> DequantizeLinear pairs at the graph's tail (the dequantized tensor is a
-    graph output, or is read only by ops that produce graph outputs): the round trip adds rounding and one
-    element-wise kernel and no int8 work. For OpenVINO's file: its CPU plugin fuses the dequantization into
-    the producing convolution when the output stays float, which is the graph NNCF builds; ONNX Runtime's
-    file keeps the pairs (its QDQ fusion wants them). Graph output names are kept (Identity)."""
-    g = model.graph
+    """Remove the QuantizeLinear -> DequantizeLinear pairs at the graph's tail: the dequantized tensor reaches
+    graph outputs through float ops that do no int8 work (a Reshape, a Transpose, a ReduceMax, a Sub) and is
+    never quantized again. The round trip adds rounding and one element-wise kernel and no int8 work. Pairs are removed from
+    the outputs backwards until none is left (a head's conv -> Q/DQ -> Reshape -> Q/DQ -> Transpose loses
+    both). For OpenVINO's file: its CPU plugin fuses the dequantization into the producing convolution when
+    the output stays float, which is the graph NNCF builds; ONNX Runtime's file keeps the pairs (its QDQ
+    fusion wants them). Graph output names are kept (Identity). Returns the pairs removed."""
+    removed = 0
+    while (n := _drop_tail_pass(model.graph)):
+        removed += n
+    return model, removed
+
+
+# a tail's float ops move data or reduce it; a layer that does int8 work (the head conv) keeps its Q/DQ inputs
+_NOT_TAIL = frozenset({"QuantizeLinear", "DequantizeLinear", "Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def _drop_tail_pass(g: onnx.GraphProto) -> int:
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in g.node:
         for t in n.input:
             consumers.setdefault(t, []).append(n)
     outputs = {o.name for o in g.output}
     quantized = {n.input[0] for n in g.node if n.op_type == "QuantizeLinear"}
+    memo: dict[str, bool] = {}
 
-    def float_only(dq: onnx.NodeProto) -> bool:
-        """The tail only: a graph output, or read by ops whose outputs are all graph outputs."""
-        t = dq.output[0]
-        cs = consumers.get(t, [])
-        if t in outputs:
-            return not cs
-        return bool(cs) and all(c.op_type not in ("QuantizeLinear", "DequantizeLinear")
-                                and all(o in outputs and o not in quantized for o in c.output) for c in cs)
+    def float_tail(t: str) -> bool:
+        """Read only by float ops whose results end in graph outputs, never quantized again."""
+        if t not in memo:
+            cs = consumers.get(t, [])
+            memo[t] = t not in quantized and (t in outputs if not cs else all(
+                c.op_type not in _NOT_TAIL and all(float_tail(o) for o in c.output if o) for c in cs))
+        return memo[t]
 
     drop: set[int] = set()
     rename: dict[str, str] = {}
@@ -400,7 +412,7 @@ def drop_float_tail_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         if q.op_type != "QuantizeLinear":
             continue
         dqs = consumers.get(q.output[0], [])
-        if dqs and all(d.op_type == "DequantizeLinear" for d in dqs) and all(float_only(d) for d in dqs):
+        if dqs and all(d.op_type == "DequantizeLinear" and float_tail(d.output[0]) for d in dqs):
             for d in dqs:
                 rename[d.output[0]] = q.input[0]
                 drop.add(id(d))
@@ -411,7 +423,85 @@ def drop_float_tail_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     kept += [onnx.helper.make_node("Identity", [rename[o]], [o], name=f"{o}_float") for o in sorted(outputs & set(rename))]
     del g.node[:]
     g.node.extend(kept)
-    return model, len(drop) // 2
+    return len(drop) // 2
+
+
+def symmetric_signed_activations(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Activations whose calibrated range crosses zero (a uint8 zero point above 0: in practice the normalised
+    input) become symmetric int8 with zero point 0, over the same range's larger side; ranges that start at 0
+    (after ReLU) stay uint8. For OpenVINO's file: this is NNCF's activation rule, and on CPUs with AMX the CPU
+    plugin runs an asymmetric uint8 input through u8 convolution kernels where NNCF's int8 input gets s8 ones
+    (us-free-fluid: 0.91x of NNCF before, executed graph identical to NNCF's after). On VNNI-only CPUs the two
+    forms executed the same kernels. Returns the rewritten tensors (the Q/DQ pairs' quantized inputs)."""
+    from onnx import numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    done: dict[tuple[str, str], None] = {}
+    tensors = []
+    for n in g.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(n.input) < 3:
+            continue
+        sn, zn = n.input[1], n.input[2]
+        if (sn, zn) in done or sn not in inits or zn not in inits:
+            continue
+        zp, scale = numpy_helper.to_array(inits[zn]), numpy_helper.to_array(inits[sn])
+        if zp.dtype != np.uint8 or zp.ndim != 0 or int(zp) == 0:
+            continue  # weights (int8, per channel) and ranges that start at 0
+        done[(sn, zn)] = None
+        lo, hi = -int(zp) * float(scale), (255 - int(zp)) * float(scale)
+        inits[sn].CopyFrom(numpy_helper.from_array(np.array(max(-lo, hi) / 127, scale.dtype), sn))
+        inits[zn].CopyFrom(numpy_helper.from_array(np.array(0, np.int8), zn))
+        if n.op_type == "QuantizeLinear":
+            tensors.append(n.input[0])
+    return model, tensors
+
+
+def unify_concat_scales(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Give every quantized input of a Concat the quantization of the Concat's output (per-tensor scale and
+    zero point; the output's calibrated range covers its inputs'). For OpenVINO's file: ONNX Runtime's
+    quantizer calibrates each Concat input on its own, and OpenVINO's CPU plugin then requantizes every input
+    to one scale inside the producing kernel (the U-Net's Resize ran 20-30 % longer with that second fused
+    FakeQuantize); NNCF quantizes a Concat's inputs as one group with one scale, which is this. A producer
+    read by two Concats keeps the first one's. Returns the Concats changed."""
+    from onnx import numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+
+    def qparams(n: onnx.NodeProto) -> tuple[str, str] | None:
+        if len(n.input) < 3 or n.input[1] not in inits or n.input[2] not in inits:
+            return None
+        return (n.input[1], n.input[2]) if numpy_helper.to_array(inits[n.input[1]]).ndim == 0 else None
+
+    assigned: dict[tuple[str, str], tuple[str, str]] = {}
+    changed = []
+    for c in g.node:
+        outs = consumers.get(c.output[0], []) if c.op_type == "Concat" else []
+        if not outs or any(q.op_type != "QuantizeLinear" or qparams(q) is None for q in outs):
+            continue
+        target = qparams(outs[0])
+        dqs = [producer.get(t) for t in c.input]
+        if (len({qparams(q) for q in outs}) != 1
+                or any(d is None or d.op_type != "DequantizeLinear" or qparams(d) is None for d in dqs)):
+            continue
+        tz = numpy_helper.to_array(inits[target[1]])
+        if any(numpy_helper.to_array(inits[qparams(d)[1]]).dtype != tz.dtype for d in dqs):
+            continue
+        for d in dqs:
+            own = qparams(d)
+            if own == target or own in assigned:
+                continue
+            assigned[own] = target
+            for src, dst in zip(target, own, strict=True):
+                inits[dst].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(inits[src]).copy(), dst))
+        changed.append(c.name)
+    return model, changed
 
 
 def narrow_first_layer_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
