@@ -123,6 +123,15 @@ class FrameQueue:
             self._cv.notify_all()
             return item
 
+    def get_nowait(self) -> Any | None:
+        """The next item if one is waiting, else None (items are never None)."""
+        with self._cv:
+            if not self._q:
+                return None
+            item = self._q.popleft()
+            self._cv.notify_all()
+            return item
+
     def __len__(self) -> int:
         return len(self._q)
 
@@ -156,8 +165,9 @@ class PipelineSettings:
     # returns a result, the infer thread needs the interpreter lock back; with the default it can wait up to 5 ms
     # for the preprocess or post thread to yield it, longer than a 128x128 INT8 inference takes. With another
     # process loading the cores, 0.5 ms measured 0.96x-1.01x of bare fps where 5 ms gave 0.83x-0.92x (OpenVINO
-    # INT8, 1 thread); on a quiet machine the two were equal (0.93x vs 0.92x, 16 paired rounds). See
-    # benchmarks/bench_pipeline.py.
+    # INT8, 1 thread); on a quiet machine the two were equal (0.93x vs 0.92x, 16 paired rounds). Since OpenVINO
+    # keeps the next frame in flight (`_infer`) the runtime no longer waits for the lock: 0.945 vs 0.961 of
+    # its ceiling (12 paired rounds). See benchmarks/bench_pipeline.py.
     gil_switch_ms: float | None = 0.5
     overlays: OverlayPolicy = field(default_factory=OverlayPolicy)  # drawn only if the model's task attaches pictures
 
@@ -291,17 +301,65 @@ class Pipeline:
         self._q_inf.close()
 
     def _infer(self) -> None:
-        while (w := self._q_inf.get()) is not _END:
-            if w.error is None and w.refused is None:
-                t0 = time.perf_counter()
-                try:
-                    w.outputs = self.backend.run(w.tensor)
-                except Exception as e:  # ORT raises its own types for bad shapes/values
-                    w.error = f"inference failed ({cause_line(e)})"
-                w.t_infer_ms = (time.perf_counter() - t0) * 1000
-                w.tensor = None
-            self._q_post.put(w, live=False)  # inference is paid for: never drop a result
+        """Frames go to the post stage in the order they came. With a backend that can begin an inference
+        without waiting for it (`start`: OpenVINO), a frame already queued behind the one in flight is
+        submitted before that one is collected, so the runtime starts it the moment the first ends rather
+        than when this thread next gets the interpreter lock; at most one frame is held that way, and only
+        while another is waiting (a live frame is never held back for one that has not arrived)."""
+        start = getattr(self.backend, "start", None)
+        held: tuple[Work, Callable[[], dict[str, np.ndarray]], float] | None = None
+        while True:
+            w = self._q_inf.get() if held is None else self._q_inf.get_nowait()
+            if w is None:  # nothing else waiting: finish the frame in flight rather than wait holding it
+                self._collect(*held)
+                held = None
+                continue
+            if w is _END:
+                break
+            if w.error is not None or w.refused is not None:
+                if held is not None:
+                    self._collect(*held)
+                    held = None
+                self._q_post.put(w, live=False)
+                continue
+            t0 = time.perf_counter()
+            if start is None:
+                self._collect(w, lambda t=w.tensor: self.backend.run(t), t0)
+                continue
+            waiter = self._start(start, w.tensor, block=held is None)
+            if waiter is None:  # every request busy (another source shares the backend): ours first
+                self._collect(*held)
+                held = None
+                waiter = self._start(start, w.tensor, block=True)
+            if held is not None:
+                self._collect(*held)
+            held = (w, waiter, t0)
+        if held is not None:
+            self._collect(*held)
         self._q_post.close()
+
+    @staticmethod
+    def _start(start: Callable[..., Any], tensor: np.ndarray, block: bool) -> Callable[[], dict[str, np.ndarray]] | None:
+        try:
+            return start(tensor, block=block)
+        except Exception as e:  # reported when the frame is collected, in order
+            err = e
+
+            def failed() -> dict[str, np.ndarray]:
+                raise err
+
+            return failed
+
+    def _collect(self, w: Work, outputs: Callable[[], dict[str, np.ndarray]], t0: float) -> None:
+        """``t_infer_ms`` is from submission to outputs, so a frame submitted behind another includes the
+        wait for it."""
+        try:
+            w.outputs = outputs()
+        except Exception as e:  # ORT raises its own types for bad shapes/values
+            w.error = f"inference failed ({cause_line(e)})"
+        w.t_infer_ms = (time.perf_counter() - t0) * 1000
+        w.tensor = None
+        self._q_post.put(w, live=False)  # inference is paid for: never drop a result
 
     def _post(self) -> None:
         while (w := self._q_post.get()) is not _END:

@@ -23,33 +23,7 @@ from edge.runtime.finding_builder import FindingBuilder
 from edge.runtime.metrics import Metrics
 from edge.runtime.pipeline import Pipeline, PipelineSettings
 from tests.support.bundles import blob_image, write_bundle
-
-
-class ListSource:
-    """A finite in-test source implementing the Source protocol; records completions."""
-
-    def __init__(self, frames, name="test", interval_s=0.0):
-        self.name = name
-        self._frames = frames
-        self.interval_s = interval_s
-        self.completed: list[tuple[int, bool]] = []
-        self.yielded = 0
-
-    def frames(self, stop: threading.Event):
-        for f in self._frames:
-            if stop.is_set():
-                return
-            if self.interval_s:
-                time.sleep(self.interval_s)
-            f.captured_at = time.monotonic()
-            self.yielded += 1
-            yield f
-
-    def complete(self, frame, ok):
-        self.completed.append((frame.index, ok))
-
-    def close(self):
-        pass
+from tests.support.sources import ListSource
 
 
 class SlowBackend:

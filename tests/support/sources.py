@@ -14,6 +14,33 @@ from edge.config import SourceConfig
 from edge.sources import SourceContext
 
 
+class ListSource:
+    """A finite in-test source implementing the Source protocol; records completions."""
+
+    def __init__(self, frames, name="test", interval_s=0.0):
+        self.name = name
+        self._frames = frames
+        self.interval_s = interval_s
+        self.completed: list[tuple[int, bool]] = []
+        self.yielded = 0
+
+    def frames(self, stop: threading.Event):
+        for f in self._frames:
+            if stop.is_set():
+                return
+            if self.interval_s:
+                time.sleep(self.interval_s)
+            f.captured_at = time.monotonic()
+            self.yielded += 1
+            yield f
+
+    def complete(self, frame, ok):
+        self.completed.append((frame.index, ok))
+
+    def close(self):
+        pass
+
+
 class Runner:
     """Plays the pipeline's part: pulls frames in a thread and completes each one (ok unless told)."""
 

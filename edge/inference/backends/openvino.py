@@ -13,15 +13,17 @@ threads share the cores) and fp32 inference precision (on CPUs with bf16 or AMX 
 lower fp32 layers to bf16 on its own, and the gate would no longer describe what runs); the thread count
 is the profile's (the gate uses 2; the count changes speed, not the arithmetic). Compiled blobs are cached
 in the bundle's device cache, ``engines/openvino-<version>-<device>/``, so a new OpenVINO or another
-device never reuses a stale blob. One infer request per backend, used under a lock: sources that share a
-model share its backend, and an unguarded request hands one frame's outputs to another.
+device never reuses a stale blob. Two infer requests per backend, each used by one caller at a time:
+sources that share a model share its backend, and a shared request would hand one frame's outputs to
+another; the second lets the pipeline keep the next frame queued in the plugin (`OpenVinoRunner.start`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import queue
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,25 +67,54 @@ def cache_dir(bundle: Bundle, device: str) -> Path:
 
 
 class OpenVinoRunner:
-    """Runs one compiled model: outputs by the ONNX output names the manifest uses."""
+    """Runs one compiled model: outputs by the ONNX output names the manifest uses.
+
+    Two infer requests, so the pipeline can submit the next frame before it collects this one (`start`):
+    the CPU plugin then begins that inference the moment this one ends, instead of waiting for the infer
+    thread to get the interpreter lock back from the other stages. Each request is used by one caller at a
+    time (a free-list), so sources that share the backend never read each other's outputs."""
+
+    REQUESTS = 2
 
     def __init__(self, compiled: Any, names: tuple[str, ...] = ()) -> None:
         """``names``: the ONNX output names the caller reads (manifest outputs, explanation): OpenVINO keeps
         every name a tensor had, and `get_any_name` may return another one."""
         self.compiled = compiled
-        self.request = compiled.create_infer_request()
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(self.REQUESTS):
+            self._free.put(compiled.create_infer_request())
         self.input_name: str = compiled.inputs[0].get_any_name()
         self.input_shape = tuple(compiled.inputs[0].get_partial_shape().to_shape())
         self.output_names: list[str] = [next((n for n in names if n in o.get_names()), o.get_any_name())
                                         for o in compiled.outputs]
-        self._lock = threading.Lock()
 
     def run(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
-        with self._lock:  # one request: infer and read its outputs as one step
-            self.request.infer({0: tensor})
-            # the request reuses its output buffers on the next call: copy before handing them on
-            return {n: np.array(self.request.get_output_tensor(i).data, copy=True)
-                    for i, n in enumerate(self.output_names)}
+        return self.start(tensor)()
+
+    def start(self, tensor: np.ndarray, block: bool = True) -> Callable[[], dict[str, np.ndarray]] | None:
+        """Begin one inference (the input is copied) and return what waits for its outputs; call it exactly
+        once. ``block=False``: None when every request is in use (by another source sharing this backend),
+        so a caller holding one in flight can collect it first instead of waiting on itself."""
+        try:
+            request = self._free.get(block=block)
+        except queue.Empty:
+            return None
+        try:
+            request.start_async({0: tensor})
+        except BaseException:
+            self._free.put(request)
+            raise
+
+        def outputs() -> dict[str, np.ndarray]:
+            try:
+                request.wait()
+                # the request reuses its output buffers on the next call: copy before handing them on
+                return {n: np.array(request.get_output_tensor(i).data, copy=True)
+                        for i, n in enumerate(self.output_names)}
+            finally:
+                self._free.put(request)
+
+        return outputs
 
 
 class OpenVinoBackend(OpenVinoRunner):
@@ -145,9 +176,9 @@ class OpenVinoBackend(OpenVinoRunner):
         x = np.zeros(self.input_shape, np.float32)
         for _ in range(max(0, runs)):
             t0 = time.perf_counter()
-            self.request.infer({0: x})
+            self.run(x)
             self.warmup_ms.append((time.perf_counter() - t0) * 1000)
 
     def close(self) -> None:
-        self.request = None
+        self._free = queue.SimpleQueue()
         self.compiled = None
