@@ -2,7 +2,8 @@
 
 Side by side in one run, on the same model file, session settings and frames:
 
-* **bare**: ``Backend.run`` on tensors preprocessed in advance, back to back: the ceiling.
+* **bare**: ``Backend.run`` on tensors preprocessed in advance, back to back, and where the backend can
+  start an inference without waiting (OpenVINO) also two in flight; the faster is the ceiling.
 * **pipeline**: the device pipeline (capture -> preprocess -> infer -> decode+smoothing+publish, threads
   and bounded queues) on the same frames as stored, never-dropped frames, as fast as it can go.
   overhead ratio = pipeline fps / bare fps (goal >= 0.9).
@@ -163,6 +164,23 @@ def run_bare(backend, tensors: list[np.ndarray]) -> float:
     return len(tensors) / (time.perf_counter() - t0)
 
 
+def run_bare_in_flight(backend, tensors: list[np.ndarray]) -> float | None:
+    """With a backend that can start an inference without waiting (OpenVINO: `start`), the runtime's own
+    ceiling: the next tensor submitted before the previous one is collected, as the pipeline does. None for
+    backends that only `run`."""
+    start = getattr(backend, "start", None)
+    if start is None:
+        return None
+    t0 = time.perf_counter()
+    pending = start(tensors[0])
+    for x in tensors[1:]:
+        nxt = start(x)
+        pending()
+        pending = nxt
+    pending()
+    return len(tensors) / (time.perf_counter() - t0)
+
+
 class CountingSink:
     """Counts findings; the outbox is benchmarked on its own (bench_outbox)."""
 
@@ -201,15 +219,18 @@ def side_by_side(lm, pixels, meta, rounds: int, repeat: int, **settings) -> dict
     so a burst of load from another process hits one pair, not one side."""
     region = Region(*meta["region"]) if meta["region"] else None
     tensors = [lm.preprocessor.apply_pixels(p, region)[0] for p in pixels] * repeat
-    bare, pipe, ratios, snap = [], [], [], None
+    bare, sync, pipe, ratios, snap = [], [], [], [], None
     for _ in range(rounds):
         b = run_bare(lm.backend, tensors)
+        b_in_flight = run_bare_in_flight(lm.backend, tensors)
         p, snap, _ = run_pipeline(lm, MemorySource(pixels, meta, live=False, repeat=repeat), depth=4, **settings)
-        bare.append(b)
+        sync.append(b)
+        bare.append(max(b, b_in_flight or 0.0))  # the ceiling the pipeline is held to: the faster way
         pipe.append(p)
-        ratios.append(p / b)
+        ratios.append(p / bare[-1])
     return {"bare_fps": round(statistics.median(bare), 1), "pipeline_fps": round(statistics.median(pipe), 1),
-            "ratio": round(statistics.median(ratios), 3), "bare_fps_rounds": [round(x, 1) for x in bare],
+            "ratio": round(statistics.median(ratios), 3), "bare_run_fps": round(statistics.median(sync), 1),
+            "bare_fps_rounds": [round(x, 1) for x in bare],
             "pipeline_fps_rounds": [round(x, 1) for x in pipe],
             "stage_ms_p50": {k: v["p50"] for k, v in snap["sources"]["sonosite-cine"]["stage_ms"].items()}}
 
@@ -312,16 +333,19 @@ def markdown(r: dict) -> str:
         f"{1000 / c['frame_time_ms']:.0f} fps; device DICOM decode {c['decode_fps']} fps)."
         f" Model: {m['name']} {m['version']} ({m['origin']}), input {m['input'][0]}x{m['input'][1]}.",
         f"Bare vs pipeline: {r['rounds']} alternating rounds of 240 frames (the cine twice) on the same session; "
-        "fps are medians, the ratio is the median of per-round ratios.",
+        "fps are medians, the ratio is the median of per-round ratios. Bare is the faster of back-to-back "
+        "`Backend.run` and, where the backend can start an inference without waiting (OpenVINO), two in "
+        "flight as the pipeline's infer stage submits them; the `run` figure is in parentheses.",
         "",
-        "| runtime | variant | threads | bare Backend.run fps | pipeline fps | ratio | real-time fps (target) | dropped "
+        "| runtime | variant | threads | bare fps (run) | pipeline fps | ratio | real-time fps (target) | dropped "
         "| latency p50 / p95 / p99 ms | events |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for x in r["results"]:
         rt = x["realtime"]
         lat = rt["latency_ms"]
-        lines.append(f"| {x.get('runtime', 'onnxruntime')} | {x['variant']} | {x['intra_op_threads']} | {x['bare_fps']} | "
+        lines.append(f"| {x.get('runtime', 'onnxruntime')} | {x['variant']} | {x['intra_op_threads']} | {x['bare_fps']} "
+                     f"({x.get('bare_run_fps', x['bare_fps'])}) | "
                      f"{x['pipeline_fps']} | {x['ratio']:.2f} | {rt['fps']} ({rt['target_fps']}) | {rt['dropped']} | "
                      f"{lat['p50']} / {lat['p95']} / {lat['p99']} | {rt['events']} |")
     lines += ["", "Why the device settings are what they are (same model and frames; each row its own alternating rounds). "
