@@ -33,6 +33,7 @@ from edge.findings import iso_utc
 from hospital.review import charts, stats
 from hospital.review.auth import Auth, Session, create_user, hash_password, same
 from hospital.review.db import ROLES, STATE_OF_VERDICT, STATES, VERDICTS, ReviewDB
+from hospital.store import StoreUnavailable
 
 SESSION_COOKIE = "medge_session"
 LOGIN_COOKIE = "medge_login_csrf"
@@ -80,11 +81,29 @@ class Guard:
             await self.app(scope, receive, send)
             return
 
+        started = False
+
         async def send_secured(message: dict) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+                started = True
             await send(message)
 
+        try:
+            await self._checked(scope, receive, send_secured)
+        except StoreUnavailable as e:
+            if started:
+                raise
+            # the database went away (a restart, a failover): say so and keep serving; the next request
+            # connects again
+            text = f"The review station cannot reach its database ({e}). Nothing was lost; try again in a moment."
+            response: Response = (JSONResponse({"error": text}, 503) if is_api(scope["path"])
+                                  else PlainTextResponse(text, 503))
+            response.headers["Retry-After"] = "5"
+            await response(scope, receive, send_secured)
+
+    async def _checked(self, scope: dict, receive: Callable, send_secured: Callable) -> None:
         request = Request(scope)
         path, method = scope["path"], scope["method"]
         body = b""

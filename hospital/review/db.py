@@ -23,19 +23,23 @@ connection, serialised by a lock: a reading room's load, not a web farm's. The S
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.errors import ConfigError
+from edge.errors import ConfigError, cause_line
 from edge.findings import iso_utc
+from hospital.store import StoreUnavailable, safe_url
 
 SCHEMA_VERSION = 1
+CONNECT_TIMEOUT_S = 5  # a PostgreSQL that does not answer fails a page in seconds, not at the TCP timeout
+log = logging.getLogger("medge.review")
 PRIORITY_RANK = {"urgent": 0, "routine": 1, "low": 2}
 VERDICTS = ("agree", "disagree", "corrected")
 STATES = ("unreviewed", "agreed", "disagreed", "corrected")  # a finding's state: its latest verdict, or none
@@ -111,6 +115,7 @@ class ReviewDB:
         self.t = {name: prefix + name for name in _TABLES}
         self.t["received"] = "medge_findings" if self.pg else "findings"  # the receivers' table: read only
         self._indexed_at = 0.0
+        self._in_transaction = False
         self.db: Any = self._connect_pg(url) if self.pg else self._connect_sqlite(Path(url))
         if create:
             self.migrate()
@@ -138,8 +143,9 @@ class ReviewDB:
             import psycopg  # type: ignore[import-not-found]
         except ImportError:
             raise ConfigError("a postgresql:// database needs psycopg: pip install 'psycopg[binary]'") from None
+        self._lost_errors = (psycopg.OperationalError, psycopg.InterfaceError)
         try:
-            return psycopg.connect(url, autocommit=True)
+            return psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
         except Exception as e:
             raise ConfigError(f"cannot connect to PostgreSQL ({type(e).__name__}); check the --db URL") from None
 
@@ -149,24 +155,62 @@ class ReviewDB:
         text = text.format(**self.t)
         return text.replace("?", "%s") if self.pg else text
 
-    def execute(self, text: str, params: tuple | list = ()) -> Any:
+    def _live(self) -> Any:
+        """The connection, opened again if the last one was lost (a PostgreSQL restart or failover): the
+        station serves again as soon as the server does, without being restarted itself."""
+        if not self.pg or not self.db.closed:
+            return self.db
+        import psycopg  # type: ignore[import-not-found]
+
+        try:
+            self.db = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        except self._lost_errors as e:
+            raise StoreUnavailable(f"PostgreSQL at {safe_url(self.url)} unavailable: {cause_line(e)}") from None
+        log.warning("review: reconnected to PostgreSQL at %s", safe_url(self.url))
+        return self.db
+
+    def _lost(self, e: Exception) -> StoreUnavailable:
+        """One line for the log and for the page; nothing is retried here (a verdict whose statement may or
+        may not have reached the server is the reviewer's to send again, not ours to send twice)."""
+        log.warning("review: lost the PostgreSQL connection to %s (%s)", safe_url(self.url), cause_line(e))
+        with suppress(Exception):
+            self.db.close()
+        return StoreUnavailable(f"PostgreSQL at {safe_url(self.url)} unavailable: {cause_line(e)}")
+
+    def _run(self, text: str, params: tuple | list, fetch: Callable[[Any], Any]) -> Any:
         with self.lock:
-            return self.db.execute(self.sql(text), tuple(params))
+            if not self.pg:
+                return fetch(self.db.execute(self.sql(text), tuple(params)))
+            db = self._live()
+            try:
+                return fetch(db.execute(self.sql(text), tuple(params)))
+            except self._lost_errors as e:
+                if self._in_transaction:
+                    raise  # `transaction` reports it, once
+                raise self._lost(e) from None
+
+    def execute(self, text: str, params: tuple | list = ()) -> Any:
+        return self._run(text, params, lambda cur: cur)
 
     def rows(self, text: str, params: tuple | list = ()) -> list[tuple]:
-        with self.lock:
-            return list(self.db.execute(self.sql(text), tuple(params)).fetchall())
+        return self._run(text, params, lambda cur: list(cur.fetchall()))
 
     def one(self, text: str, params: tuple | list = ()) -> tuple | None:
-        with self.lock:
-            return self.db.execute(self.sql(text), tuple(params)).fetchone()
+        return self._run(text, params, lambda cur: cur.fetchone())
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         with self.lock:
             if self.pg:
-                with self.db.transaction():
-                    yield
+                db = self._live()
+                self._in_transaction = True
+                try:
+                    with db.transaction():
+                        yield
+                except self._lost_errors as e:
+                    raise self._lost(e) from None
+                finally:
+                    self._in_transaction = False
                 return
             self.db.execute("BEGIN IMMEDIATE")
             try:
@@ -193,7 +237,7 @@ class ReviewDB:
             self.execute("CREATE TABLE IF NOT EXISTS {schema} (version INTEGER NOT NULL, applied_at TEXT NOT NULL)")
             have = self.schema_version()
             if have > SCHEMA_VERSION:
-                raise ConfigError(f"{self.url}: review tables are schema {have}, this medge knows {SCHEMA_VERSION}; "
+                raise ConfigError(f"{safe_url(self.url)}: review tables are schema {have}, this medge knows {SCHEMA_VERSION}; "
                                   "upgrade medge")
             for version, statements in sorted(_migrations(serial).items()):
                 if version <= have:

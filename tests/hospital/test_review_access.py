@@ -242,3 +242,36 @@ def test_binding_beyond_loopback_without_tls_is_refused(tmp_path):
     check_listen("::1", False, False)
     check_listen("10.1.2.3", True, False)  # TLS served directly
     check_listen("10.1.2.3", False, True)  # the operator said so
+
+
+def test_the_station_survives_a_postgresql_restart_without_being_restarted(postgres_server, pg_url, caplog):
+    """A lost connection costs the request in flight a 503 with one line (no traceback), and the next
+    request connects again; while the server is down every request gets the same 503, fast."""
+    import logging
+
+    from tests.support.postgres import TestDB
+
+    caplog.set_level(logging.WARNING, logger="medge.review")
+    with LiveStation(make_db(TestDB("postgresql", pg_url))) as live:
+        c = live.client()
+        assert c.login("rita") == 303 and c.get("/")[0] == 200
+        dbname = pg_url.rsplit("/", 1)[1]
+        with postgres_server.admin() as a:  # as a failover would: every session on the database ends
+            a.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> "
+                      "pg_backend_pid()", (dbname,))
+        status, headers, body = c.get("/")
+        assert status == 503 and "cannot reach its database" in body and headers.get("retry-after") == "5"
+        assert c.get("/")[0] == 200  # connected again, same session cookie
+        postgres_server.stop()
+        try:
+            status, _, body = c.get("/api/worklist")
+            assert status == 503 and "unavailable" in body
+            assert c.get("/")[0] == 503
+        finally:
+            postgres_server.start()
+        assert c.get("/")[0] == 200
+        status, _, _ = c.post("/findings/urgent-review/verdict", {"csrf_token": c.csrf, "verdict": "agree"})
+        assert status == 303 and [v.verdict for v in live.db.verdicts("urgent-review")] == ["agree"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("lost the PostgreSQL connection" in m for m in lines) and any("reconnected" in m for m in lines)
+    assert "Traceback" not in caplog.text and "password" not in caplog.text
