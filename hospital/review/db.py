@@ -35,9 +35,10 @@ from typing import Any
 
 from edge.errors import ConfigError, cause_line
 from edge.findings import iso_utc
+from hospital.migrations import PG_LOCK_KEY
 from hospital.store import StoreUnavailable, safe_url
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CONNECT_TIMEOUT_S = 5  # a PostgreSQL that does not answer fails a page in seconds, not at the TCP timeout
 log = logging.getLogger("medge.review")
 PRIORITY_RANK = {"urgent": 0, "routine": 1, "low": 2}
@@ -70,7 +71,9 @@ def _migrations(serial: str) -> dict[int, list[str]]:
         " label TEXT NOT NULL, confidence DOUBLE PRECISION, needs_review INTEGER NOT NULL, priority_rank INTEGER NOT NULL,"
         " priority TEXT NOT NULL, received_at TEXT NOT NULL, acquired_at TEXT, sort_time TEXT NOT NULL)",
         "CREATE INDEX {findings}_order ON {findings} (priority_rank, needs_review, sort_time)",
-    ]}
+    ],
+        2: [],  # PostgreSQL: the append-only tables refuse TRUNCATE too (`_append_only_triggers`)
+    }
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,8 @@ class ReviewDB:
         """Create or upgrade the review tables; returns the schema version now in force."""
         serial = "BIGSERIAL PRIMARY KEY" if self.pg else "INTEGER PRIMARY KEY AUTOINCREMENT"
         with self.transaction():
+            if self.pg:  # several stations (or a station and receivers) starting at once take turns
+                self.execute("SELECT pg_advisory_xact_lock(?)", (PG_LOCK_KEY,))
             self.execute("CREATE TABLE IF NOT EXISTS {schema} (version INTEGER NOT NULL, applied_at TEXT NOT NULL)")
             have = self.schema_version()
             if have > SCHEMA_VERSION:
@@ -244,18 +249,28 @@ class ReviewDB:
                     continue
                 for s in statements:
                     self.execute(s)
-                if version == 1:
-                    self._append_only_triggers()
+                if version in (1, 2):
+                    self._append_only_triggers(version)
                 self.execute("INSERT INTO {schema} (version, applied_at) VALUES (?, ?)", (version, iso_utc()))
         return self.schema_version()
 
-    def _append_only_triggers(self) -> None:
+    def _append_only_triggers(self, version: int) -> None:
+        """Schema 1: no row of verdicts or audit is updated or deleted. Schema 2 (PostgreSQL): nor is the
+        table truncated, which row triggers do not see (SQLite has no TRUNCATE, and its DELETE without
+        WHERE fires the row triggers)."""
         if self.pg:
+            if version == 2:
+                for table in _APPEND_ONLY:
+                    self.execute(f"CREATE TRIGGER {{{table}}}_no_truncate BEFORE TRUNCATE ON {{{table}}} "
+                                 "FOR EACH STATEMENT EXECUTE FUNCTION {verdicts}_append_only()")
+                return
             self.execute("CREATE OR REPLACE FUNCTION {verdicts}_append_only() RETURNS trigger AS $$ BEGIN "
                          "RAISE EXCEPTION 'review tables are append-only'; END $$ LANGUAGE plpgsql")
             for table in _APPEND_ONLY:
                 self.execute(f"CREATE TRIGGER {{{table}}}_append_only BEFORE UPDATE OR DELETE ON {{{table}}} "
                              "FOR EACH ROW EXECUTE FUNCTION {verdicts}_append_only()")
+            return
+        if version == 2:
             return
         for table in _APPEND_ONLY:
             for op in ("UPDATE", "DELETE"):

@@ -224,8 +224,9 @@ def test_audit_log_records_logins_views_and_verdicts_and_is_append_only(live):
     status, _, body = admin.get("/admin/log")
     assert status == 200 and "view_finding" in body and "login_failed" in body
     entries = len(live.db.audit_log(500))
+    truncate = ("TRUNCATE {review_verdicts}", "TRUNCATE {review_audit}") if live.test_db.pg else ()
     for sql in ("UPDATE {review_verdicts} SET verdict = 'disagree'", "DELETE FROM {review_verdicts}",
-                "UPDATE {review_audit} SET action = 'x'", "DELETE FROM {review_audit}"):
+                "UPDATE {review_audit} SET action = 'x'", "DELETE FROM {review_audit}", *truncate):
         with pytest.raises(db_errors(), match="append-only"):
             live.test_db.execute(sql)
     assert [v.verdict for v in live.db.verdicts()] == ["agree"] and len(live.db.audit_log(500)) == entries
@@ -275,3 +276,31 @@ def test_the_station_survives_a_postgresql_restart_without_being_restarted(postg
     lines = [r.getMessage() for r in caplog.records]
     assert any("lost the PostgreSQL connection" in m for m in lines) and any("reconnected" in m for m in lines)
     assert "Traceback" not in caplog.text and "password" not in caplog.text
+
+
+def test_stations_starting_at_once_on_a_new_postgresql_database_take_turns_at_creating_the_tables(pg_url):
+    import threading
+
+    from hospital.review.db import SCHEMA_VERSION, ReviewDB
+    from tests.support.review import store, worklist_findings
+
+    store(pg_url, worklist_findings())  # a receiver database without the review tables yet
+    errors, opened = [], []
+    gate = threading.Barrier(4)
+
+    def start() -> None:
+        gate.wait()
+        try:
+            opened.append(ReviewDB(pg_url))
+        except Exception as e:  # noqa: BLE001 - the test reports whatever a start raised
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(opened) == 4
+    assert {db.schema_version() for db in opened} == {SCHEMA_VERSION}
+    for db in opened:
+        db.close()
