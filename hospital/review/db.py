@@ -148,9 +148,14 @@ class ReviewDB:
             raise ConfigError("a postgresql:// database needs psycopg: pip install 'psycopg[binary]'") from None
         self._lost_errors = (psycopg.OperationalError, psycopg.InterfaceError)
         try:
-            return psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+            db = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
         except Exception as e:
             raise ConfigError(f"cannot connect to PostgreSQL ({type(e).__name__}); check the --db URL") from None
+        if db.execute("SELECT to_regclass('medge_findings')").fetchone()[0] is None:
+            db.close()  # refused here, not as an error on every page later
+            raise ConfigError(f"{safe_url(url)}: not a receiver database (no medge_findings table); check --db "
+                              "(medge receive --db creates it)")
+        return db
 
     # --- SQL plumbing ---------------------------------------------------------------------------------
 

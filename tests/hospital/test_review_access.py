@@ -304,3 +304,18 @@ def test_stations_starting_at_once_on_a_new_postgresql_database_take_turns_at_cr
     assert {db.schema_version() for db in opened} == {SCHEMA_VERSION}
     for db in opened:
         db.close()
+
+
+def test_a_postgresql_database_without_receiver_tables_is_refused_in_one_line(postgres_server):
+    from edge.errors import ConfigError
+    from hospital.review.db import ReviewDB
+    from tests.support.postgres import TestDB
+
+    name = postgres_server.create_database()
+    try:
+        with pytest.raises(ConfigError) as e:
+            ReviewDB(postgres_server.url(name))
+        assert "not a receiver database (no medge_findings table)" in str(e.value) and "\n" not in str(e.value)
+        assert TestDB("postgresql", postgres_server.url(name)).query("SELECT 1 FROM {review_users}") == []  # none made
+    finally:
+        postgres_server.drop_database(name)
