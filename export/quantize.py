@@ -374,9 +374,9 @@ def to_fp16(fp32_path: Path, out_path: Path) -> None:
 def drop_float_tail_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Remove the QuantizeLinear -> DequantizeLinear pairs at the graph's tail: the dequantized tensor reaches
     graph outputs through float ops that do no int8 work (a Reshape, a Transpose, a ReduceMax, a Sub) and is
-    never quantized again. The round trip adds rounding and one element-wise kernel and no int8 work. Pairs are removed from
-    the outputs backwards until none is left (a head's conv -> Q/DQ -> Reshape -> Q/DQ -> Transpose loses
-    both). For OpenVINO's file: its CPU plugin fuses the dequantization into the producing convolution when
+    never quantized again. The round trip adds rounding and one element-wise kernel and no int8 work. Pairs
+    are removed from the outputs backwards until none is left (a head's conv -> Q/DQ -> Reshape -> Q/DQ ->
+    Transpose loses both). For OpenVINO's file: its CPU plugin fuses the dequantization into the producing convolution when
     the output stays float, which is the graph NNCF builds; ONNX Runtime's file keeps the pairs (its QDQ
     fusion wants them). Graph output names are kept (Identity). Returns the pairs removed."""
     removed = 0
