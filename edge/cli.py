@@ -484,7 +484,8 @@ def hospital_forward(
     relink_key: list[Path] = RELINK_KEY,
     calling_aet: str = CALLING_AET,
     queue: Path | None = typer.Option(None, "--queue", metavar="FILE", help="the forwarder's own durable state "
-                                      "(default: <db>.forward.sqlite3 next to the receiver's database)"),
+                                      "(default: <db>.forward.sqlite3 next to a SQLite receiver database; required "
+                                      "with a postgresql:// --db)"),
     once: bool = typer.Option(False, "--once", help="send every pending finding once now and exit (1 if some are left)"),
     timeout: float = typer.Option(30.0, "--timeout", metavar="S", help="seconds per network step (connect, "
                                   "association, each response)"),

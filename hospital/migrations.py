@@ -59,6 +59,11 @@ MIGRATIONS: list[Migration] = [
             + _RECORD_COLS.format(ts="TIMESTAMPTZ", doc="JSONB") + ")",
         ),
     ),
+    Migration(
+        2, "findings in arrival order, for followers (the PACS forwarder) of a PostgreSQL store",
+        sqlite=(),  # SQLite followers read rowids, which are already in commit order
+        postgresql=("CREATE INDEX IF NOT EXISTS medge_findings_arrival ON medge_findings (received_at, finding_id)",),
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1].version  # what this code writes
 

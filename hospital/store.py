@@ -59,7 +59,11 @@ class FindingStore(Protocol):
     def get(self, finding_id: str) -> StoredFinding | None: ...
     def count_events(self) -> int: ...
     def events(self, n: int = 50) -> list[StoredEvent]: ...  # newest first
+    def positions(self, after: tuple[int, str], limit: int) -> list[tuple[int, str]]: ...  # for followers
+    def last_position(self) -> int: ...
     def close(self) -> None: ...
+
+    POSITIONS_IN_COMMIT_ORDER: bool  # False: a finding can appear behind a position already read
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,18 @@ class SqliteStore:
             self.db.execute("ROLLBACK")
             raise
         return n
+
+    # a rowid is taken under the database's single writer lock, so a later commit never gets a lower one
+    POSITIONS_IN_COMMIT_ORDER = True
+
+    def positions(self, after: tuple[int, str], limit: int) -> list[tuple[int, str]]:
+        """(position, finding id) of the findings after ``after``, in order: what a follower (the PACS
+        forwarder) has not seen yet. SQLite: the rowid."""
+        return [(int(r), str(f)) for r, f in self.db.execute(
+            "SELECT rowid, finding_id FROM findings WHERE rowid > ? ORDER BY rowid LIMIT ?", (after[0], limit))]
+
+    def last_position(self) -> int:
+        return int(self.db.execute("SELECT MAX(rowid) FROM findings").fetchone()[0] or 0)
 
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM findings").fetchone()[0])
@@ -367,6 +383,22 @@ class PostgresStore:
         except self._lost_errors as e:
             raise self._lost(e) from None
         return n
+
+    # received_at is stamped when a receiver takes the message, before its batch commits, and receivers commit
+    # concurrently: a follower must look back (`hospital.dicom.forwarder` re-reads a window) to see them all
+    POSITIONS_IN_COMMIT_ORDER = False
+
+    def positions(self, after: tuple[int, str], limit: int) -> list[tuple[int, str]]:
+        """(position, finding id) after ``after`` in (received_at, finding id) order; the position is
+        received_at in microseconds since 1970 (exact: no float on the way)."""
+        return [(int(p), str(f)) for p, f in self._read(
+            "SELECT (EXTRACT(EPOCH FROM received_at) * 1000000)::bigint, finding_id FROM medge_findings"
+            " WHERE (received_at, finding_id) > (TIMESTAMPTZ 'epoch' + %s * INTERVAL '1 microsecond', %s)"
+            " ORDER BY received_at, finding_id LIMIT %s", (after[0], after[1], limit))]
+
+    def last_position(self) -> int:
+        row = self._read("SELECT (EXTRACT(EPOCH FROM MAX(received_at)) * 1000000)::bigint FROM medge_findings")
+        return int(row[0][0] or 0)
 
     def count(self) -> int:
         return int(self._read("SELECT COUNT(*) FROM medge_findings")[0][0])

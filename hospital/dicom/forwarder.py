@@ -1,10 +1,13 @@
 """`medge hospital forward`: every finding the receivers store, as SR (+ SC) in the PACS, exactly once.
 
 Durability is the outbox's (`edge.link.outbox`): the forwarder's state is a SQLite file of its own (WAL,
-``synchronous=FULL``), by default next to the receiver's database (``<db>.forward.sqlite3``), so the
-receiver's schema stays the receiver's. It holds
+``synchronous=FULL``), by default next to a SQLite receiver database (``<db>.forward.sqlite3``; for a
+PostgreSQL one ``--queue`` names it), so the receiver's schema stays the receiver's. It holds
 
-- ``cursor``: the highest receiver row (SQLite rowid, i.e. insertion order) already queued;
+- ``source``: the receiver database it follows (another one is refused: the cursor would mean nothing);
+- ``cursor``: the receiver's position already queued: SQLite's rowid (commit order), or PostgreSQL's
+  received_at in microseconds, which concurrent receivers stamp before they commit, so the forwarder
+  re-reads the last 10 minutes behind it at start and every minute (`ForwardQueue.follow`);
 - ``queue``: one row per finding: state (pending, done, failed), attempts, when it is due again, the last
   error, and when it was done.
 
@@ -38,7 +41,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.errors import ConfigError, MedgeError
 from edge.link.backoff import Backoff
@@ -46,6 +49,9 @@ from hospital.dicom.objects import build_objects, kind
 from hospital.dicom.pacs import SUCCESS, Pacs, PacsAddress, PacsError
 from hospital.dicom.sr import DicomBuildError
 from hospital.relink import RelinkError
+
+if TYPE_CHECKING:
+    from hospital.store import FindingStore
 
 log = logging.getLogger("medge.forward")
 
@@ -55,6 +61,7 @@ BATCH = 200
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cursor (id INTEGER PRIMARY KEY CHECK (id = 0), store_rowid INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS source (id INTEGER PRIMARY KEY CHECK (id = 0), store TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS queue (
     finding_id  TEXT PRIMARY KEY,
     store_rowid INTEGER NOT NULL,
@@ -74,9 +81,13 @@ class ForwardError(MedgeError):
     """The forwarder's queue or the receiver's database cannot be used."""
 
 
+LOOK_BACK_US = 600 * 1_000_000  # how far behind its cursor a follower of PostgreSQL re-reads (see `follow`)
+
+
 def default_queue_path(db: str) -> Path:
     if db.startswith(("postgresql://", "postgres://")):
-        raise ConfigError("--db is a PostgreSQL URL: the forwarder follows SQLite receiver databases only (for now)")
+        raise ConfigError("--db is a PostgreSQL URL: name the forwarder's own queue file with --queue FILE (on the "
+                          "forwarder's host, e.g. /var/lib/medge-forward/queue.sqlite3)")
     return Path(f"{db}.forward.sqlite3")
 
 
@@ -99,6 +110,7 @@ class ForwardConfig:
     poll_s: float = 2.0
     retry_min_s: float = 5.0
     retry_max_s: float = 3600.0
+    look_back_every_s: float = 60.0  # PostgreSQL stores: how often `ForwardQueue.follow` re-reads behind its cursor
     rng: random.Random = field(default_factory=random.Random)
 
 
@@ -143,32 +155,46 @@ class ForwardQueue:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def follow(self, store_db: sqlite3.Connection) -> int:
-        """Queue the receiver's findings stored since the last call; one commit. Returns how many are new."""
-        cursor = int(self.db.execute("SELECT store_rowid FROM cursor").fetchone()[0])
-        top = store_db.execute("SELECT MAX(rowid) FROM findings").fetchone()[0] or 0
-        if top < cursor:  # the receiver's table was rebuilt (VACUUM renumbers rowids): queue everything again
+    def bind(self, store: str) -> None:
+        """One queue follows one receiver database: its cursor means nothing for another."""
+        row = self.db.execute("SELECT store FROM source").fetchone()
+        if row is None:
+            self.db.execute("INSERT INTO source(id, store) VALUES (0, ?)", (store,))
+        elif row[0] != store:
+            raise ForwardError(f"{self.path}: this queue follows {row[0]}, not {store}; give each receiver database "
+                               "its own --queue")
+
+    def follow(self, store: FindingStore, look_back: int = 0) -> tuple[int, int]:
+        """Queue the receiver's findings stored since the last call, one commit per page; (new, of which late).
+
+        The cursor is the store's position (`FindingStore.positions`): SQLite's rowid, in commit order, or
+        PostgreSQL's received_at, stamped before a concurrent receiver's batch commits, so a finding can
+        become visible behind it. ``look_back`` re-reads that far behind the cursor (the forwarder does every
+        minute, `LOOK_BACK_US`); what was queued already is skipped by its key, and what was not is "late"."""
+        cursor = start = int(self.db.execute("SELECT store_rowid FROM cursor").fetchone()[0])
+        if store.POSITIONS_IN_COMMIT_ORDER and store.last_position() < cursor:
+            # the receiver's table was rebuilt (VACUUM renumbers rowids): queue everything again
             log.warning("%s: the receiver's findings were renumbered; re-reading them all (done ones stay done)", self.path)
-            cursor = 0
-        new = 0
-        while True:
-            rows = store_db.execute("SELECT rowid, finding_id FROM findings WHERE rowid > ? ORDER BY rowid LIMIT ?",
-                                    (cursor, BATCH * 5)).fetchall()
-            if not rows:
-                break
+            cursor = start = 0
+        key = (max(0, cursor - look_back), "")
+        new = late = 0
+        while rows := store.positions(key, BATCH * 5):
             now = time.time()
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                for rowid, fid in rows:
-                    new += self.db.execute("INSERT OR IGNORE INTO queue(finding_id, store_rowid, queued_at) VALUES (?, ?, ?)",
-                                           (fid, rowid, now)).rowcount
-                cursor = int(rows[-1][0])
+                for pos, fid in rows:
+                    added = self.db.execute("INSERT OR IGNORE INTO queue(finding_id, store_rowid, queued_at) "
+                                            "VALUES (?, ?, ?)", (fid, pos, now)).rowcount
+                    new += added
+                    late += added if pos < start else 0
+                cursor = max(cursor, int(rows[-1][0]))
                 self.db.execute("UPDATE cursor SET store_rowid = ?", (cursor,))
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
-        return new
+            key = rows[-1]
+        return new, late
 
     def due(self, now: float | None, limit: int = BATCH) -> list[tuple[str, int]]:
         """(finding id, attempts) of pending findings due by ``now`` (None: all pending), oldest first."""
@@ -214,7 +240,7 @@ class ForwardQueue:
 class Forwarder:
     def __init__(self, cfg: ForwardConfig) -> None:
         from hospital.relink import OriginOpener
-        from hospital.store import SqliteStore
+        from hospital.store import open_store, safe_url
 
         if not cfg.relink_keys:
             raise ConfigError("--relink-key is required: findings carry pseudonyms only, and the original study's "
@@ -222,8 +248,15 @@ class Forwarder:
         self.cfg = cfg
         self.queue_path = cfg.queue or default_queue_path(cfg.db)
         self.opener = OriginOpener.load(*cfg.relink_keys)
-        self.store = SqliteStore(cfg.db, create=False)
+        self.store = open_store(cfg.db, create=False)
         self.queue = ForwardQueue(self.queue_path)
+        try:
+            self.queue.bind(safe_url(cfg.db) if cfg.db.startswith(("postgresql://", "postgres://"))
+                            else str(Path(cfg.db).resolve()))
+        except ForwardError:
+            self.close()
+            raise
+        self._looked_back_at: float | None = None  # never: the first pass looks back (a restart)
         self.stats = ForwardStats()
         n = self.queue.retry_failed()
         if n:
@@ -245,7 +278,14 @@ class Forwarder:
     def run_pass(self, everything: bool = False) -> bool:
         """Queue new findings, then send the due ones (``everything``: all pending, due or not). False when
         the PACS could not be reached (the caller backs off)."""
-        self.stats.queued += self.queue.follow(self.store.db)
+        look_back = 0
+        if not self.store.POSITIONS_IN_COMMIT_ORDER and (
+                self._looked_back_at is None or time.monotonic() - self._looked_back_at >= self.cfg.look_back_every_s):
+            look_back, self._looked_back_at = LOOK_BACK_US, time.monotonic()
+        new, late = self.queue.follow(self.store, look_back)
+        self.stats.queued += new
+        if late:
+            log.info("%d finding(s) committed behind the cursor were queued by the look-back", late)
         due = self.queue.due(None if everything else time.time())
         if not due:
             return True

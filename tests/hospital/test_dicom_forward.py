@@ -205,3 +205,41 @@ def test_forward_refusals_are_one_line(tmp_path):
         r = _medge(*cmd)
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("medge: error: ") and part in lines[0], r.stderr
+
+
+def test_forwarder_follows_a_postgresql_store_and_looks_back_for_findings_committed_behind_its_cursor(
+        pacs, pg_url, tmp_path):
+    """On PostgreSQL the cursor is received_at, which a receiver stamps before its batch commits: a finding
+    another receiver commits later can sit behind the cursor, and the look-back must still queue it."""
+    from hospital.dicom.forwarder import ForwardConfig, Forwarder, ForwardError
+    from hospital.dicom.pacs import PacsAddress
+
+    keys = make_keys(tmp_path)
+    origin = original_origin()
+    pacs.upload(ORIGINAL)
+    r = _medge("hospital", "forward", "--db", pg_url, "--pacs", pacs.address, "--relink-key", str(keys.private), "--once")
+    assert r.returncode == 2 and "name the forwarder's own queue file with --queue" in r.stderr
+    assert "Traceback" not in r.stderr
+
+    store_findings(pg_url, [make_finding(FID, origin, keys)], received_at="2026-12-01T10:00:05.000Z")
+    queue = tmp_path / "forward.sqlite3"
+    cfg = ForwardConfig(db=pg_url, pacs=PacsAddress.parse(pacs.address), relink_keys=[keys.private], queue=queue,
+                        timeout_s=5, look_back_every_s=3600)
+    fw = Forwarder(cfg)
+    try:
+        assert fw.run_pass() and fw.queue.counts()["done"] == 1
+        # another receiver commits a finding it took in earlier: behind the cursor
+        store_findings(pg_url, [make_finding(FID2, origin, keys)], received_at="2026-12-01T10:00:02.000Z")
+        assert fw.run_pass() and fw.queue.row(FID2) is None  # the incremental read cannot see it
+        fw.cfg.look_back_every_s = 0
+        assert fw.run_pass() and fw.queue.row(FID2)["state"] == "done"
+        assert fw.run_pass() and fw.queue.counts() == {"pending": 0, "done": 2, "failed": 0}  # each once
+    finally:
+        fw.close()
+    assert len(_study_instances(pacs, origin.study_uid)["SR"]) == 2
+
+    other = tmp_path / "other.sqlite3"  # the same queue file pointed at another receiver database
+    store_findings(other, [])
+    with pytest.raises(ForwardError, match="this queue follows postgresql://"):
+        Forwarder(ForwardConfig(db=str(other), pacs=PacsAddress.parse(pacs.address), relink_keys=[keys.private],
+                                queue=queue))

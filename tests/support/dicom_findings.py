@@ -13,7 +13,7 @@ import pydicom
 from edge.findings import Finding, ModelRef
 from edge.imaging.relink import Origin, OriginSealer
 from hospital.relink import keygen
-from hospital.store import Received, SqliteStore
+from hospital.store import Received, open_store
 from tests.support import ROOT
 
 ORIGINAL = ROOT / "models" / "samples" / "cxr_opacity.dcm"
@@ -58,10 +58,11 @@ def make_finding(finding_id: str, origin: Origin | None, keys: Keys | None, *, c
         overlay_png_b64=overlay_png() if overlay else None, origin_sealed=sealed, finding_id=finding_id)
 
 
-def store_findings(db: Path, findings: list[Finding]) -> None:
-    store = SqliteStore(db)
+def store_findings(db: Path | str, findings: list[Finding], received_at: str = "2026-12-01T10:00:01.000Z") -> None:
+    """As a receiver stores them, in a SQLite file or a postgresql:// database."""
+    store = open_store(str(db))
     try:
         store.add([Received(f.finding_id, "site-a", f.device_id, f.priority, f"medge/site-a/{f.device_id}/findings/{f.priority}",
-                            "2026-12-01T10:00:01.000Z", f.to_json()) for f in findings], [])
+                            received_at, f.to_json()) for f in findings], [])
     finally:
         store.close()
