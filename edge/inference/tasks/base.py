@@ -98,7 +98,8 @@ def apply_activation(x: np.ndarray, activation: str, axis: int) -> np.ndarray:
     """The manifest's output activation. A softmax over a single channel is identically 1, so such an
     output is read as already holding probabilities (as a 1-channel "none")."""
     if activation == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-x))
+        with np.errstate(over="ignore"):  # exp(-x) -> inf for a very negative logit gives exactly 0: correct
+            return 1.0 / (1.0 + np.exp(-x))
     if activation == "softmax" and x.shape[axis] > 1:
         e = np.exp(x - x.max(axis=axis, keepdims=True))
         return e / e.sum(axis=axis, keepdims=True)
