@@ -389,11 +389,17 @@ def drop_float_tail_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
 _NOT_TAIL = frozenset({"QuantizeLinear", "DequantizeLinear", "Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
-def _drop_tail_pass(g: onnx.GraphProto) -> int:
-    consumers: dict[str, list[onnx.NodeProto]] = {}
+def _consumers(g: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it."""
+    out: dict[str, list[onnx.NodeProto]] = {}
     for n in g.node:
         for t in n.input:
-            consumers.setdefault(t, []).append(n)
+            out.setdefault(t, []).append(n)
+    return out
+
+
+def _drop_tail_pass(g: onnx.GraphProto) -> int:
+    consumers = _consumers(g)
     outputs = {o.name for o in g.output}
     quantized = {n.input[0] for n in g.node if n.op_type == "QuantizeLinear"}
     memo: dict[str, bool] = {}
@@ -469,10 +475,7 @@ def unify_concat_scales(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[s
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for t in n.input:
-            consumers.setdefault(t, []).append(n)
+    consumers = _consumers(g)
 
     def qparams(n: onnx.NodeProto) -> tuple[str, str] | None:
         if len(n.input) < 3 or n.input[1] not in inits or n.input[2] not in inits:

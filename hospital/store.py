@@ -64,6 +64,7 @@ class FindingStore(Protocol):
     def close(self) -> None: ...
 
     POSITIONS_IN_COMMIT_ORDER: bool  # False: a finding can appear behind a position already read
+    where: str  # the database, for messages and for followers (no password)
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ class SqliteStore:
 
     def __init__(self, path: Path | str, create: bool = True) -> None:
         self.path = Path(path)
+        self.where = str(self.path.resolve())  # names this database (a follower binds its state to it)
         if not create:
             self.db = self._open_to_read()
             return
@@ -424,10 +426,15 @@ class PostgresStore:
         self.db.close()
 
 
+def is_postgres(db: str) -> bool:
+    """A --db value that names a PostgreSQL database rather than a SQLite file."""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
 def open_store(db: str, create: bool = True) -> FindingStore:
     """``create=False`` for commands that only look (a typo in --db must not make a new, empty database).
     Either way the schema version is checked (`hospital.migrations`); with ``create`` it is brought up to date."""
-    if db.startswith(("postgresql://", "postgres://")):
+    if is_postgres(db):
         return PostgresStore(db, create=create)
     return SqliteStore(db, create=create)
 

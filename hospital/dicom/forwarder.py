@@ -85,7 +85,9 @@ LOOK_BACK_US = 600 * 1_000_000  # how far behind its cursor a follower of Postgr
 
 
 def default_queue_path(db: str) -> Path:
-    if db.startswith(("postgresql://", "postgres://")):
+    from hospital.store import is_postgres
+
+    if is_postgres(db):
         raise ConfigError("--db is a PostgreSQL URL: name the forwarder's own queue file with --queue FILE (on the "
                           "forwarder's host, e.g. /var/lib/medge-forward/queue.sqlite3)")
     return Path(f"{db}.forward.sqlite3")
@@ -240,7 +242,7 @@ class ForwardQueue:
 class Forwarder:
     def __init__(self, cfg: ForwardConfig) -> None:
         from hospital.relink import OriginOpener
-        from hospital.store import open_store, safe_url
+        from hospital.store import open_store
 
         if not cfg.relink_keys:
             raise ConfigError("--relink-key is required: findings carry pseudonyms only, and the original study's "
@@ -251,8 +253,7 @@ class Forwarder:
         self.store = open_store(cfg.db, create=False)
         self.queue = ForwardQueue(self.queue_path)
         try:
-            self.queue.bind(safe_url(cfg.db) if cfg.db.startswith(("postgresql://", "postgres://"))
-                            else str(Path(cfg.db).resolve()))
+            self.queue.bind(self.store.where)
         except ForwardError:
             self.close()
             raise

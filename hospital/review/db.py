@@ -36,7 +36,7 @@ from typing import Any
 from edge.errors import ConfigError, cause_line
 from edge.findings import iso_utc
 from hospital.migrations import PG_LOCK_KEY
-from hospital.store import StoreUnavailable, safe_url
+from hospital.store import StoreUnavailable, is_postgres, safe_url
 
 SCHEMA_VERSION = 2
 CONNECT_TIMEOUT_S = 5  # a PostgreSQL that does not answer fails a page in seconds, not at the TCP timeout
@@ -113,7 +113,7 @@ class ReviewDB:
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = url
         self.lock = threading.RLock()
-        self.pg = url.startswith(("postgresql://", "postgres://"))
+        self.pg = is_postgres(url)
         prefix = "medge_review_" if self.pg else "review_"
         self.t = {name: prefix + name for name in _TABLES}
         self.t["received"] = "medge_findings" if self.pg else "findings"  # the receivers' table: read only
