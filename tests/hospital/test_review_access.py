@@ -256,10 +256,7 @@ def test_the_station_survives_a_postgresql_restart_without_being_restarted(postg
     with LiveStation(make_db(TestDB("postgresql", pg_url))) as live:
         c = live.client()
         assert c.login("rita") == 303 and c.get("/")[0] == 200
-        dbname = pg_url.rsplit("/", 1)[1]
-        with postgres_server.admin() as a:  # as a failover would: every session on the database ends
-            a.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> "
-                      "pg_backend_pid()", (dbname,))
+        postgres_server.end_sessions(pg_url)  # as a failover would
         status, headers, body = c.get("/")
         assert status == 503 and "cannot reach its database" in body and headers.get("retry-after") == "5"
         assert c.get("/")[0] == 200  # connected again, same session cookie

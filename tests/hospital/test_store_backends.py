@@ -238,20 +238,12 @@ def test_group_commit_rows_per_second(store_db):
 
 # --- connection loss (PostgreSQL) ----------------------------------------------------------------------------
 
-def _backends(server, url: str) -> None:
-    """End every session on this test's database, as a failover or a restart would."""
-    dbname = url.rsplit("/", 1)[1]
-    with server.admin() as c:
-        c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                  (dbname,))
-
-
 def test_a_broken_connection_fails_the_batch_once_and_the_next_add_reconnects(postgres_server, pg_url, caplog):
     caplog.set_level(logging.INFO, logger="medge.store")
     store = open_store(pg_url)
     try:
         assert store.add([received(0)], []) == 1
-        _backends(postgres_server, pg_url)
+        postgres_server.end_sessions(pg_url)
         with pytest.raises(StoreUnavailable) as e:  # the receiver catches it as an OSError
             store.add([received(1), received(2)], [])
         assert isinstance(e.value, OSError) and "terminating connection" in str(e.value)

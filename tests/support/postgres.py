@@ -145,6 +145,12 @@ class PostgresServer:
 
         return psycopg.connect(self.url(), autocommit=True)
 
+    def end_sessions(self, url: str) -> None:
+        """End every session on the database ``url`` names, as a failover or a restart would."""
+        with self.admin() as c:
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> "
+                      "pg_backend_pid()", (url.rsplit("/", 1)[1],))
+
     def create_database(self) -> str:
         name = f"t_{uuid.uuid4().hex[:12]}"
         with self.admin() as c:
